@@ -1,0 +1,722 @@
+//! [`URingContext`]: the public front. Locking, and one small method per
+//! operation; the ring arithmetic lives in `ring/`, the syscalls in `sys/`.
+
+use std::collections::HashSet;
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::pin::Pin;
+use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+use crate::allowlist::{RegisterOperation, SqeFlags, URingAllowlist};
+use crate::bindings::*;
+use crate::error::{setup_error, Error, Result};
+use crate::iobuf::IoBufMut;
+use crate::ring::{blank_sqe, CompleteQueueState, InFlight, RingMemory, SubmitQueue};
+use crate::sys;
+
+/// The value an operation carries from [`URingContext::add_nop`] and friends
+/// to its completion in [`URingContext::wait`]. At most one operation in
+/// flight may use a given value.
+pub type UserData = u64;
+
+/// The largest ring `io_uring_setup` accepts (the kernel's
+/// `IORING_MAX_ENTRIES`).
+pub const MAX_ENTRIES: usize = 32768;
+
+/// The most iovecs one readv or writev takes (the kernel's `UIO_MAXIOV`).
+pub const MAX_IOVECS: usize = 1024;
+
+/// How long drop waits for cancelled operations to finish before it gives up
+/// and leaks their pinned memory.
+const DROP_DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// What an operation keeps alive while it is in flight: the iovec array the
+/// kernel reads, for readv and writev.
+type OpState = Option<Pin<Box<[IoBufMut<'static>]>>>;
+
+/// Which way poll waits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum EventType {
+    /// Readable (`POLLIN`).
+    Read,
+    /// Writable (`POLLOUT`).
+    Write,
+    /// Readable or writable.
+    ReadWrite,
+}
+
+impl EventType {
+    fn poll_events(self) -> u32 {
+        let events = match self {
+            EventType::Read => libc::POLLIN,
+            EventType::Write => libc::POLLOUT,
+            EventType::ReadWrite => libc::POLLIN | libc::POLLOUT,
+        };
+        events as u32
+    }
+}
+
+/// One io_uring instance, shared by any number of threads.
+///
+/// Operations are queued with the `add_*` methods, sent to the kernel by
+/// [`submit`](Self::submit) or [`wait`](Self::wait), and come back from the
+/// iterator `wait` returns as `(user_data, result)`. Everything goes through
+/// `&self`: the submission queue and the completion queue each have their own
+/// lock, so producers and reapers on different threads only contend briefly.
+///
+/// ```
+/// use ringfence::URingContext;
+///
+/// let ring = URingContext::new(16, None)?;
+/// ring.add_nop(7)?;
+/// let completions: Vec<_> = ring.wait()?.collect();
+/// assert_eq!(completions.len(), 1);
+/// assert_eq!(completions[0].0, 7);
+/// assert_eq!(completions[0].1.as_ref().unwrap(), &0);
+/// # Ok::<(), ringfence::Error>(())
+/// ```
+///
+/// # Dropping
+///
+/// Dropping the context with operations in flight submits what is queued,
+/// cancels every operation with `IORING_OP_ASYNC_CANCEL` and waits for all of
+/// them to complete (up to 5 seconds) before it frees their iovec arrays. If
+/// they do not all complete in time, for example because a restricted ring
+/// does not allow `AsyncCancel`, it leaks their iovec arrays rather than free
+/// memory the kernel may still read, then closes the ring, which makes the
+/// kernel cancel what is left.
+pub struct URingContext {
+    // Field order is drop order: both queues point into `memory`, which must
+    // outlive them, and the mappings are removed before the ring fd closes.
+    submit: Mutex<SubmitQueue>,
+    complete: Mutex<CompleteQueueState<OpState>>,
+    _memory: RingMemory,
+    fd: OwnedFd,
+    sq_entries: u32,
+    cq_entries: u32,
+}
+
+/// Locks `mutex`, ignoring poisoning: no code panics while it holds a ring
+/// lock with the ring state half updated.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// A CQE result as the caller sees it.
+fn completion_result(res: i32) -> io::Result<u32> {
+    if res < 0 {
+        Err(io::Error::from_raw_os_error(-res))
+    } else {
+        Ok(res as u32)
+    }
+}
+
+fn is_errno(err: &io::Error, errno: i32) -> bool {
+    err.raw_os_error() == Some(errno)
+}
+
+impl URingContext {
+    /// Creates a ring with room for `num_entries` queued operations (rounded
+    /// up to a power of two; the completion ring gets twice as many).
+    ///
+    /// With an `allowlist`, the ring is created disabled, the allowlist is
+    /// registered as its restrictions, and then it is enabled: from then on
+    /// the kernel refuses anything outside it (see [`URingAllowlist`]).
+    ///
+    /// Fails with [`Error::EntriesOutOfRange`] for 0 or more than
+    /// [`MAX_ENTRIES`] entries, and with [`Error::IoUringUnavailable`],
+    /// [`Error::IoUringDisabled`] or [`Error::OutOfLockedMemory`] when the
+    /// kernel cannot give this process a ring.
+    pub fn new(num_entries: usize, allowlist: Option<&URingAllowlist>) -> Result<URingContext> {
+        let Some(allowlist) = allowlist else {
+            return Self::create(num_entries, 0);
+        };
+        let ring = Self::new_disabled(num_entries)?;
+        ring.register_restrictions(allowlist)?;
+        ring.enable()?;
+        Ok(ring)
+    }
+
+    /// Creates a ring that stays disabled (`IORING_SETUP_R_DISABLED`) until
+    /// [`enable`](Self::enable): the window in which a sandboxed process
+    /// registers what it needs (an eventfd, restrictions) before the kernel
+    /// locks the ring down. Submitting to a disabled ring fails with
+    /// `EBADFD`.
+    ///
+    /// ```
+    /// use ringfence::{URingAllowlist, URingContext, URingOperation};
+    ///
+    /// let ring = URingContext::new_disabled(8)?;
+    /// let mut allowlist = URingAllowlist::new();
+    /// allowlist.allow_submit_operation(URingOperation::Nop);
+    /// ring.register_restrictions(&allowlist)?;
+    /// ring.enable()?;
+    /// ring.add_nop(1)?;
+    /// assert_eq!(ring.wait()?.next().unwrap().1.unwrap(), 0);
+    /// # Ok::<(), ringfence::Error>(())
+    /// ```
+    pub fn new_disabled(num_entries: usize) -> Result<URingContext> {
+        Self::create(num_entries, IORING_SETUP_R_DISABLED)
+    }
+
+    fn create(num_entries: usize, setup_flags: u32) -> Result<URingContext> {
+        if num_entries == 0 || num_entries > MAX_ENTRIES {
+            return Err(Error::EntriesOutOfRange(num_entries));
+        }
+        let mut params = io_uring_params {
+            flags: setup_flags,
+            ..Default::default()
+        };
+        let fd = sys::setup(num_entries as u32, &mut params).map_err(setup_error)?;
+        let memory = RingMemory::map(&fd, &params).map_err(Error::Mmap)?;
+        // Without NODROP the kernel drops completions that do not fit in the
+        // CQ ring, so never have more in flight than it holds.
+        let max_in_flight = if params.features & IORING_FEAT_NODROP != 0 {
+            usize::MAX
+        } else {
+            params.cq_entries as usize
+        };
+        // SAFETY: `memory` maps the ring `params` describes; the context
+        // built below owns it and drops it after the queue (field order).
+        let submit = unsafe { SubmitQueue::new(&memory, &params) }.map_err(Error::Mmap)?;
+        // SAFETY: as above.
+        let complete = unsafe { CompleteQueueState::new(&memory, &params, max_in_flight) }
+            .map_err(Error::Mmap)?;
+        Ok(URingContext {
+            submit: Mutex::new(submit),
+            complete: Mutex::new(complete),
+            _memory: memory,
+            fd,
+            sq_entries: params.sq_entries,
+            cq_entries: params.cq_entries,
+        })
+    }
+
+    /// Registers `allowlist` as the ring's restrictions. Only on a ring from
+    /// [`new_disabled`](Self::new_disabled), once, before
+    /// [`enable`](Self::enable): otherwise the kernel refuses with `EBADFD`
+    /// (already enabled) or `EBUSY` (already registered).
+    pub fn register_restrictions(&self, allowlist: &URingAllowlist) -> Result<()> {
+        let entries = allowlist.restrictions();
+        // SAFETY: `entries` is an array of `entries.len()` restriction
+        // structs, alive for the whole call.
+        unsafe {
+            self.register(
+                RegisterOperation::Restrictions,
+                entries.as_ptr().cast(),
+                entries.len() as u32,
+            )
+        }
+    }
+
+    /// Enables a ring created with [`new_disabled`](Self::new_disabled).
+    /// Restrictions registered before take effect now.
+    pub fn enable(&self) -> Result<()> {
+        // SAFETY: ENABLE_RINGS takes no argument.
+        unsafe { self.register(RegisterOperation::EnableRings, std::ptr::null(), 0) }
+    }
+
+    /// Makes the kernel signal `eventfd` whenever it posts a completion, for
+    /// event loops that wait on an eventfd rather than the ring fd.
+    pub fn register_eventfd(&self, eventfd: RawFd) -> Result<()> {
+        // SAFETY: REGISTER_EVENTFD reads one `int`, which lives on our stack
+        // for the whole call.
+        unsafe {
+            self.register(
+                RegisterOperation::Eventfd,
+                (&eventfd as *const RawFd).cast(),
+                1,
+            )
+        }
+    }
+
+    /// Stops signalling the eventfd registered with
+    /// [`register_eventfd`](Self::register_eventfd).
+    pub fn unregister_eventfd(&self) -> Result<()> {
+        // SAFETY: UNREGISTER_EVENTFD takes no argument.
+        unsafe { self.register(RegisterOperation::UnregisterEventfd, std::ptr::null(), 0) }
+    }
+
+    /// # Safety
+    ///
+    /// `arg` must be what `call` expects for `nr_args` entries, valid for the
+    /// duration of the call.
+    unsafe fn register(
+        &self,
+        call: RegisterOperation,
+        arg: *const libc::c_void,
+        nr_args: u32,
+    ) -> Result<()> {
+        // SAFETY: forwarded from the caller.
+        unsafe { sys::register(&self.fd, call as u32, arg, nr_args) }
+            .map(drop)
+            .map_err(|source| Error::Register { call, source })
+    }
+
+    /// Queues `sqe`, keeping `state` alive until its completion is reaped.
+    ///
+    /// The operation is recorded as in flight before its SQE is published,
+    /// so its completion always finds it, and both happen under the submit
+    /// lock, so a refusal leaves nothing behind.
+    fn queue(&self, sqe: &io_uring_sqe, state: OpState) -> Result<()> {
+        let user_data = sqe.user_data;
+        let mut submit = lock(&self.submit);
+        let slot = submit.free_slot().ok_or(Error::NoSpace)?;
+        match lock(&self.complete).register(user_data, state) {
+            Ok(()) => {}
+            Err(InFlight::Duplicate) => return Err(Error::DuplicateUserData(user_data)),
+            Err(InFlight::Full) => return Err(Error::NoSpace),
+        }
+        submit.publish(slot, sqe);
+        Ok(())
+    }
+
+    /// # Safety
+    ///
+    /// As for [`add_readv`](Self::add_readv) (reads) or
+    /// [`add_writev`](Self::add_writev) (writes).
+    unsafe fn add_rw(
+        &self,
+        opcode: u32,
+        iovecs: Pin<Box<[IoBufMut<'static>]>>,
+        fd: RawFd,
+        offset: Option<u64>,
+        user_data: UserData,
+    ) -> Result<()> {
+        if iovecs.len() > MAX_IOVECS {
+            return Err(Error::TooManyIovecs(iovecs.len()));
+        }
+        let mut sqe = blank_sqe(opcode, fd, user_data);
+        // u64::MAX (-1) asks for the file's current position.
+        sqe.__bindgen_anon_1.off = offset.unwrap_or(u64::MAX);
+        // `IoBufMut` is `repr(transparent)` over `iovec`, and the boxed slice
+        // does not move when the box does, so this address stays valid while
+        // the box is kept in the in-flight state.
+        sqe.__bindgen_anon_2.addr = iovecs.as_ptr() as u64;
+        sqe.len = iovecs.len() as u32;
+        self.queue(&sqe, Some(iovecs))
+    }
+
+    /// Collects raw iovecs into the pinned form the in-flight state keeps.
+    fn pin_iovecs<I: Iterator<Item = libc::iovec>>(
+        iovecs: I,
+    ) -> Result<Pin<Box<[IoBufMut<'static>]>>> {
+        let iovecs: Vec<IoBufMut<'static>> = iovecs
+            .take(MAX_IOVECS + 1)
+            // SAFETY: the caller of `add_readv_iter` / `add_writev_iter`
+            // guarantees each iovec stays valid as `from_raw_parts` requires.
+            .map(|iov| unsafe { IoBufMut::from_raw_parts(iov.iov_base.cast(), iov.iov_len) })
+            .collect();
+        if iovecs.len() > MAX_IOVECS {
+            return Err(Error::TooManyIovecs(iovecs.len()));
+        }
+        Ok(Box::into_pin(iovecs.into_boxed_slice()))
+    }
+
+    /// Queues a vectored read from `fd` into `iovecs`, at `offset` or, with
+    /// `None`, at the file's current position (which it then advances).
+    ///
+    /// Completes with the number of bytes read.
+    ///
+    /// # Safety
+    ///
+    /// Each iovec must point to memory that is valid for writes and that
+    /// nothing else reads or writes until this operation's completion has
+    /// been returned by [`wait`](Self::wait), or the context has been
+    /// dropped. If drop has to leak (see [Dropping](Self#dropping)), the
+    /// kernel may still write to that memory afterwards.
+    pub unsafe fn add_readv(
+        &self,
+        iovecs: Pin<Box<[IoBufMut<'static>]>>,
+        fd: RawFd,
+        offset: Option<u64>,
+        user_data: UserData,
+    ) -> Result<()> {
+        // SAFETY: forwarded from the caller.
+        unsafe { self.add_rw(IORING_OP_READV, iovecs, fd, offset, user_data) }
+    }
+
+    /// Queues a vectored write of `iovecs` to `fd`, at `offset` or, with
+    /// `None`, at the file's current position (which it then advances).
+    ///
+    /// Completes with the number of bytes written.
+    ///
+    /// # Safety
+    ///
+    /// Each iovec must point to memory that is valid for reads and that
+    /// nothing writes until this operation's completion has been returned by
+    /// [`wait`](Self::wait), or the context has been dropped (see
+    /// [Dropping](Self#dropping)).
+    pub unsafe fn add_writev(
+        &self,
+        iovecs: Pin<Box<[IoBufMut<'static>]>>,
+        fd: RawFd,
+        offset: Option<u64>,
+        user_data: UserData,
+    ) -> Result<()> {
+        // SAFETY: forwarded from the caller.
+        unsafe { self.add_rw(IORING_OP_WRITEV, iovecs, fd, offset, user_data) }
+    }
+
+    /// [`add_readv`](Self::add_readv) from raw iovecs, which the context
+    /// copies into an array it keeps until the completion.
+    ///
+    /// # Safety
+    ///
+    /// As for [`add_readv`](Self::add_readv), for the memory each iovec
+    /// points to.
+    pub unsafe fn add_readv_iter<I: Iterator<Item = libc::iovec>>(
+        &self,
+        iovecs: I,
+        fd: RawFd,
+        offset: Option<u64>,
+        user_data: UserData,
+    ) -> Result<()> {
+        let iovecs = Self::pin_iovecs(iovecs)?;
+        // SAFETY: forwarded from the caller.
+        unsafe { self.add_rw(IORING_OP_READV, iovecs, fd, offset, user_data) }
+    }
+
+    /// [`add_writev`](Self::add_writev) from raw iovecs, which the context
+    /// copies into an array it keeps until the completion.
+    ///
+    /// # Safety
+    ///
+    /// As for [`add_writev`](Self::add_writev), for the memory each iovec
+    /// points to.
+    pub unsafe fn add_writev_iter<I: Iterator<Item = libc::iovec>>(
+        &self,
+        iovecs: I,
+        fd: RawFd,
+        offset: Option<u64>,
+        user_data: UserData,
+    ) -> Result<()> {
+        let iovecs = Self::pin_iovecs(iovecs)?;
+        // SAFETY: forwarded from the caller.
+        unsafe { self.add_rw(IORING_OP_WRITEV, iovecs, fd, offset, user_data) }
+    }
+
+    /// Queues an operation that does nothing and completes with 0: a cheap
+    /// way to wake a thread blocked in [`wait`](Self::wait).
+    pub fn add_nop(&self, user_data: UserData) -> Result<()> {
+        self.add_nop_with_flags(SqeFlags::NONE, user_data)
+    }
+
+    /// Queues a nop that carries SQE `flags`, for ordering (`DRAIN`, `LINK`)
+    /// or to see what a restricted ring allows.
+    pub fn add_nop_with_flags(&self, flags: SqeFlags, user_data: UserData) -> Result<()> {
+        let mut sqe = blank_sqe(IORING_OP_NOP, -1, user_data);
+        sqe.flags = flags.bits();
+        self.queue(&sqe, None)
+    }
+
+    /// Queues an `fsync` of `fd`. Completes with 0.
+    pub fn add_fsync(&self, fd: RawFd, user_data: UserData) -> Result<()> {
+        self.queue(&blank_sqe(IORING_OP_FSYNC, fd, user_data), None)
+    }
+
+    /// Queues `fallocate(fd, mode, offset, len)`: `mode` 0 allocates, and
+    /// `FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE` deallocates (the range
+    /// then reads as zeros). Completes with 0.
+    pub fn add_fallocate(
+        &self,
+        fd: RawFd,
+        offset: u64,
+        len: u64,
+        mode: u32,
+        user_data: UserData,
+    ) -> Result<()> {
+        let mut sqe = blank_sqe(IORING_OP_FALLOCATE, fd, user_data);
+        sqe.__bindgen_anon_1.off = offset;
+        sqe.__bindgen_anon_2.addr = len;
+        sqe.len = mode;
+        self.queue(&sqe, None)
+    }
+
+    /// Queues a one-shot poll of `fd`. Completes with the `POLL*` events that
+    /// are ready, once one of `events` is.
+    pub fn add_poll_fd(&self, fd: RawFd, events: EventType, user_data: UserData) -> Result<()> {
+        let mut sqe = blank_sqe(IORING_OP_POLL_ADD, fd, user_data);
+        sqe.__bindgen_anon_3.poll32_events = events.poll_events().to_le();
+        self.queue(&sqe, None)
+    }
+
+    /// Queues the removal of the poll added with user_data `target`.
+    ///
+    /// This operation completes with 0 if the poll was removed (the poll then
+    /// completes with `ECANCELED`), `ENOENT` if no poll with that user_data
+    /// is pending, or `EALREADY` if it is already completing.
+    pub fn remove_poll_fd(&self, target: UserData, user_data: UserData) -> Result<()> {
+        let mut sqe = blank_sqe(IORING_OP_POLL_REMOVE, -1, user_data);
+        sqe.__bindgen_anon_2.addr = target;
+        self.queue(&sqe, None)
+    }
+
+    /// Queues the cancellation of the operation added with user_data
+    /// `target`.
+    ///
+    /// This operation completes with 0 if the target was cancelled (it then
+    /// completes with `ECANCELED`), `ENOENT` if no operation with that
+    /// user_data is in the kernel, or `EALREADY` if it is already running
+    /// and cannot be stopped (it then completes normally).
+    pub fn async_cancel(&self, target: UserData, user_data: UserData) -> Result<()> {
+        let mut sqe = blank_sqe(IORING_OP_ASYNC_CANCEL, -1, user_data);
+        sqe.__bindgen_anon_2.addr = target;
+        self.queue(&sqe, None)
+    }
+
+    /// Sends every queued operation to the kernel, without waiting for any
+    /// to complete.
+    ///
+    /// If the kernel consumes fewer than offered (it stops at an SQE it
+    /// rejects, whose completion then carries the error), the rest are
+    /// offered again until none is left.
+    ///
+    /// - `EINTR` from `io_uring_enter` is retried.
+    /// - `EAGAIN` and `EBUSY` return [`Error::KernelBusy`]: the kernel is
+    ///   short of memory or of completion space. The operations it did not
+    ///   take stay queued and go with the next `submit` or `wait`.
+    /// - Anything else returns [`Error::Enter`] (`EBADFD`: the ring is still
+    ///   disabled).
+    pub fn submit(&self) -> Result<()> {
+        let mut stalled = false;
+        loop {
+            let queued = lock(&self.submit).queued();
+            if queued == 0 {
+                return Ok(());
+            }
+            match sys::enter(&self.fd, queued, 0, 0) {
+                // Another thread may have submitted some of them meanwhile;
+                // `queued` says on the next turn. Zero twice is a stall.
+                Ok(0) if stalled => {
+                    return Err(Error::KernelBusy(io::Error::from_raw_os_error(libc::EAGAIN)))
+                }
+                Ok(0) => stalled = true,
+                Ok(_) => stalled = false,
+                Err(e) if is_errno(&e, libc::EINTR) => {}
+                Err(e) if is_errno(&e, libc::EAGAIN) || is_errno(&e, libc::EBUSY) => {
+                    return Err(Error::KernelBusy(e))
+                }
+                Err(e) => return Err(Error::Enter(e)),
+            }
+        }
+    }
+
+    /// Submits what is queued, waits until at least one completion is ready,
+    /// and returns an iterator over every completion that is ready.
+    ///
+    /// Each completion is yielded exactly once, to whichever thread's
+    /// iterator pops it first, as `(user_data, result)`; a negative kernel
+    /// result becomes `Err(io::Error::from_raw_os_error(-res))`. Completions
+    /// the kernel kept aside because the completion ring was full
+    /// (`IORING_FEAT_NODROP`) are brought back by the iterator as the ring
+    /// empties, so none is lost however many are in flight.
+    ///
+    /// `wait` does not block when a completion is already ready, nor when no
+    /// operation is in flight at all (the iterator is then empty). With
+    /// several threads waiting, one can block until the next completion even
+    /// though another took the one that woke it.
+    ///
+    /// `EINTR` is retried. `EAGAIN` and `EBUSY` while submitting fall back to
+    /// waiting for an operation already in the kernel; if there is none,
+    /// they return [`Error::KernelBusy`] and the operations stay queued.
+    pub fn wait(&self) -> Result<impl Iterator<Item = (UserData, io::Result<u32>)> + '_> {
+        loop {
+            let queued = lock(&self.submit).queued();
+            let (ready, in_flight) = {
+                let complete = lock(&self.complete);
+                let ready = complete.ready() > 0 || complete.overflow_pending();
+                (ready, complete.in_flight())
+            };
+            if in_flight == 0 {
+                break;
+            }
+            if ready {
+                // Send what is queued, but don't block: completions wait. A
+                // busy kernel keeps the rest queued for the next call.
+                match self.submit() {
+                    Ok(()) | Err(Error::KernelBusy(_)) => break,
+                    Err(e) => return Err(e),
+                }
+            }
+            match sys::enter(&self.fd, queued, 1, IORING_ENTER_GETEVENTS) {
+                // A short submit returns before waiting; look again.
+                Ok(submitted) if submitted < queued => continue,
+                Ok(_) => break,
+                Err(e) if is_errno(&e, libc::EINTR) => continue,
+                Err(e) if is_errno(&e, libc::EAGAIN) || is_errno(&e, libc::EBUSY) => {
+                    if in_flight as u64 <= u64::from(queued) {
+                        return Err(Error::KernelBusy(e));
+                    }
+                    // Something already in the kernel will complete: wait
+                    // for it without submitting more.
+                    match sys::enter(&self.fd, 0, 1, IORING_ENTER_GETEVENTS) {
+                        Err(e) if !is_errno(&e, libc::EINTR) => return Err(Error::Enter(e)),
+                        _ => continue,
+                    }
+                }
+                Err(e) => return Err(Error::Enter(e)),
+            }
+        }
+        Ok(Completions { ring: self })
+    }
+
+    /// Asks the kernel to move overflowed completions into the CQ ring (and
+    /// run completion work it has pending for this thread).
+    fn flush_completions(&self) -> Result<()> {
+        loop {
+            match sys::enter(&self.fd, 0, 0, IORING_ENTER_GETEVENTS) {
+                Ok(_) => return Ok(()),
+                Err(e) if is_errno(&e, libc::EINTR) => continue,
+                Err(e) => return Err(Error::Enter(e)),
+            }
+        }
+    }
+
+    /// Operations added and not yet returned by [`wait`](Self::wait),
+    /// whether still queued, in the kernel, or completed and waiting to be
+    /// reaped.
+    pub fn in_flight(&self) -> usize {
+        lock(&self.complete).in_flight()
+    }
+
+    /// How many operations the submission queue holds.
+    pub fn sq_entries(&self) -> u32 {
+        self.sq_entries
+    }
+
+    /// How many completions the completion ring holds.
+    pub fn cq_entries(&self) -> u32 {
+        self.cq_entries
+    }
+
+    /// Completions the kernel had to drop (the CQ ring's overflow counter).
+    /// Always 0 on kernels with `IORING_FEAT_NODROP` unless the kernel ran
+    /// out of memory for overflowed completions.
+    pub fn dropped_completions(&self) -> u32 {
+        lock(&self.complete).dropped()
+    }
+
+    /// A user_data that no operation in flight uses, for drop's own
+    /// cancellations.
+    fn unused_user_data(complete: &CompleteQueueState<OpState>, from: &mut u64) -> u64 {
+        while complete.is_in_flight(*from) {
+            *from = from.wrapping_sub(1);
+        }
+        let found = *from;
+        *from = from.wrapping_sub(1);
+        found
+    }
+
+    /// Cancels every operation in flight and reaps completions until none is
+    /// left, for up to [`DROP_DRAIN_TIMEOUT`]. Returns whether it got there.
+    fn cancel_and_drain(&self) -> bool {
+        let deadline = Instant::now() + DROP_DRAIN_TIMEOUT;
+        // The user_data of drop's cancel operations, and of their targets.
+        let mut cancels = HashSet::new();
+        let mut cancelled = HashSet::new();
+        let mut next_user_data = u64::MAX;
+        loop {
+            // Submit failures are not fatal here: the deadline bounds us.
+            let _ = self.submit();
+            let targets: Vec<u64> = {
+                let complete = lock(&self.complete);
+                if complete.in_flight() == 0 {
+                    return true;
+                }
+                complete
+                    .in_flight_user_data()
+                    .filter(|ud| !cancels.contains(ud) && !cancelled.contains(ud))
+                    .collect()
+            };
+            for target in targets {
+                let user_data = Self::unused_user_data(&lock(&self.complete), &mut next_user_data);
+                if self.async_cancel(target, user_data).is_err() {
+                    break; // No room: the next turn submits and retries.
+                }
+                cancels.insert(user_data);
+                cancelled.insert(target);
+            }
+            let _ = self.submit();
+            for _ in self.completions_ready() {}
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return lock(&self.complete).in_flight() == 0;
+            }
+            let timeout = left.min(Duration::from_millis(100)).as_millis() as i32;
+            let _ = sys::poll_readable(&self.fd, timeout.max(1));
+            let _ = self.flush_completions();
+        }
+    }
+
+    /// The iterator [`wait`](Self::wait) returns, without waiting.
+    fn completions_ready(&self) -> Completions<'_> {
+        Completions { ring: self }
+    }
+}
+
+impl Drop for URingContext {
+    fn drop(&mut self) {
+        if lock(&self.complete).in_flight() == 0 {
+            return;
+        }
+        if !self.cancel_and_drain() {
+            // The kernel may still use what these operations pinned.
+            lock(&self.complete).leak_all();
+        }
+    }
+}
+
+impl AsRawFd for URingContext {
+    /// The ring's file descriptor. It polls readable (epoll, poll) while a
+    /// completion is ready.
+    fn as_raw_fd(&self) -> RawFd {
+        self.fd.as_raw_fd()
+    }
+}
+
+impl std::fmt::Debug for URingContext {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("URingContext")
+            .field("fd", &self.fd.as_raw_fd())
+            .field("sq_entries", &self.sq_entries)
+            .field("cq_entries", &self.cq_entries)
+            .field("in_flight", &self.in_flight())
+            .finish()
+    }
+}
+
+/// Pops ready completions; see [`URingContext::wait`].
+struct Completions<'a> {
+    ring: &'a URingContext,
+}
+
+impl Iterator for Completions<'_> {
+    type Item = (UserData, io::Result<u32>);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let mut flushed = false;
+        loop {
+            // The guard is a temporary: the lock is released before the
+            // operation's pinned state is dropped below.
+            let popped = lock(&self.ring.complete).pop();
+            if let Some(completion) = popped {
+                drop(completion.state);
+                return Some((completion.user_data, completion_result(completion.result)));
+            }
+            if flushed || !lock(&self.ring.complete).overflow_pending() {
+                return None;
+            }
+            // An error here surfaces from the next `wait`.
+            let _ = self.ring.flush_completions();
+            flushed = true;
+        }
+    }
+}
+
+// Compile-time proof of the thread-safety promise.
+const _: fn() = || {
+    fn assert_send_sync<T: Send + Sync>() {}
+    assert_send_sync::<URingContext>();
+};

@@ -1,0 +1,167 @@
+//! The crate's error type.
+
+use std::io;
+
+use crate::allowlist::RegisterOperation;
+
+/// Everything that can go wrong in ringfence.
+#[remain::sorted]
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// An operation with this user_data is still in flight.
+    #[error(
+        "user_data {0} is already used by an operation in flight: wait for its completion \
+         or use another user_data"
+    )]
+    DuplicateUserData(u64),
+    /// `io_uring_enter` failed with an error other than the transient ones.
+    #[error("io_uring_enter failed: {0}{hint}", hint = enter_hint(.0))]
+    Enter(io::Error),
+    /// The ring size asked of [`URingContext::new`](crate::URingContext::new)
+    /// is 0 or above the kernel's limit.
+    #[error(
+        "a ring of {0} entries is out of range: io_uring takes 1 to {max} entries",
+        max = crate::context::MAX_ENTRIES
+    )]
+    EntriesOutOfRange(usize),
+    /// The kernel refuses io_uring to this process (EPERM).
+    #[error(
+        "io_uring is disabled for this process (EPERM): the sysctl kernel.io_uring_disabled \
+         is set; set it to 0, or to 1 and add the process to kernel.io_uring_group"
+    )]
+    IoUringDisabled,
+    /// The kernel has no io_uring, or a seccomp filter hides it (ENOSYS).
+    #[error(
+        "io_uring is not available (ENOSYS): the kernel is older than 5.1 or built without \
+         CONFIG_IO_URING, or a seccomp filter blocks io_uring_setup"
+    )]
+    IoUringUnavailable,
+    /// The kernel cannot take more submissions right now (EAGAIN or EBUSY).
+    /// Nothing is lost: the operations stay queued.
+    #[error(
+        "the kernel cannot take more submissions now ({0}): the operations stay queued; \
+         reap completions with wait() and submit again"
+    )]
+    KernelBusy(io::Error),
+    /// Mapping the ring memory failed.
+    #[error("mapping the io_uring rings failed: {0}")]
+    Mmap(io::Error),
+    /// The submission queue is full, or (on kernels without
+    /// `IORING_FEAT_NODROP`) as many operations are in flight as completions
+    /// fit in the completion ring.
+    #[error(
+        "no room in the submission queue: submit() or reap completions with wait(), \
+         or create the ring with more entries"
+    )]
+    NoSpace,
+    /// Not enough locked memory for the rings (ENOMEM).
+    #[error(
+        "not enough locked memory for the io_uring rings (ENOMEM): raise RLIMIT_MEMLOCK \
+         (ulimit -l) or ask for fewer entries"
+    )]
+    OutOfLockedMemory,
+    /// An `io_uring_register` call failed.
+    #[error("io_uring_register({call:?}) failed: {source}{hint}", hint = register_hint(*.call, .source))]
+    Register {
+        /// The register call that failed.
+        call: RegisterOperation,
+        /// The kernel's error.
+        source: io::Error,
+    },
+    /// `io_uring_setup` failed for a reason without its own variant.
+    #[error("io_uring_setup failed: {0}")]
+    Setup(io::Error),
+    /// More iovecs than one readv or writev takes.
+    #[error("{0} iovecs is more than one operation takes (at most {max})", max = crate::context::MAX_IOVECS)]
+    TooManyIovecs(usize),
+}
+
+fn enter_hint(err: &io::Error) -> &'static str {
+    match err.raw_os_error() {
+        Some(libc::EBADFD) => " (the ring is still disabled: enable it first)",
+        _ => "",
+    }
+}
+
+fn register_hint(call: RegisterOperation, err: &io::Error) -> &'static str {
+    match (call, err.raw_os_error()) {
+        (RegisterOperation::Restrictions, Some(libc::EBADFD)) => {
+            " (restrictions can only be registered on a ring created disabled, before it is enabled)"
+        }
+        (RegisterOperation::Restrictions, Some(libc::EBUSY)) => {
+            " (restrictions were already registered on this ring; they can be set only once)"
+        }
+        (RegisterOperation::EnableRings, Some(libc::EBADFD)) => " (the ring is already enabled)",
+        (_, Some(libc::EACCES)) => {
+            " (the ring's allowlist does not allow this register call; do all registration \
+             before the ring is enabled)"
+        }
+        _ => "",
+    }
+}
+
+/// Results of ringfence calls.
+pub type Result<T> = std::result::Result<T, Error>;
+
+impl From<Error> for io::Error {
+    #[remain::check]
+    fn from(err: Error) -> io::Error {
+        #[remain::sorted]
+        match err {
+            Error::DuplicateUserData(_) => io::Error::new(io::ErrorKind::AlreadyExists, err),
+            Error::Enter(e) => e,
+            Error::EntriesOutOfRange(_) => io::Error::new(io::ErrorKind::InvalidInput, err),
+            Error::IoUringDisabled => io::Error::from_raw_os_error(libc::EPERM),
+            Error::IoUringUnavailable => io::Error::from_raw_os_error(libc::ENOSYS),
+            Error::KernelBusy(e) => e,
+            Error::Mmap(e) => e,
+            Error::NoSpace => io::Error::new(io::ErrorKind::WouldBlock, err),
+            Error::OutOfLockedMemory => io::Error::from_raw_os_error(libc::ENOMEM),
+            Error::Register { source, .. } => source,
+            Error::Setup(e) => e,
+            Error::TooManyIovecs(_) => io::Error::new(io::ErrorKind::InvalidInput, err),
+        }
+    }
+}
+
+/// The error for a failed `io_uring_setup`: the causes a user can act on get
+/// their own variant and message.
+pub(crate) fn setup_error(err: io::Error) -> Error {
+    match err.raw_os_error() {
+        Some(libc::ENOSYS) => Error::IoUringUnavailable,
+        Some(libc::EPERM) => Error::IoUringDisabled,
+        Some(libc::ENOMEM) => Error::OutOfLockedMemory,
+        _ => Error::Setup(err),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn setup_errnos_name_their_cause() {
+        for (errno, needle) in [
+            (libc::ENOSYS, "seccomp"),
+            (libc::EPERM, "io_uring_disabled"),
+            (libc::ENOMEM, "RLIMIT_MEMLOCK"),
+        ] {
+            let err = setup_error(io::Error::from_raw_os_error(errno));
+            assert!(err.to_string().contains(needle), "{err}");
+            assert_eq!(io::Error::from(err).raw_os_error(), Some(errno));
+        }
+        let other = setup_error(io::Error::from_raw_os_error(libc::EINVAL));
+        assert!(matches!(other, Error::Setup(_)));
+        assert_eq!(io::Error::from(other).raw_os_error(), Some(libc::EINVAL));
+    }
+
+    #[test]
+    fn register_errors_keep_the_errno_and_explain() {
+        let err = Error::Register {
+            call: RegisterOperation::Restrictions,
+            source: io::Error::from_raw_os_error(libc::EBADFD),
+        };
+        assert!(err.to_string().contains("created disabled"), "{err}");
+        assert_eq!(io::Error::from(err).raw_os_error(), Some(libc::EBADFD));
+    }
+}

@@ -1,0 +1,124 @@
+use std::io;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use super::{QueuePointers, RingMemory};
+use crate::bindings::{io_uring_params, io_uring_sqe};
+
+/// The submission side of a ring.
+///
+/// Invariants:
+/// - every pointer points into the [`RingMemory`] the queue was created from,
+///   which outlives it (see [`SubmitQueue::new`]);
+/// - `tail` is the last value stored to the shared SQ tail: this queue is the
+///   only writer of the tail and of the SQE slots, and the caller serialises
+///   access through `&mut self`;
+/// - the slots from the kernel's head up to `tail` belong to the kernel until
+///   it advances its head past them; we only write slots outside that range.
+pub(crate) struct SubmitQueue {
+    head: *const AtomicU32,
+    tail_ptr: *const AtomicU32,
+    sqes: *mut io_uring_sqe,
+    mask: u32,
+    entries: u32,
+    tail: u32,
+}
+
+/// Proof that the SQE slot at `tail` is free, handed out by
+/// [`SubmitQueue::free_slot`] and consumed by [`SubmitQueue::publish`]. It
+/// stays valid while the submit lock is held: only the kernel moves the head,
+/// and only forward, which frees slots and never takes one back.
+#[must_use]
+pub(crate) struct FreeSlot {
+    tail: u32,
+}
+
+impl SubmitQueue {
+    /// # Safety
+    ///
+    /// `memory` must be the mapping of the ring `params` describes, and the
+    /// returned queue must not be used after `memory` is dropped.
+    pub(crate) unsafe fn new(memory: &RingMemory, params: &io_uring_params) -> io::Result<Self> {
+        let ring = QueuePointers::new(&memory.sq_ring);
+        let off = &params.sq_off;
+        let entries = ring.constant(off.ring_entries)?;
+        let mask = ring.constant(off.ring_mask)?;
+        if !entries.is_power_of_two() || mask != entries - 1 || entries != params.sq_entries {
+            return Err(io::Error::new(io::ErrorKind::InvalidData, "inconsistent SQ ring size"));
+        }
+        let array = ring.array::<u32>(off.array, entries)?;
+        for i in 0..entries {
+            // SAFETY: `array` holds `entries` u32s (checked by `array`). The
+            // kernel reads the index array only for slots between its head and
+            // our published tail, and nothing is published yet.
+            unsafe { array.add(i as usize).write(i) };
+        }
+        let head = ring.field::<AtomicU32>(off.head)?;
+        let tail_ptr = ring.field::<AtomicU32>(off.tail)?;
+        // SAFETY: in bounds and aligned (checked above); nothing is
+        // published yet, so the kernel does not touch the tail.
+        let tail = unsafe { (*tail_ptr).load(Ordering::Relaxed) };
+        Ok(SubmitQueue {
+            head,
+            tail_ptr,
+            sqes: QueuePointers::new(&memory.sqes).array(0, entries)?,
+            mask,
+            entries,
+            tail,
+        })
+    }
+
+    /// The kernel's SQ head: every slot before it has been consumed.
+    fn kernel_head(&self) -> u32 {
+        // SAFETY: `head` points into live ring memory (type invariant).
+        // Acquire pairs with the kernel's `smp_store_release` of the head in
+        // `io_commit_sqring`: its reads of the slots it consumed happen before
+        // we overwrite them.
+        unsafe { (*self.head).load(Ordering::Acquire) }
+    }
+
+    /// SQEs published but not yet consumed by the kernel.
+    pub(crate) fn queued(&self) -> u32 {
+        self.tail.wrapping_sub(self.kernel_head())
+    }
+
+    /// The next free slot, or `None` when all `entries` slots still wait for
+    /// the kernel.
+    pub(crate) fn free_slot(&self) -> Option<FreeSlot> {
+        (self.queued() < self.entries).then_some(FreeSlot { tail: self.tail })
+    }
+
+    /// Writes `sqe` into `slot` and publishes it to the kernel.
+    pub(crate) fn publish(&mut self, slot: FreeSlot, sqe: &io_uring_sqe) {
+        assert_eq!(slot.tail, self.tail, "a FreeSlot was used twice");
+        let index = (self.tail & self.mask) as usize;
+        // SAFETY: `index < entries` (masked), so the slot is inside the SQE
+        // array. `FreeSlot` proves the slot is outside the kernel's range and
+        // `&mut self` that no other thread writes it. `sqe` is a valid SQE
+        // that cannot overlap ring memory (it is a Rust reference).
+        unsafe { std::ptr::copy_nonoverlapping(sqe, self.sqes.add(index), 1) };
+        self.tail = self.tail.wrapping_add(1);
+        // SAFETY: `tail_ptr` points into live ring memory (type invariant).
+        // Release pairs with the kernel's `smp_load_acquire` of the tail in
+        // `io_sqring_entries`: the SQE written above is visible to it before
+        // the new tail is.
+        unsafe { (*self.tail_ptr).store(self.tail, Ordering::Release) };
+    }
+}
+
+/// An SQE with every field zero but the opcode, file and user_data; the
+/// operation-specific fields are the caller's to fill in.
+pub(crate) fn blank_sqe(opcode: u32, fd: i32, user_data: u64) -> io_uring_sqe {
+    // SAFETY: `io_uring_sqe` is plain old data (integers, unions of integers
+    // and zero-sized markers), for which all-zero bytes are a valid value,
+    // and the kernel requires unused fields to be zero.
+    let mut sqe: io_uring_sqe = unsafe { std::mem::MaybeUninit::zeroed().assume_init() };
+    sqe.opcode = opcode as u8;
+    sqe.fd = fd;
+    sqe.user_data = user_data;
+    sqe
+}
+
+// SAFETY: the raw pointers point into ring memory that is not tied to a
+// thread; all mutation goes through `&mut self` (so it is serialised by the
+// owner's lock) or through atomics.
+unsafe impl Send for SubmitQueue {}
