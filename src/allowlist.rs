@@ -261,11 +261,12 @@ impl URingAllowlist {
     pub(crate) fn restrictions(&self) -> Vec<io_uring_restriction> {
         let entry = |opcode: u32, value: u8| {
             // `Default` zeroes the reserved fields, as the kernel requires.
-            let mut r = io_uring_restriction::default();
-            r.opcode = opcode as u16;
-            // All three union members are the same byte.
-            r.__bindgen_anon_1.sqe_op = value;
-            r
+            io_uring_restriction {
+                opcode: opcode as u16,
+                // All three union members are the same byte.
+                __bindgen_anon_1: io_uring_restriction__bindgen_ty_1 { sqe_op: value },
+                ..Default::default()
+            }
         };
         let ops = self
             .submit_operations
@@ -277,7 +278,10 @@ impl URingAllowlist {
             .map(|op| entry(IORING_RESTRICTION_REGISTER_OP, *op as u8));
         let flags = [
             (IORING_RESTRICTION_SQE_FLAGS_ALLOWED, self.allowed_sqe_flags),
-            (IORING_RESTRICTION_SQE_FLAGS_REQUIRED, self.required_sqe_flags),
+            (
+                IORING_RESTRICTION_SQE_FLAGS_REQUIRED,
+                self.required_sqe_flags,
+            ),
         ]
         .into_iter()
         .filter(|(_, bits)| *bits != 0)
@@ -300,7 +304,10 @@ mod tests {
         assert_eq!(URingOperation::AsyncCancel as u32, IORING_OP_ASYNC_CANCEL);
         assert_eq!(URingOperation::from_raw(IORING_OP_LAST as u8), None);
         assert_eq!(RegisterOperation::ALL.len(), IORING_REGISTER_LAST as usize);
-        assert_eq!(RegisterOperation::EnableRings as u32, IORING_REGISTER_ENABLE_RINGS);
+        assert_eq!(
+            RegisterOperation::EnableRings as u32,
+            IORING_REGISTER_ENABLE_RINGS
+        );
     }
 
     #[test]
@@ -319,7 +326,10 @@ mod tests {
             decoded,
             [
                 (IORING_RESTRICTION_SQE_OP, IORING_OP_READV as u8),
-                (IORING_RESTRICTION_REGISTER_OP, IORING_REGISTER_EVENTFD as u8),
+                (
+                    IORING_RESTRICTION_REGISTER_OP,
+                    IORING_REGISTER_EVENTFD as u8
+                ),
                 (IORING_RESTRICTION_SQE_FLAGS_ALLOWED, 1 << IOSQE_ASYNC_BIT),
             ]
         );

@@ -303,7 +303,6 @@ impl URingContext {
         iovecs: I,
     ) -> Result<Pin<Box<[IoBufMut<'static>]>>> {
         let iovecs: Vec<IoBufMut<'static>> = iovecs
-            .take(MAX_IOVECS + 1)
             // SAFETY: the caller of `add_readv_iter` / `add_writev_iter`
             // guarantees each iovec stays valid as `from_raw_parts` requires.
             .map(|iov| unsafe { IoBufMut::from_raw_parts(iov.iov_base.cast(), iov.iov_len) })
@@ -438,7 +437,11 @@ impl URingContext {
     /// are ready, once one of `events` is.
     pub fn add_poll_fd(&self, fd: RawFd, events: EventType, user_data: UserData) -> Result<()> {
         let mut sqe = blank_sqe(IORING_OP_POLL_ADD, fd, user_data);
-        sqe.__bindgen_anon_3.poll32_events = events.poll_events().to_le();
+        let events = events.poll_events();
+        // The kernel swaps the halfwords of poll32_events on big-endian.
+        #[cfg(target_endian = "big")]
+        let events = events.rotate_left(16);
+        sqe.__bindgen_anon_3.poll32_events = events;
         self.queue(&sqe, None)
     }
 
@@ -490,7 +493,9 @@ impl URingContext {
                 // Another thread may have submitted some of them meanwhile;
                 // `queued` says on the next turn. Zero twice is a stall.
                 Ok(0) if stalled => {
-                    return Err(Error::KernelBusy(io::Error::from_raw_os_error(libc::EAGAIN)))
+                    return Err(Error::KernelBusy(io::Error::from_raw_os_error(
+                        libc::EAGAIN,
+                    )))
                 }
                 Ok(0) => stalled = true,
                 Ok(_) => stalled = false,
@@ -541,9 +546,9 @@ impl URingContext {
                 }
             }
             match sys::enter(&self.fd, queued, 1, IORING_ENTER_GETEVENTS) {
-                // A short submit returns before waiting; look again.
-                Ok(submitted) if submitted < queued => continue,
-                Ok(_) => break,
+                // A short submit or an interrupted wait returns before a
+                // completion is ready; look again.
+                Ok(_) => continue,
                 Err(e) if is_errno(&e, libc::EINTR) => continue,
                 Err(e) if is_errno(&e, libc::EAGAIN) || is_errno(&e, libc::EBUSY) => {
                     if in_flight as u64 <= u64::from(queued) {
@@ -618,8 +623,13 @@ impl URingContext {
         let mut cancelled = HashSet::new();
         let mut next_user_data = u64::MAX;
         loop {
-            // Submit failures are not fatal here: the deadline bounds us.
-            let _ = self.submit();
+            match self.submit() {
+                // A disabled ring has never consumed an SQE: nothing is in
+                // the kernel, and everything in flight can be freed.
+                Err(Error::Enter(e)) if is_errno(&e, libc::EBADFD) => return true,
+                // Other failures are not fatal here: the deadline bounds us.
+                _ => {}
+            }
             let targets: Vec<u64> = {
                 let complete = lock(&self.complete);
                 if complete.in_flight() == 0 {
@@ -640,6 +650,9 @@ impl URingContext {
             }
             let _ = self.submit();
             for _ in self.completions_ready() {}
+            if lock(&self.complete).in_flight() == 0 {
+                return true;
+            }
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 return lock(&self.complete).in_flight() == 0;

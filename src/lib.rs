@@ -83,6 +83,11 @@ mod iobuf;
 mod ring;
 mod sys;
 
+/// The README's examples, compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
+
 pub use allowlist::{RegisterOperation, SqeFlags, URingAllowlist, URingOperation};
 pub use context::{EventType, URingContext, UserData, MAX_ENTRIES, MAX_IOVECS};
 pub use error::{Error, Result};

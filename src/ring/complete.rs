@@ -63,10 +63,14 @@ impl<T> CompleteQueueState<T> {
         let entries = ring.constant(off.ring_entries)?;
         let mask = ring.constant(off.ring_mask)?;
         if !entries.is_power_of_two() || mask != entries - 1 || entries != params.cq_entries {
-            return Err(io::Error::new(io::ErrorKind::InvalidData, "inconsistent CQ ring size"));
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "inconsistent CQ ring size",
+            ));
         }
         Ok(CompleteQueueState {
-            sq_flags: QueuePointers::new(&memory.sq_ring).field::<AtomicU32>(params.sq_off.flags)?,
+            sq_flags: QueuePointers::new(&memory.sq_ring)
+                .field::<AtomicU32>(params.sq_off.flags)?,
             head: ring.field::<AtomicU32>(off.head)?,
             tail: ring.field::<AtomicU32>(off.tail)?,
             overflow: ring.field::<AtomicU32>(off.overflow)?,
@@ -165,8 +169,12 @@ impl<T> CompleteQueueState<T> {
         // SAFETY: the masked index is inside the CQE array. The kernel wrote
         // this CQE before the tail we loaded with Acquire covered it, and will
         // not overwrite it until we move the head past it below.
-        let cqe = unsafe { &*self.cqes.add(index) };
-        let (user_data, result) = (cqe.user_data, cqe.res);
+        // The fields are copied out through the raw pointer; no reference
+        // to ring memory is created.
+        let (user_data, result) = unsafe {
+            let cqe = self.cqes.add(index);
+            ((*cqe).user_data, (*cqe).res)
+        };
         // SAFETY: `head` points into live ring memory. Release orders our
         // read of the CQE before the kernel can see the slot as free (it
         // reads the head before reusing a slot).

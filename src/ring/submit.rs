@@ -43,7 +43,10 @@ impl SubmitQueue {
         let entries = ring.constant(off.ring_entries)?;
         let mask = ring.constant(off.ring_mask)?;
         if !entries.is_power_of_two() || mask != entries - 1 || entries != params.sq_entries {
-            return Err(io::Error::new(io::ErrorKind::InvalidData, "inconsistent SQ ring size"));
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "inconsistent SQ ring size",
+            ));
         }
         let array = ring.array::<u32>(off.array, entries)?;
         for i in 0..entries {

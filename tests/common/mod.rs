@@ -11,7 +11,9 @@ use ringfence::{Error, IoBufMut, URingAllowlist, URingContext};
 pub fn ring_or_skip(entries: usize, allowlist: Option<&URingAllowlist>) -> Option<URingContext> {
     match URingContext::new(entries, allowlist) {
         Ok(ring) => Some(ring),
-        Err(e @ (Error::IoUringUnavailable | Error::IoUringDisabled | Error::OutOfLockedMemory)) => {
+        Err(
+            e @ (Error::IoUringUnavailable | Error::IoUringDisabled | Error::OutOfLockedMemory),
+        ) => {
             assert!(
                 std::env::var("CI").as_deref() != Ok("true"),
                 "io_uring must be usable under CI: {e}"
@@ -61,7 +63,11 @@ pub fn reap(ring: &URingContext, count: usize) -> Vec<(u64, std::io::Result<u32>
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     let mut out = Vec::with_capacity(count);
     while out.len() < count {
-        assert!(std::time::Instant::now() < deadline, "timed out with {} of {count} completions", out.len());
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out with {} of {count} completions",
+            out.len()
+        );
         out.extend(ring.wait().expect("wait failed"));
     }
     out
@@ -71,7 +77,13 @@ pub fn reap(ring: &URingContext, count: usize) -> Vec<(u64, std::io::Result<u32>
 pub fn kernel_version() -> (u32, u32) {
     let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").expect("osrelease");
     let mut parts = release.trim().split(|c: char| !c.is_ascii_digit());
-    let major = parts.next().and_then(|p| p.parse().ok()).expect("kernel major");
-    let minor = parts.next().and_then(|p| p.parse().ok()).expect("kernel minor");
+    let major = parts
+        .next()
+        .and_then(|p| p.parse().ok())
+        .expect("kernel major");
+    let minor = parts
+        .next()
+        .and_then(|p| p.parse().ok())
+        .expect("kernel minor");
     (major, minor)
 }

@@ -1,0 +1,198 @@
+//! Kernel tests for dropping a context: pending operations are cancelled
+//! promptly and the kernel lets go of their files and buffers; queued,
+//! unreaped and overflowed work does not slow drop down.
+
+mod common;
+
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd, RawFd};
+use std::time::{Duration, Instant};
+
+use common::{leaked_buf, pinned};
+use ringfence::{EventType, URingContext};
+
+/// Well under the context's 5 s drain timeout: a drop that took this long
+/// waited for something it should have cancelled.
+const PROMPT: Duration = Duration::from_secs(2);
+
+/// Drops `ring` and returns how long that took.
+fn timed_drop(ring: URingContext) -> Duration {
+    let start = Instant::now();
+    drop(ring);
+    start.elapsed()
+}
+
+/// A pipe: (read end, write end), both blocking.
+fn pipe() -> (File, File) {
+    let mut fds = [0; 2];
+    // SAFETY: `fds` has room for the two descriptors pipe2 writes.
+    let ret = unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) };
+    assert_eq!(ret, 0, "pipe2: {}", io::Error::last_os_error());
+    // SAFETY: pipe2 succeeded, so both are new descriptors nothing else owns.
+    unsafe { (File::from_raw_fd(fds[0]), File::from_raw_fd(fds[1])) }
+}
+
+/// Sets `O_NONBLOCK` on `fd`.
+fn set_nonblocking(fd: RawFd) {
+    // SAFETY: F_GETFL/F_SETFL on an open descriptor take and return plain
+    // integers.
+    let ok = unsafe {
+        let flags = libc::fcntl(fd, libc::F_GETFL);
+        flags >= 0 && libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK) == 0
+    };
+    assert!(ok, "fcntl: {}", io::Error::last_os_error());
+}
+
+/// Makes sure SIGPIPE is ignored, so writing to a pipe without readers
+/// returns EPIPE rather than killing the test process. The Rust runtime
+/// already ignores it; this checks, and ignores it if something changed that.
+fn ensure_sigpipe_ignored() {
+    // SAFETY: a zeroed sigaction is a valid "no handler" value to read into.
+    let mut old: libc::sigaction = unsafe { std::mem::zeroed() };
+    // SAFETY: a null new action only queries; `old` is valid for writes.
+    let ret = unsafe { libc::sigaction(libc::SIGPIPE, std::ptr::null(), &mut old) };
+    assert_eq!(ret, 0, "sigaction: {}", io::Error::last_os_error());
+    if old.sa_sigaction != libc::SIG_IGN {
+        // SAFETY: SIG_IGN installs no handler code; it only changes this
+        // process's disposition of SIGPIPE.
+        let prev = unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
+        assert_ne!(
+            prev,
+            libc::SIG_ERR,
+            "signal: {}",
+            io::Error::last_os_error()
+        );
+    }
+}
+
+#[test]
+fn drop_with_pending_poll_is_prompt_and_releases_the_file() {
+    ensure_sigpipe_ignored();
+    let ring = ring!(8);
+    let (r, mut w) = pipe();
+    ring.add_poll_fd(r.as_raw_fd(), EventType::Read, 1)
+        .expect("poll");
+    ring.submit().expect("submit");
+    assert_eq!(ring.in_flight(), 1);
+
+    let took = timed_drop(ring);
+    assert!(took < PROMPT, "drop with a pending poll took {took:?}");
+
+    // The poll held a reference to the read end. With it gone, closing our
+    // descriptor leaves the pipe without readers.
+    drop(r);
+    let err = w
+        .write(b"x")
+        .expect_err("write to a pipe with no reader succeeded");
+    assert_eq!(err.raw_os_error(), Some(libc::EPIPE), "{err}");
+}
+
+#[test]
+fn drop_with_pending_readv_cancels_it_and_leaves_buffer_and_data_alone() {
+    let ring = ring!(8);
+    let (mut r, mut w) = pipe();
+    let (buf, view) = leaked_buf(16, 0xab);
+    // SAFETY: the buffer is leaked, so it outlives the operation, and the
+    // test only reads it.
+    unsafe { ring.add_readv(pinned(vec![buf]), r.as_raw_fd(), None, 1) }.expect("readv");
+    ring.submit().expect("submit");
+    assert_eq!(ring.in_flight(), 1);
+
+    let took = timed_drop(ring);
+    assert!(took < PROMPT, "drop with a pending readv took {took:?}");
+
+    const DATA: &[u8; 16] = b"after the drop!!";
+    w.write_all(DATA).expect("write");
+    // Give a read left pending in the kernel time to run, if there were one.
+    std::thread::sleep(Duration::from_millis(50));
+    assert_eq!(view, [0xab; 16], "the buffer was written after drop");
+
+    // The data is still in the pipe (non-blocking, so a pipe emptied by a
+    // stray read fails instead of hanging).
+    set_nonblocking(r.as_raw_fd());
+    let mut got = [0u8; 16];
+    r.read_exact(&mut got)
+        .expect("the data is no longer in the pipe");
+    assert_eq!(&got, DATA);
+}
+
+#[test]
+fn drop_with_operations_never_submitted_is_prompt() {
+    let ring = ring!(8);
+    let (r, _w) = pipe();
+    let (buf, view) = leaked_buf(8, 0xcd);
+    for ud in 0..5 {
+        ring.add_nop(ud).expect("nop");
+    }
+    ring.add_poll_fd(r.as_raw_fd(), EventType::Read, 10)
+        .expect("poll");
+    // SAFETY: the buffer is leaked, so it outlives the operation.
+    unsafe { ring.add_readv(pinned(vec![buf]), r.as_raw_fd(), None, 11) }.expect("readv");
+    assert_eq!(ring.in_flight(), 7);
+
+    let took = timed_drop(ring);
+    assert!(took < PROMPT, "drop with queued operations took {took:?}");
+    assert_eq!(view, [0xcd; 8]);
+}
+
+#[test]
+fn drop_with_completions_never_reaped_is_prompt() {
+    let ring = ring!(8);
+    for ud in 0..8 {
+        ring.add_nop(ud).expect("nop");
+    }
+    ring.submit().expect("submit");
+    // Nops complete during submit: everything is posted, nothing reaped.
+    assert_eq!(ring.in_flight(), 8);
+
+    let took = timed_drop(ring);
+    assert!(
+        took < PROMPT,
+        "drop with unreaped completions took {took:?}"
+    );
+}
+
+#[test]
+fn drop_with_overflowed_completions_never_reaped_is_prompt() {
+    let ring = ring!(4);
+    let total = 3 * u64::from(ring.cq_entries());
+    let mut ud = 0;
+    while ud < total {
+        for _ in 0..ring.sq_entries() {
+            ring.add_nop(ud).expect("nop");
+            ud += 1;
+        }
+        ring.submit().expect("submit");
+    }
+    // More posted than the completion ring holds: the kernel keeps the rest.
+    assert_eq!(ring.in_flight() as u64, total);
+
+    let took = timed_drop(ring);
+    assert!(
+        took < PROMPT,
+        "drop with overflowed completions took {took:?}"
+    );
+}
+
+#[test]
+fn dropping_an_idle_ring_is_immediate() {
+    // Never used.
+    let ring = ring!(8);
+    let took = timed_drop(ring);
+    assert!(
+        took < Duration::from_millis(250),
+        "dropping a fresh ring took {took:?}"
+    );
+
+    // Used, with everything reaped.
+    let ring = ring!(8);
+    ring.add_nop(1).expect("nop");
+    assert_eq!(common::reap(&ring, 1).len(), 1);
+    assert_eq!(ring.in_flight(), 0);
+    let took = timed_drop(ring);
+    assert!(
+        took < Duration::from_millis(250),
+        "dropping an idle ring took {took:?}"
+    );
+}

@@ -1,0 +1,834 @@
+//! Kernel tests of the individual operations of [`URingContext`]: readv and
+//! writev (pinned and raw iovecs, explicit offsets and the file position),
+//! index wrap-around, a full submission queue, fallocate and fsync, poll and
+//! its removal, cancellation, waking waiters, eventfd and ring-fd
+//! readiness, and how a failed completion's errno reaches the caller.
+
+mod common;
+
+use std::collections::{BTreeSet, HashMap};
+use std::fs::{File, OpenOptions};
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::fs::{FileExt, MetadataExt};
+use std::sync::{mpsc, Arc};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use common::{leaked_buf, pinned, reap};
+use ringfence::{Error, EventType, IoBufMut, URingContext};
+
+/// How long a test waits for something that should happen promptly.
+const PROMPTLY: Duration = Duration::from_secs(5);
+
+/// `len` pseudo-random bytes, different for each `seed`, so a misplaced
+/// block or a short transfer never matches by accident.
+fn pattern(len: usize, seed: u64) -> Vec<u8> {
+    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state >> 24) as u8
+        })
+        .collect()
+}
+
+/// A copy of `data` that lives for the rest of the process, as the iovec of
+/// a writev must.
+fn leaked_bytes(data: &[u8]) -> IoBufMut<'static> {
+    IoBufMut::new(Box::leak(data.to_vec().into_boxed_slice()))
+}
+
+/// Reaps exactly one completion, checks it is `user_data`'s, and returns
+/// its result.
+fn only(ring: &URingContext, user_data: u64) -> io::Result<u32> {
+    let mut got = reap(ring, 1);
+    assert_eq!(got.len(), 1, "expected only user_data {user_data}: {got:?}");
+    let (ud, result) = got.pop().unwrap();
+    assert_eq!(ud, user_data, "unexpected completion: {result:?}");
+    result
+}
+
+/// Reaps exactly `count` completions, keyed by user_data; each user_data
+/// must come once.
+fn reap_by_user_data(ring: &URingContext, count: usize) -> HashMap<u64, io::Result<u32>> {
+    let got = reap(ring, count);
+    assert_eq!(got.len(), count, "more completions than expected: {got:?}");
+    let mut by_user_data = HashMap::new();
+    for (user_data, result) in got {
+        assert!(
+            by_user_data.insert(user_data, result).is_none(),
+            "user_data {user_data} completed twice"
+        );
+    }
+    by_user_data
+}
+
+/// The errno of a failed completion, if it failed.
+fn errno(result: &io::Result<u32>) -> Option<i32> {
+    result.as_ref().err().and_then(io::Error::raw_os_error)
+}
+
+/// A pipe: (read end, write end).
+fn pipe() -> (File, File) {
+    let mut fds = [-1; 2];
+    // SAFETY: pipe2 writes two fds into the two-element array it is given.
+    let rc = unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) };
+    assert_eq!(rc, 0, "pipe2: {}", io::Error::last_os_error());
+    // SAFETY: pipe2 succeeded, so both are open fds that nothing else owns.
+    let (read, write) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    (File::from(read), File::from(write))
+}
+
+/// Whether `fd` polls readable within `timeout_ms`.
+fn readable_within(fd: RawFd, timeout_ms: i32) -> bool {
+    let mut pfd = libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    for _ in 0..100 {
+        // SAFETY: `pfd` is one valid pollfd, alive for the call.
+        let n = unsafe { libc::poll(&mut pfd, 1, timeout_ms) };
+        match n {
+            0 => return false,
+            1 => return pfd.revents & libc::POLLIN != 0,
+            _ if io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) => continue,
+            _ => panic!("poll: {}", io::Error::last_os_error()),
+        }
+    }
+    panic!("poll kept failing with EINTR");
+}
+
+/// The position of `file`'s open file description.
+fn position(file: &File) -> u64 {
+    let mut file = file;
+    file.stream_position().unwrap()
+}
+
+#[test]
+fn writev_and_readv_with_one_iovec_round_trip_a_pattern() {
+    let file = tempfile::tempfile().unwrap();
+    let fd = file.as_raw_fd();
+    let ring = ring!(8);
+    let data = pattern(4096, 1);
+
+    // SAFETY: the buffer is leaked, so it outlives the operation, and
+    // nothing writes it.
+    unsafe { ring.add_writev(pinned(vec![leaked_bytes(&data)]), fd, Some(0), 1) }.unwrap();
+    assert_eq!(only(&ring, 1).unwrap(), 4096);
+    let mut on_disk = vec![0; 4096];
+    file.read_exact_at(&mut on_disk, 0).unwrap();
+    assert_eq!(on_disk, data, "writev wrote other bytes");
+    assert_eq!(file.metadata().unwrap().len(), 4096);
+
+    let (buf, view) = leaked_buf(4096, 0);
+    // SAFETY: the buffer is leaked and only read after the completion.
+    unsafe { ring.add_readv(pinned(vec![buf]), fd, Some(0), 2) }.unwrap();
+    assert_eq!(only(&ring, 2).unwrap(), 4096);
+    assert_eq!(view, &data[..], "readv read other bytes");
+    assert_eq!(ring.in_flight(), 0);
+}
+
+#[test]
+fn writev_and_readv_scatter_and_gather_across_several_iovecs_of_different_sizes() {
+    let file = tempfile::tempfile().unwrap();
+    let fd = file.as_raw_fd();
+    let ring = ring!(8);
+    let parts = [pattern(100, 2), pattern(4096, 3), pattern(7, 4)];
+    let whole: Vec<u8> = parts.concat();
+    let offset = 512;
+
+    let iovecs = parts.iter().map(|part| leaked_bytes(part)).collect();
+    // SAFETY: the buffers are leaked and nothing writes them.
+    unsafe { ring.add_writev(pinned(iovecs), fd, Some(offset), 10) }.unwrap();
+    assert_eq!(only(&ring, 10).unwrap(), whole.len() as u32);
+    let on_disk = {
+        let mut bytes = Vec::new();
+        (&file).seek(SeekFrom::Start(0)).unwrap();
+        (&file).read_to_end(&mut bytes).unwrap();
+        bytes
+    };
+    assert_eq!(on_disk.len(), offset as usize + whole.len());
+    assert!(
+        on_disk[..offset as usize].iter().all(|&b| b == 0),
+        "bytes before the offset were written"
+    );
+    assert_eq!(
+        &on_disk[offset as usize..],
+        &whole[..],
+        "gathered write is not the concatenation"
+    );
+
+    // Read back split differently from how it was written.
+    let sizes = [1000, 3000, whole.len() - 4000];
+    let (bufs, views): (Vec<_>, Vec<_>) = sizes.iter().map(|&len| leaked_buf(len, 0xAA)).unzip();
+    // SAFETY: the buffers are leaked and only read after the completion.
+    unsafe { ring.add_readv(pinned(bufs), fd, Some(offset), 11) }.unwrap();
+    assert_eq!(only(&ring, 11).unwrap(), whole.len() as u32);
+    let mut start = 0;
+    for (view, len) in views.iter().zip(sizes) {
+        assert_eq!(
+            *view,
+            &whole[start..start + len],
+            "iovec at {start} holds other bytes"
+        );
+        start += len;
+    }
+}
+
+#[test]
+fn writev_with_no_offset_appends_at_the_file_position_and_advances_it() {
+    let temp = tempfile::NamedTempFile::new().unwrap();
+    let file = temp.as_file();
+    let fd = file.as_raw_fd();
+    let ring = ring!(8);
+    // Move the position with a plain write first: the ring must start there.
+    (&*file).write_all(b"head:").unwrap();
+    let first = pattern(300, 5);
+    let second = [pattern(120, 6), pattern(80, 7)];
+
+    // SAFETY: the buffers are leaked and nothing writes them.
+    unsafe { ring.add_writev(pinned(vec![leaked_bytes(&first)]), fd, None, 1) }.unwrap();
+    assert_eq!(only(&ring, 1).unwrap(), 300);
+    assert_eq!(
+        position(file),
+        305,
+        "writev did not advance the file position"
+    );
+    let iovecs = second.iter().map(|part| leaked_bytes(part)).collect();
+    // SAFETY: as above.
+    unsafe { ring.add_writev(pinned(iovecs), fd, None, 2) }.unwrap();
+    assert_eq!(only(&ring, 2).unwrap(), 200);
+    assert_eq!(
+        position(file),
+        505,
+        "writev did not advance the file position"
+    );
+
+    let expected = [&b"head:"[..], &first, &second[0], &second[1]].concat();
+    assert_eq!(std::fs::read(temp.path()).unwrap(), expected);
+}
+
+#[test]
+fn readv_with_no_offset_reads_from_the_file_position_and_advances_it() {
+    let file = tempfile::tempfile().unwrap();
+    let fd = file.as_raw_fd();
+    let ring = ring!(8);
+    let data = pattern(1000, 8);
+    file.write_all_at(&data, 0).unwrap();
+    (&file).seek(SeekFrom::Start(100)).unwrap();
+
+    let (a, a_view) = leaked_buf(50, 0);
+    let (b, b_view) = leaked_buf(70, 0);
+    // SAFETY: the buffers are leaked and only read after the completion.
+    unsafe { ring.add_readv(pinned(vec![a, b]), fd, None, 1) }.unwrap();
+    assert_eq!(only(&ring, 1).unwrap(), 120);
+    assert_eq!(a_view, &data[100..150]);
+    assert_eq!(b_view, &data[150..220]);
+    assert_eq!(position(&file), 220);
+
+    let (c, c_view) = leaked_buf(80, 0);
+    // SAFETY: as above.
+    unsafe { ring.add_readv(pinned(vec![c]), fd, None, 2) }.unwrap();
+    assert_eq!(only(&ring, 2).unwrap(), 80);
+    assert_eq!(
+        c_view,
+        &data[220..300],
+        "the second read did not continue where the first stopped"
+    );
+    assert_eq!(position(&file), 300);
+}
+
+#[test]
+fn writev_iter_and_readv_iter_take_raw_iovecs() {
+    let file = tempfile::tempfile().unwrap();
+    let fd = file.as_raw_fd();
+    let out = [pattern(300, 9), pattern(1200, 10), pattern(1, 11)];
+    let mut back = [vec![0u8; 900], vec![0u8; 601]];
+    // Declared after the buffers, so it is dropped (and drained) before them
+    // even if an assertion fails with an operation in flight.
+    let ring = ring!(8);
+
+    let iovecs: Vec<libc::iovec> = out
+        .iter()
+        .map(|part| libc::iovec {
+            iov_base: part.as_ptr() as *mut libc::c_void,
+            iov_len: part.len(),
+        })
+        .collect();
+    // SAFETY: `out` is only read, by the kernel, and outlives the operation:
+    // its completion is reaped below, and otherwise the ring is dropped first.
+    unsafe { ring.add_writev_iter(iovecs.into_iter(), fd, Some(0), 1) }.unwrap();
+    assert_eq!(only(&ring, 1).unwrap(), 1501);
+    let whole = out.concat();
+    let mut on_disk = vec![0; whole.len()];
+    file.read_exact_at(&mut on_disk, 0).unwrap();
+    assert_eq!(on_disk, whole);
+
+    let iovecs: Vec<libc::iovec> = back
+        .iter_mut()
+        .map(|part| libc::iovec {
+            iov_base: part.as_mut_ptr().cast(),
+            iov_len: part.len(),
+        })
+        .collect();
+    // SAFETY: `back` is not touched until the completion is reaped, and
+    // outlives the operation as above.
+    unsafe { ring.add_readv_iter(iovecs.into_iter(), fd, Some(0), 2) }.unwrap();
+    assert_eq!(only(&ring, 2).unwrap(), 1501);
+    assert_eq!(back[0], whole[..900]);
+    assert_eq!(back[1], whole[900..]);
+}
+
+#[test]
+fn sequential_reads_past_the_ring_size_wrap_the_indices_correctly() {
+    const BLOCK: usize = 512;
+    const READS: usize = 150;
+    let file = tempfile::tempfile().unwrap();
+    let fd = file.as_raw_fd();
+    let data = pattern(BLOCK * READS, 12);
+    file.write_all_at(&data, 0).unwrap();
+    let mut bufs = vec![vec![0u8; BLOCK]; 4];
+    // Declared after the buffers, so it is dropped (and drained) first.
+    let ring = ring!(4);
+    let slots = ring.sq_entries() as usize;
+    assert_eq!(slots, 4);
+
+    let mut next = 0;
+    let mut batch = 1;
+    let mut rounds = 0;
+    while next < READS {
+        // 1, 2, 3, 4, 1, 2, ... reads at a time, so the wrap happens at
+        // every alignment.
+        let count = batch.min(READS - next).min(slots);
+        for (i, buf) in bufs.iter_mut().take(count).enumerate() {
+            buf.fill(0);
+            let block = next + i;
+            let iov = libc::iovec {
+                iov_base: buf.as_mut_ptr().cast(),
+                iov_len: BLOCK,
+            };
+            // SAFETY: `buf` is not touched until this batch is reaped below,
+            // and outlives the ring.
+            unsafe {
+                ring.add_readv_iter(
+                    std::iter::once(iov),
+                    fd,
+                    Some((block * BLOCK) as u64),
+                    block as u64,
+                )
+            }
+            .unwrap();
+        }
+        let done = reap_by_user_data(&ring, count);
+        for (i, buf) in bufs.iter().enumerate().take(count) {
+            let block = next + i;
+            let result = done
+                .get(&(block as u64))
+                .unwrap_or_else(|| panic!("no completion for block {block}"));
+            assert_eq!(*result.as_ref().unwrap(), BLOCK as u32, "block {block}");
+            assert_eq!(
+                buf[..],
+                data[block * BLOCK..][..BLOCK],
+                "block {block} holds other bytes"
+            );
+        }
+        next += count;
+        batch = batch % slots + 1;
+        rounds += 1;
+    }
+    assert!(
+        rounds > 2 * ring.cq_entries() as usize,
+        "too few rounds to wrap: {rounds}"
+    );
+    assert_eq!(ring.in_flight(), 0);
+}
+
+#[test]
+fn full_submission_queue_refuses_with_nospace_and_loses_nothing() {
+    let ring = ring!(8);
+    let n = u64::from(ring.sq_entries());
+    for user_data in 0..n {
+        ring.add_nop(user_data).unwrap();
+    }
+    let refused = ring.add_nop(n);
+    assert!(
+        matches!(refused, Err(Error::NoSpace)),
+        "add to a full queue: {refused:?}"
+    );
+    assert_eq!(ring.in_flight(), n as usize, "the refused add was counted");
+
+    let done = reap_by_user_data(&ring, n as usize);
+    assert_eq!(
+        done.keys().copied().collect::<BTreeSet<_>>(),
+        (0..n).collect()
+    );
+    assert!(done.values().all(|r| matches!(r, Ok(0))), "{done:?}");
+    assert_eq!(ring.in_flight(), 0);
+    assert_eq!(ring.wait().unwrap().count(), 0, "a refused nop completed");
+
+    // Room again, including for the user_data that was refused.
+    for user_data in n..2 * n {
+        ring.add_nop(user_data).unwrap();
+    }
+    let done = reap_by_user_data(&ring, n as usize);
+    assert_eq!(
+        done.keys().copied().collect::<BTreeSet<_>>(),
+        (n..2 * n).collect()
+    );
+    assert!(done.values().all(|r| matches!(r, Ok(0))), "{done:?}");
+    assert_eq!(ring.in_flight(), 0);
+}
+
+#[test]
+fn fallocate_allocates_the_given_range_and_fsync_completes() {
+    let file = tempfile::tempfile().unwrap();
+    let fd = file.as_raw_fd();
+    let ring = ring!(8);
+    let (offset, len) = (1u64 << 20, 64u64 << 10);
+
+    ring.add_fallocate(fd, offset, len, 0, 1).unwrap();
+    assert_eq!(only(&ring, 1).unwrap(), 0);
+    ring.add_fsync(fd, 2).unwrap();
+    assert_eq!(only(&ring, 2).unwrap(), 0);
+
+    let meta = file.metadata().unwrap();
+    assert_eq!(
+        meta.len(),
+        offset + len,
+        "fallocate mode 0 extends the file to the range's end"
+    );
+    // Only the range is allocated, not everything up to it (which would
+    // mean offset and length were mixed up).
+    let allocated = meta.blocks() * 512;
+    assert!(
+        allocated >= len && allocated < offset,
+        "{allocated} bytes allocated"
+    );
+}
+
+/// Writes three blocks through the ring, punches a hole in the middle one
+/// and checks what reads back. `Err` only if the filesystem cannot punch
+/// holes.
+fn punch_hole_in(ring: &URingContext, file: &File) -> io::Result<()> {
+    const BLOCK: usize = 4096;
+    let fd = file.as_raw_fd();
+    let data = pattern(3 * BLOCK, 13);
+    // SAFETY: the buffer is leaked and nothing writes it.
+    unsafe { ring.add_writev(pinned(vec![leaked_bytes(&data)]), fd, Some(0), 1) }.unwrap();
+    assert_eq!(only(ring, 1).unwrap(), data.len() as u32);
+    ring.add_fsync(fd, 2).unwrap();
+    assert_eq!(only(ring, 2).unwrap(), 0);
+
+    let mode = (libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE) as u32;
+    ring.add_fallocate(fd, BLOCK as u64, BLOCK as u64, mode, 3)
+        .unwrap();
+    match only(ring, 3) {
+        Ok(res) => assert_eq!(res, 0),
+        Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => return Err(e),
+        Err(e) => panic!("punching a hole failed: {e}"),
+    }
+    assert_eq!(
+        file.metadata().unwrap().len(),
+        data.len() as u64,
+        "KEEP_SIZE changed the size"
+    );
+
+    let (buf, view) = leaked_buf(data.len(), 0xFF);
+    // SAFETY: the buffer is leaked and only read after the completion.
+    unsafe { ring.add_readv(pinned(vec![buf]), fd, Some(0), 4) }.unwrap();
+    assert_eq!(only(ring, 4).unwrap(), data.len() as u32);
+    assert_eq!(view[..BLOCK], data[..BLOCK], "data before the hole changed");
+    assert!(
+        view[BLOCK..2 * BLOCK].iter().all(|&b| b == 0),
+        "the hole does not read as zeros"
+    );
+    assert_eq!(
+        view[2 * BLOCK..],
+        data[2 * BLOCK..],
+        "data after the hole changed"
+    );
+    Ok(())
+}
+
+#[test]
+fn fallocate_punch_hole_zeroes_the_range_and_keeps_the_rest() {
+    let ring = ring!(8);
+    let file = tempfile::tempfile().unwrap();
+    if let Err(e) = punch_hole_in(&ring, &file) {
+        eprintln!("the temp filesystem cannot punch holes ({e}); using /dev/shm");
+        let file = tempfile::tempfile_in("/dev/shm").unwrap();
+        punch_hole_in(&ring, &file).expect("tmpfs punches holes");
+    }
+}
+
+#[test]
+fn poll_for_read_completes_only_once_the_pipe_has_data_with_pollin() {
+    let (read_end, mut write_end) = pipe();
+    let ring = ring!(8);
+    ring.add_poll_fd(read_end.as_raw_fd(), EventType::Read, 1)
+        .unwrap();
+    ring.submit().unwrap();
+
+    // Give a wrong completion time to happen, then reap whatever is ready
+    // behind a nop (so the wait is bounded): only the nop may be there.
+    thread::sleep(Duration::from_millis(100));
+    ring.add_nop(2).unwrap();
+    let early: Vec<_> = ring.wait().unwrap().collect();
+    assert_eq!(early.len(), 1, "{early:?}");
+    assert_eq!(
+        early[0].0, 2,
+        "the poll completed on an empty pipe: {early:?}"
+    );
+    assert_eq!(ring.in_flight(), 1);
+
+    write_end.write_all(b"x").unwrap();
+    let events = only(&ring, 1).unwrap();
+    assert_ne!(events & libc::POLLIN as u32, 0, "events {events:#x}");
+}
+
+#[test]
+fn poll_for_write_on_an_empty_pipe_completes_at_once_with_pollout() {
+    let (_read_end, write_end) = pipe();
+    let ring = ring!(8);
+    let start = Instant::now();
+    ring.add_poll_fd(write_end.as_raw_fd(), EventType::Write, 1)
+        .unwrap();
+    let events = only(&ring, 1).unwrap();
+    assert_ne!(events & libc::POLLOUT as u32, 0, "events {events:#x}");
+    assert!(start.elapsed() < PROMPTLY, "took {:?}", start.elapsed());
+}
+
+#[test]
+fn remove_poll_fd_cancels_a_pending_poll() {
+    let (read_end, _write_end) = pipe();
+    let ring = ring!(8);
+    ring.add_poll_fd(read_end.as_raw_fd(), EventType::Read, 1)
+        .unwrap();
+    ring.submit().unwrap();
+    ring.remove_poll_fd(1, 2).unwrap();
+    let done = reap_by_user_data(&ring, 2);
+    assert!(matches!(done[&2], Ok(0)), "remove: {:?}", done[&2]);
+    assert_eq!(
+        errno(&done[&1]),
+        Some(libc::ECANCELED),
+        "poll: {:?}",
+        done[&1]
+    );
+    assert_eq!(ring.in_flight(), 0);
+}
+
+#[test]
+fn remove_poll_fd_of_an_unknown_user_data_fails_with_enoent() {
+    let (read_end, _write_end) = pipe();
+    let ring = ring!(8);
+    // A pending poll with another user_data must not be removed either.
+    ring.add_poll_fd(read_end.as_raw_fd(), EventType::Read, 1)
+        .unwrap();
+    ring.submit().unwrap();
+    ring.remove_poll_fd(0xdead_beef, 2).unwrap();
+    assert_eq!(errno(&only(&ring, 2)), Some(libc::ENOENT));
+    assert_eq!(ring.in_flight(), 1, "the other poll went too");
+    ring.remove_poll_fd(1, 3).unwrap();
+    let done = reap_by_user_data(&ring, 2);
+    assert_eq!(errno(&done[&1]), Some(libc::ECANCELED));
+}
+
+#[test]
+fn async_cancel_cancels_a_pending_poll() {
+    let (read_end, _write_end) = pipe();
+    let ring = ring!(8);
+    ring.add_poll_fd(read_end.as_raw_fd(), EventType::Read, 1)
+        .unwrap();
+    ring.submit().unwrap();
+    ring.async_cancel(1, 2).unwrap();
+    let done = reap_by_user_data(&ring, 2);
+    assert!(matches!(done[&2], Ok(0)), "cancel: {:?}", done[&2]);
+    assert_eq!(
+        errno(&done[&1]),
+        Some(libc::ECANCELED),
+        "poll: {:?}",
+        done[&1]
+    );
+    assert_eq!(ring.in_flight(), 0);
+}
+
+#[test]
+fn async_cancel_of_an_unknown_user_data_fails_with_enoent() {
+    let ring = ring!(8);
+    ring.async_cancel(0xdead_beef, 1).unwrap();
+    assert_eq!(errno(&only(&ring, 1)), Some(libc::ENOENT));
+    assert_eq!(ring.in_flight(), 0);
+}
+
+/// Waits up to `timeout_ms` on `epoll` and returns the ready events as
+/// (events, data).
+fn epoll_ready(epoll: &OwnedFd, timeout_ms: i32) -> Vec<(u32, u64)> {
+    let mut events = [libc::epoll_event { events: 0, u64: 0 }; 4];
+    for _ in 0..100 {
+        // SAFETY: `events` is a writable array of 4 epoll_events.
+        let n = unsafe { libc::epoll_wait(epoll.as_raw_fd(), events.as_mut_ptr(), 4, timeout_ms) };
+        if n >= 0 {
+            return events[..n as usize]
+                .iter()
+                .map(|e| (e.events, e.u64))
+                .collect();
+        }
+        let err = io::Error::last_os_error();
+        assert_eq!(err.raw_os_error(), Some(libc::EINTR), "epoll_wait: {err}");
+    }
+    panic!("epoll_wait kept failing with EINTR");
+}
+
+#[test]
+fn ring_fd_is_readable_in_epoll_exactly_while_a_completion_is_ready() {
+    let ring = ring!(8);
+    // SAFETY: epoll_create1 has no memory preconditions.
+    let raw = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+    assert!(raw >= 0, "epoll_create1: {}", io::Error::last_os_error());
+    // SAFETY: `raw` is a new fd that nothing else owns.
+    let epoll = unsafe { OwnedFd::from_raw_fd(raw) };
+    let mut interest = libc::epoll_event {
+        events: libc::EPOLLIN as u32,
+        u64: 77,
+    };
+    // SAFETY: both fds are open and `interest` is a valid epoll_event.
+    let rc = unsafe {
+        libc::epoll_ctl(
+            epoll.as_raw_fd(),
+            libc::EPOLL_CTL_ADD,
+            ring.as_raw_fd(),
+            &mut interest,
+        )
+    };
+    assert_eq!(rc, 0, "epoll_ctl: {}", io::Error::last_os_error());
+
+    assert_eq!(
+        epoll_ready(&epoll, 50),
+        vec![],
+        "readable with nothing queued"
+    );
+    ring.add_nop(1).unwrap();
+    assert_eq!(
+        epoll_ready(&epoll, 50),
+        vec![],
+        "readable before the nop was submitted"
+    );
+    ring.submit().unwrap();
+    let ready = epoll_ready(&epoll, PROMPTLY.as_millis() as i32);
+    assert_eq!(ready.len(), 1, "not readable after the nop completed");
+    assert_eq!(ready[0].1, 77);
+    assert_ne!(
+        ready[0].0 & libc::EPOLLIN as u32,
+        0,
+        "events {:#x}",
+        ready[0].0
+    );
+
+    assert!(only(&ring, 1).is_ok());
+    assert_eq!(
+        epoll_ready(&epoll, 0),
+        vec![],
+        "still readable after reaping"
+    );
+}
+
+/// What the waiting thread reports.
+enum Waiter {
+    /// Its kernel thread id, before it calls `wait`.
+    Tid(libc::pid_t),
+    /// What its `wait` returned, with errors as errnos.
+    Returned(Vec<(u64, Result<u32, Option<i32>>)>),
+}
+
+/// Whether thread `tid` of this process is inside `io_uring_enter`, or
+/// `None` if /proc does not say.
+fn in_io_uring_enter(tid: libc::pid_t) -> Option<bool> {
+    let syscall = std::fs::read_to_string(format!("/proc/self/task/{tid}/syscall")).ok()?;
+    let number = syscall.split_whitespace().next()?.parse::<i64>().ok()?;
+    Some(number == libc::SYS_io_uring_enter)
+}
+
+#[test]
+fn nop_wakes_a_thread_blocked_in_wait() {
+    let (read_end, mut write_end) = pipe();
+    let ring = Arc::new(ring!(8));
+    ring.add_poll_fd(read_end.as_raw_fd(), EventType::Read, 1)
+        .unwrap();
+    ring.submit().unwrap();
+
+    let (tx, rx) = mpsc::channel();
+    let waiter = {
+        let ring = Arc::clone(&ring);
+        thread::spawn(move || {
+            // SAFETY: gettid has no preconditions.
+            let tid = unsafe { libc::gettid() };
+            let _ = tx.send(Waiter::Tid(tid));
+            let returned = ring
+                .wait()
+                .expect("wait failed")
+                .map(|(ud, r)| (ud, r.map_err(|e| e.raw_os_error())))
+                .collect();
+            let _ = tx.send(Waiter::Returned(returned));
+        })
+    };
+    // Nothing below may panic before the join: the waiter must be freed.
+    let tid = match rx.recv_timeout(PROMPTLY) {
+        Ok(Waiter::Tid(tid)) => Some(tid),
+        _ => None,
+    };
+    // Until it is blocked in the kernel (if /proc can tell), then ~100 ms.
+    let deadline = Instant::now() + PROMPTLY;
+    while tid.and_then(in_io_uring_enter) == Some(false) && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(5));
+    }
+    thread::sleep(Duration::from_millis(100));
+    let early = rx.try_recv();
+    let blocked = tid.and_then(in_io_uring_enter);
+
+    let added = ring.add_nop(2).and_then(|()| ring.submit());
+    let woken = rx.recv_timeout(PROMPTLY);
+    if woken.is_err() {
+        // Free the waiter (the poll completes) so it can be joined.
+        let _ = write_end.write_all(b"x");
+    }
+    waiter.join().expect("the waiter panicked");
+
+    assert!(tid.is_some(), "the waiter did not start");
+    added.expect("adding and submitting the nop");
+    assert!(
+        early.is_err(),
+        "wait returned with only a never-ready poll in flight"
+    );
+    assert_ne!(
+        blocked,
+        Some(false),
+        "the waiter was not blocked in io_uring_enter"
+    );
+    match woken {
+        Ok(Waiter::Returned(returned)) => assert_eq!(returned, vec![(2, Ok(0))]),
+        Ok(Waiter::Tid(_)) => unreachable!(),
+        Err(e) => panic!("the nop did not wake the waiter: {e}"),
+    }
+
+    ring.async_cancel(1, 3).unwrap();
+    let done = reap_by_user_data(&ring, 2);
+    assert_eq!(errno(&done[&1]), Some(libc::ECANCELED));
+    assert!(matches!(done[&3], Ok(0)));
+}
+
+/// A non-blocking eventfd.
+fn eventfd() -> File {
+    // SAFETY: eventfd has no memory preconditions.
+    let raw = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
+    assert!(raw >= 0, "eventfd: {}", io::Error::last_os_error());
+    // SAFETY: `raw` is a new fd that nothing else owns.
+    File::from(unsafe { OwnedFd::from_raw_fd(raw) })
+}
+
+/// The eventfd's count (resetting it), or `None` if it is zero.
+fn eventfd_count(mut eventfd: &File) -> Option<u64> {
+    let mut count = [0u8; 8];
+    match eventfd.read(&mut count) {
+        Ok(8) => Some(u64::from_ne_bytes(count)),
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => None,
+        other => panic!("reading the eventfd: {other:?}"),
+    }
+}
+
+#[test]
+fn registered_eventfd_is_signalled_when_a_nop_completes() {
+    let ring = ring!(8);
+    let efd = eventfd();
+    ring.register_eventfd(efd.as_raw_fd()).unwrap();
+    assert_eq!(
+        eventfd_count(&efd),
+        None,
+        "signalled before anything completed"
+    );
+
+    ring.add_nop(1).unwrap();
+    assert_eq!(only(&ring, 1).unwrap(), 0);
+    assert!(
+        readable_within(efd.as_raw_fd(), PROMPTLY.as_millis() as i32),
+        "never signalled"
+    );
+    let count = eventfd_count(&efd).expect("no count");
+    assert!(count >= 1, "count {count}");
+}
+
+#[test]
+fn unregistered_eventfd_is_no_longer_signalled() {
+    let ring = ring!(8);
+    let efd = eventfd();
+    ring.register_eventfd(efd.as_raw_fd()).unwrap();
+    ring.add_nop(1).unwrap();
+    assert_eq!(only(&ring, 1).unwrap(), 0);
+    assert!(
+        readable_within(efd.as_raw_fd(), PROMPTLY.as_millis() as i32),
+        "never signalled"
+    );
+    assert!(eventfd_count(&efd).is_some());
+
+    ring.unregister_eventfd().unwrap();
+    ring.add_nop(2).unwrap();
+    assert_eq!(only(&ring, 2).unwrap(), 0);
+    assert!(
+        !readable_within(efd.as_raw_fd(), 50),
+        "signalled after unregistering"
+    );
+}
+
+/// Checks that `result` is the error `errno`, as `from_raw_os_error` makes it.
+fn assert_os_error(result: io::Result<u32>, errno: i32, what: &str) {
+    let err = result.expect_err(what);
+    let expected = io::Error::from_raw_os_error(errno);
+    assert_eq!(err.raw_os_error(), Some(errno), "{what}: {err}");
+    assert_eq!(err.kind(), expected.kind(), "{what}");
+    assert_eq!(err.to_string(), expected.to_string(), "{what}");
+}
+
+#[test]
+fn failed_completions_carry_the_kernels_errno_as_an_io_error() {
+    let temp = tempfile::NamedTempFile::new().unwrap();
+    temp.as_file().write_all_at(&pattern(4096, 14), 0).unwrap();
+    let write_only = OpenOptions::new().write(true).open(temp.path()).unwrap();
+    let read_only = File::open(temp.path()).unwrap();
+    let (_read_end, write_end) = pipe();
+    let ring = ring!(8);
+
+    let (buf, _) = leaked_buf(512, 0);
+    // SAFETY: the buffer is leaked, so it outlives the operation.
+    unsafe { ring.add_readv(pinned(vec![buf]), write_only.as_raw_fd(), Some(0), 1) }.unwrap();
+    assert_os_error(only(&ring, 1), libc::EBADF, "readv on a write-only fd");
+
+    // SAFETY: as above.
+    unsafe {
+        ring.add_writev(
+            pinned(vec![leaked_bytes(b"nope")]),
+            read_only.as_raw_fd(),
+            Some(0),
+            2,
+        )
+    }
+    .unwrap();
+    assert_os_error(only(&ring, 2), libc::EBADF, "writev on a read-only fd");
+
+    // No process can have an fd this large open (fs.nr_open caps at 2^30).
+    let (buf, _) = leaked_buf(512, 0);
+    // SAFETY: as above.
+    unsafe { ring.add_readv(pinned(vec![buf]), i32::MAX, Some(0), 3) }.unwrap();
+    assert_os_error(
+        only(&ring, 3),
+        libc::EBADF,
+        "readv on an fd that is not open",
+    );
+
+    ring.add_fallocate(write_end.as_raw_fd(), 0, 4096, 0, 4)
+        .unwrap();
+    assert_os_error(only(&ring, 4), libc::ESPIPE, "fallocate on a pipe");
+    assert_eq!(ring.in_flight(), 0);
+}

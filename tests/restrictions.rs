@@ -1,0 +1,678 @@
+//! Kernel tests of restricted rings: what a [`URingAllowlist`] lets through,
+//! what the kernel refuses and how (`EACCES` completions, `EBADFD`, `EBUSY`),
+//! and that ringfence keeps submitting past a refused SQE.
+//!
+//! Register calls on a restricted ring behave differently from Linux 7.0
+//! (see [`URingAllowlist`]); the tests that depend on it ask
+//! [`common::kernel_version`] which rule applies.
+
+mod common;
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::time::Duration;
+
+use ringfence::{Error, RegisterOperation, SqeFlags, URingAllowlist, URingContext, URingOperation};
+
+/// Creates a disabled ring, or returns from the calling test when this
+/// machine has no usable io_uring (failing instead under CI), like `ring!`.
+macro_rules! disabled_ring {
+    ($entries:expr) => {
+        match URingContext::new_disabled($entries) {
+            Ok(ring) => ring,
+            Err(
+                e @ (Error::IoUringUnavailable | Error::IoUringDisabled | Error::OutOfLockedMemory),
+            ) => {
+                assert!(
+                    std::env::var("CI").as_deref() != Ok("true"),
+                    "io_uring must be usable under CI: {e}"
+                );
+                eprintln!("skipping: {e}");
+                return;
+            }
+            Err(e) => panic!("URingContext::new_disabled({}) failed: {e}", $entries),
+        }
+    };
+}
+
+/// Whether this kernel applies the pre-7.0 rule: any registered restriction
+/// set blocks every register call it does not allow.
+fn restrictions_block_register_calls() -> bool {
+    common::kernel_version() < (7, 0)
+}
+
+/// An allowlist of exactly these operations (no register calls, no flags).
+fn allowing(ops: &[URingOperation]) -> URingAllowlist {
+    let mut list = URingAllowlist::new();
+    for op in ops {
+        list.allow_submit_operation(*op);
+    }
+    list
+}
+
+/// A completion result reduced to something comparable: the value, or the
+/// errno.
+fn outcome(result: &io::Result<u32>) -> Result<u32, i32> {
+    match result {
+        Ok(value) => Ok(*value),
+        Err(e) => Err(e
+            .raw_os_error()
+            .unwrap_or_else(|| panic!("completion error without errno: {e}"))),
+    }
+}
+
+/// Reaps `count` completions and returns them by user_data, asserting that no
+/// user_data came back twice and that nothing else is left in flight.
+fn reap_all(ring: &URingContext, count: usize) -> HashMap<u64, Result<u32, i32>> {
+    let completions = common::reap(ring, count);
+    assert_eq!(
+        completions.len(),
+        count,
+        "more completions than operations: {completions:?}"
+    );
+    let mut by_user_data = HashMap::new();
+    for (user_data, result) in &completions {
+        let previous = by_user_data.insert(*user_data, outcome(result));
+        assert!(
+            previous.is_none(),
+            "user_data {user_data} completed twice: {completions:?}"
+        );
+    }
+    assert_eq!(
+        ring.in_flight(),
+        0,
+        "operations left in flight after {count} completions"
+    );
+    assert_eq!(
+        ring.wait().expect("wait").count(),
+        0,
+        "a completion arrived after the last one"
+    );
+    by_user_data
+}
+
+/// The single completion of a ring with one operation in flight.
+fn reap_one(ring: &URingContext) -> (u64, Result<u32, i32>) {
+    let completions = reap_all(ring, 1);
+    completions.into_iter().next().expect("one completion")
+}
+
+/// Asserts that `result` is the failure of register call `want` with `errno`.
+fn assert_register_fails(result: Result<(), Error>, want: RegisterOperation, errno: i32) {
+    match result {
+        Err(Error::Register { call, source }) => {
+            assert_eq!(call, want, "wrong register call in the error");
+            assert_eq!(
+                source.raw_os_error(),
+                Some(errno),
+                "{want:?}: expected errno {errno}, got {source}"
+            );
+        }
+        other => panic!("{want:?}: expected Error::Register with errno {errno}, got {other:?}"),
+    }
+}
+
+/// A scratch file of `len` zero bytes, opened read-write.
+fn scratch_file(len: u64) -> File {
+    let file = tempfile::tempfile().expect("tempfile");
+    file.set_len(len).expect("set_len");
+    file
+}
+
+/// A non-blocking eventfd with counter 0.
+fn eventfd() -> File {
+    // SAFETY: eventfd takes no pointers; it returns a new fd or -1.
+    let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
+    assert!(fd >= 0, "eventfd: {}", io::Error::last_os_error());
+    // SAFETY: `fd` was just returned by eventfd, is open, and nothing else
+    // owns it.
+    File::from(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Reads (and resets) an eventfd's counter; `None` if it is 0.
+fn eventfd_count(eventfd: &mut File) -> Option<u64> {
+    let mut bytes = [0u8; 8];
+    match eventfd.read(&mut bytes) {
+        Ok(8) => Some(u64::from_ne_bytes(bytes)),
+        Ok(n) => panic!("short eventfd read of {n} bytes"),
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => None,
+        Err(e) => panic!("eventfd read: {e}"),
+    }
+}
+
+/// `struct io_uring_getevents_arg` (IORING_ENTER_EXT_ARG).
+#[repr(C)]
+struct GeteventsArg {
+    sigmask: u64,
+    sigmask_sz: u32,
+    min_wait_usec: u32,
+    ts: u64,
+}
+
+/// `struct __kernel_timespec`.
+#[repr(C)]
+struct KernelTimespec {
+    tv_sec: i64,
+    tv_nsec: i64,
+}
+
+const IORING_ENTER_GETEVENTS: u32 = 1 << 0;
+const IORING_ENTER_EXT_ARG: u32 = 1 << 3;
+
+/// Waits, without submitting anything, until the completion ring of `ring`
+/// holds at least `count` completions or `timeout` has passed. Returns
+/// whether they arrived. Reaps nothing: `ring.wait()` still returns them.
+///
+/// On a timeout the kernel returns 0 rather than `ETIME` when the ring holds
+/// any completion at all, so the return value alone cannot tell; but a
+/// kernel timeout never fires early, so a return before `timeout` has
+/// elapsed means the wait condition (`count` completions) was met.
+fn completions_posted(ring: &URingContext, count: u32, timeout: Duration) -> bool {
+    let ts = KernelTimespec {
+        tv_sec: timeout.as_secs() as i64,
+        tv_nsec: i64::from(timeout.subsec_nanos()),
+    };
+    let arg = GeteventsArg {
+        sigmask: 0,
+        sigmask_sz: 0,
+        min_wait_usec: 0,
+        ts: &ts as *const KernelTimespec as u64,
+    };
+    let start = std::time::Instant::now();
+    loop {
+        assert!(
+            start.elapsed() < timeout * 3,
+            "io_uring_enter kept being interrupted"
+        );
+        // SAFETY: io_uring_enter with to_submit 0 touches no SQE; with
+        // EXT_ARG it reads `arg` (of the size passed) and the timespec it
+        // points to, both alive on this stack for the whole call.
+        let ret = unsafe {
+            libc::syscall(
+                libc::SYS_io_uring_enter,
+                ring.as_raw_fd(),
+                0u32,
+                count,
+                IORING_ENTER_GETEVENTS | IORING_ENTER_EXT_ARG,
+                &arg as *const GeteventsArg,
+                std::mem::size_of::<GeteventsArg>(),
+            )
+        };
+        if ret >= 0 {
+            return start.elapsed() < timeout;
+        }
+        let err = io::Error::last_os_error();
+        match err.raw_os_error() {
+            Some(libc::EINTR) => continue,
+            Some(libc::ETIME) => return false,
+            _ => panic!("io_uring_enter(GETEVENTS | EXT_ARG): {err}"),
+        }
+    }
+}
+
+#[test]
+fn allowed_nop_and_readv_complete_normally() {
+    let list = allowing(&[URingOperation::Nop, URingOperation::Readv]);
+    let ring = ring!(8, Some(&list));
+
+    ring.add_nop(1).expect("add_nop");
+    assert_eq!(reap_one(&ring), (1, Ok(0)));
+
+    let zero = File::open("/dev/zero").expect("open /dev/zero");
+    let (first, first_view) = common::leaked_buf(512, 0xa5);
+    let (second, second_view) = common::leaked_buf(256, 0x5a);
+    // SAFETY: both buffers are leaked, so they outlive the operation, and
+    // they are only read after its completion has been reaped.
+    unsafe {
+        ring.add_readv(
+            common::pinned(vec![first, second]),
+            zero.as_raw_fd(),
+            Some(0),
+            2,
+        )
+    }
+    .expect("add_readv");
+    assert_eq!(reap_one(&ring), (2, Ok(768)));
+    assert!(
+        first_view.iter().chain(second_view).all(|b| *b == 0),
+        "readv did not fill the buffers"
+    );
+}
+
+#[test]
+fn disallowed_ops_get_eacces_and_the_rest_of_the_batch_still_runs() {
+    let list = allowing(&[URingOperation::Nop]);
+    let ring = ring!(16, Some(&list));
+    let file = scratch_file(4096);
+    let fd = file.as_raw_fd();
+
+    // user_data -> what the kernel must answer. Refused SQEs at the start,
+    // in the middle, back to back and at the end of one batch.
+    let mut expected = HashMap::new();
+    let add_refused = |ud: u64, which: usize| match which % 3 {
+        0 => ring.add_fsync(fd, ud),
+        1 => ring.add_fallocate(fd, 0, 4096, 0, ud),
+        _ => ring.add_poll_fd(fd, ringfence::EventType::Read, ud),
+    };
+    let pattern = [
+        false, true, true, false, true, false, false, true, false, true,
+    ];
+    for (i, allowed) in pattern.iter().enumerate() {
+        let ud = 100 + i as u64;
+        if *allowed {
+            ring.add_nop(ud).expect("add_nop");
+            expected.insert(ud, Ok(0));
+        } else {
+            add_refused(ud, i).expect("add refused op");
+            expected.insert(ud, Err(libc::EACCES));
+        }
+    }
+    assert_eq!(reap_all(&ring, pattern.len()), expected);
+}
+
+#[test]
+fn submit_alone_pushes_every_sqe_past_a_refused_one() {
+    let list = allowing(&[URingOperation::Nop]);
+    let ring = ring!(16, Some(&list));
+    let file = scratch_file(0);
+
+    // The kernel stops consuming at the fsync; submit() itself must offer
+    // the rest again, before anyone calls wait().
+    ring.add_nop(1).expect("add_nop");
+    ring.add_fsync(file.as_raw_fd(), 2).expect("add_fsync");
+    for ud in 3..=8 {
+        ring.add_nop(ud).expect("add_nop");
+    }
+    ring.submit().expect("submit");
+    assert!(
+        completions_posted(&ring, 8, Duration::from_secs(5)),
+        "submit() left SQEs behind the refused fsync unsubmitted"
+    );
+
+    let mut expected: HashMap<u64, Result<u32, i32>> = (1..=8).map(|ud| (ud, Ok(0))).collect();
+    expected.insert(2, Err(libc::EACCES));
+    assert_eq!(reap_all(&ring, 8), expected);
+}
+
+#[test]
+fn empty_allowlist_refuses_even_nop() {
+    let ring = ring!(8, Some(&URingAllowlist::new()));
+    ring.add_nop(9).expect("add_nop");
+    assert_eq!(reap_one(&ring), (9, Err(libc::EACCES)));
+}
+
+#[test]
+fn registering_restrictions_on_an_unrestricted_enabled_ring_is_ebadfd() {
+    let ring = ring!(8);
+    let list = allowing(&[URingOperation::Nop]);
+    assert_register_fails(
+        ring.register_restrictions(&list),
+        RegisterOperation::Restrictions,
+        libc::EBADFD,
+    );
+    // Refused, so the ring is as unrestricted as before.
+    let file = scratch_file(0);
+    ring.add_fsync(file.as_raw_fd(), 1).expect("add_fsync");
+    assert_eq!(reap_one(&ring), (1, Ok(0)));
+}
+
+#[test]
+fn registering_restrictions_again_on_a_restricted_ring_is_refused() {
+    // Without the Restrictions register call allowed, kernels before 7.0
+    // refuse any register call first (EACCES); from 7.0 an SQE-only set
+    // leaves register calls open and the kernel says the ring is enabled.
+    let list = allowing(&[URingOperation::Nop]);
+    let ring = ring!(8, Some(&list));
+    let errno = if restrictions_block_register_calls() {
+        libc::EACCES
+    } else {
+        libc::EBADFD
+    };
+    assert_register_fails(
+        ring.register_restrictions(&list),
+        RegisterOperation::Restrictions,
+        errno,
+    );
+
+    // With the call allowed, every kernel gets as far as the state check.
+    let mut open = allowing(&[URingOperation::Nop]);
+    open.allow_register_operation(RegisterOperation::Restrictions);
+    let ring = ring!(8, Some(&open));
+    assert_register_fails(
+        ring.register_restrictions(&open),
+        RegisterOperation::Restrictions,
+        libc::EBADFD,
+    );
+}
+
+#[test]
+fn second_registration_on_a_disabled_ring_is_ebusy_and_changes_nothing() {
+    let ring = disabled_ring!(8);
+    ring.register_restrictions(&allowing(&[URingOperation::Nop]))
+        .expect("first registration");
+    let wider = allowing(&[URingOperation::Nop, URingOperation::Fsync]);
+    assert_register_fails(
+        ring.register_restrictions(&wider),
+        RegisterOperation::Restrictions,
+        libc::EBUSY,
+    );
+    ring.enable().expect("enable");
+
+    // The first set is the one in force: fsync is still refused.
+    let file = scratch_file(0);
+    ring.add_nop(1).expect("add_nop");
+    ring.add_fsync(file.as_raw_fd(), 2).expect("add_fsync");
+    assert_eq!(
+        reap_all(&ring, 2),
+        HashMap::from([(1, Ok(0)), (2, Err(libc::EACCES))])
+    );
+}
+
+#[test]
+fn submitting_to_a_disabled_ring_is_ebadfd_until_enabled() {
+    let ring = disabled_ring!(8);
+    ring.add_nop(5).expect("add_nop");
+    match ring.submit() {
+        Err(Error::Enter(e)) => assert_eq!(e.raw_os_error(), Some(libc::EBADFD), "submit: {e}"),
+        other => panic!("submit on a disabled ring: expected Error::Enter(EBADFD), got {other:?}"),
+    }
+    match ring.wait() {
+        Err(Error::Enter(e)) => assert_eq!(e.raw_os_error(), Some(libc::EBADFD), "wait: {e}"),
+        Err(e) => panic!("wait on a disabled ring: expected Error::Enter(EBADFD), got {e:?}"),
+        Ok(_) => panic!("wait on a disabled ring succeeded"),
+    }
+    // The nop stayed queued through both failures.
+    assert_eq!(ring.in_flight(), 1);
+
+    ring.register_restrictions(&allowing(&[URingOperation::Nop]))
+        .expect("register_restrictions");
+    ring.enable().expect("enable");
+    assert_eq!(reap_one(&ring), (5, Ok(0)));
+}
+
+#[test]
+fn register_eventfd_follows_the_kernel_rule_for_sqe_only_allowlists() {
+    let list = allowing(&[URingOperation::Nop]);
+    let ring = ring!(8, Some(&list));
+    let efd = eventfd();
+    let result = ring.register_eventfd(efd.as_raw_fd());
+    if restrictions_block_register_calls() {
+        assert_register_fails(result, RegisterOperation::Eventfd, libc::EACCES);
+    } else {
+        result.expect("register_eventfd on >= 7.0 with an SQE-only allowlist");
+    }
+}
+
+#[test]
+fn allowed_register_eventfd_works_and_is_signalled() {
+    let mut list = allowing(&[URingOperation::Nop]);
+    list.allow_register_operation(RegisterOperation::Eventfd);
+    let ring = ring!(8, Some(&list));
+    let mut efd = eventfd();
+    ring.register_eventfd(efd.as_raw_fd())
+        .expect("register_eventfd");
+    assert_eq!(
+        eventfd_count(&mut efd),
+        None,
+        "eventfd signalled before any completion"
+    );
+
+    ring.add_nop(3).expect("add_nop");
+    assert_eq!(reap_one(&ring), (3, Ok(0)));
+    let signals = eventfd_count(&mut efd);
+    assert!(
+        matches!(signals, Some(n) if n >= 1),
+        "eventfd not signalled by the nop's completion: {signals:?}"
+    );
+}
+
+#[test]
+fn sqe_flags_outside_the_allowlist_are_refused() {
+    // No flags allowed: ASYNC is refused, a plain nop is not.
+    let list = allowing(&[URingOperation::Nop]);
+    let ring = ring!(8, Some(&list));
+    ring.add_nop_with_flags(SqeFlags::ASYNC, 1)
+        .expect("add_nop_with_flags");
+    ring.add_nop(2).expect("add_nop");
+    assert_eq!(
+        reap_all(&ring, 2),
+        HashMap::from([(1, Err(libc::EACCES)), (2, Ok(0))])
+    );
+
+    // ASYNC allowed: ASYNC passes, DRAIN does not.
+    let mut list = allowing(&[URingOperation::Nop]);
+    list.allow_sqe_flags(SqeFlags::ASYNC.bits());
+    let ring = ring!(8, Some(&list));
+    ring.add_nop_with_flags(SqeFlags::ASYNC, 1)
+        .expect("add_nop_with_flags");
+    ring.add_nop_with_flags(SqeFlags::DRAIN, 2)
+        .expect("add_nop_with_flags");
+    ring.add_nop(3).expect("add_nop");
+    assert_eq!(
+        reap_all(&ring, 3),
+        HashMap::from([(1, Ok(0)), (2, Err(libc::EACCES)), (3, Ok(0))])
+    );
+}
+
+#[test]
+fn required_sqe_flags_refuse_sqes_without_them() {
+    let mut list = allowing(&[URingOperation::Nop]);
+    list.require_sqe_flags(SqeFlags::ASYNC.bits());
+    let ring = ring!(8, Some(&list));
+    ring.add_nop(1).expect("add_nop");
+    ring.add_nop_with_flags(SqeFlags::ASYNC, 2)
+        .expect("add_nop_with_flags");
+    assert_eq!(
+        reap_all(&ring, 2),
+        HashMap::from([(1, Err(libc::EACCES)), (2, Ok(0))])
+    );
+}
+
+#[test]
+fn allows_sqe_flags_agrees_with_the_kernel() {
+    let async_ = SqeFlags::ASYNC.bits();
+    let drain = SqeFlags::DRAIN.bits();
+    let link = SqeFlags::LINK.bits();
+    // (allowed, required) restriction pairs.
+    let rules = [
+        (0, 0),
+        (async_, 0),
+        (async_ | drain, 0),
+        (0, async_),
+        (drain, async_),
+        (link, drain),
+    ];
+    let probes = [
+        SqeFlags::NONE,
+        SqeFlags::ASYNC,
+        SqeFlags::DRAIN,
+        SqeFlags::LINK,
+        SqeFlags::ASYNC | SqeFlags::DRAIN,
+        SqeFlags::ASYNC | SqeFlags::LINK,
+        SqeFlags::DRAIN | SqeFlags::LINK,
+    ];
+    let (mut passed, mut refused) = (0, 0);
+    for (allowed, required) in rules {
+        let mut list = allowing(&[URingOperation::Nop]);
+        list.allow_sqe_flags(allowed).require_sqe_flags(required);
+        let ring = ring!(8, Some(&list));
+        // One SQE per submission, so a refused LINK never drags a
+        // following SQE into its chain.
+        for (i, flags) in probes.iter().enumerate() {
+            let ud = i as u64;
+            ring.add_nop_with_flags(*flags, ud)
+                .expect("add_nop_with_flags");
+            let got = reap_one(&ring);
+            let predicted = list.allows_sqe_flags(flags.bits());
+            let want = if predicted { Ok(0) } else { Err(libc::EACCES) };
+            assert_eq!(
+                got,
+                (ud, want),
+                "allowed {allowed:#x}, required {required:#x}, flags {:#x}: allows_sqe_flags says {predicted}",
+                flags.bits()
+            );
+            if predicted {
+                passed += 1;
+            } else {
+                refused += 1;
+            }
+        }
+    }
+    assert!(
+        passed > 0 && refused > 0,
+        "the probes must cover both outcomes"
+    );
+}
+
+/// The operations ringfence can issue, in the order the property test issues
+/// them.
+const ISSUABLE: [URingOperation; 8] = [
+    URingOperation::Nop,
+    URingOperation::Readv,
+    URingOperation::Writev,
+    URingOperation::Fsync,
+    URingOperation::Fallocate,
+    URingOperation::PollAdd,
+    URingOperation::PollRemove,
+    URingOperation::AsyncCancel,
+];
+
+/// The files the property test's operations work on.
+struct Targets {
+    /// A scratch file for writev, fsync and fallocate.
+    file: File,
+    /// `/dev/zero`, for readv.
+    zero: File,
+    /// The read end of a pipe that holds unread data, so it polls readable.
+    readable: OwnedFd,
+}
+
+/// Queues one `op` with user_data `ud`, returning what it must complete with
+/// when allowed.
+fn issue(ring: &URingContext, op: URingOperation, ud: u64, targets: &Targets) -> Result<u32, i32> {
+    let file = targets.file.as_raw_fd();
+    match op {
+        URingOperation::Nop => {
+            ring.add_nop(ud).expect("add_nop");
+            Ok(0)
+        }
+        URingOperation::Readv => {
+            let (buf, _) = common::leaked_buf(16, 1);
+            // SAFETY: the buffer is leaked, so it outlives the operation.
+            unsafe {
+                ring.add_readv(
+                    common::pinned(vec![buf]),
+                    targets.zero.as_raw_fd(),
+                    Some(0),
+                    ud,
+                )
+            }
+            .expect("add_readv");
+            Ok(16)
+        }
+        URingOperation::Writev => {
+            let (buf, _) = common::leaked_buf(16, 2);
+            // SAFETY: the buffer is leaked, so it outlives the operation.
+            unsafe { ring.add_writev(common::pinned(vec![buf]), file, Some(0), ud) }
+                .expect("add_writev");
+            Ok(16)
+        }
+        URingOperation::Fsync => {
+            ring.add_fsync(file, ud).expect("add_fsync");
+            Ok(0)
+        }
+        URingOperation::Fallocate => {
+            ring.add_fallocate(file, 0, 4096, 0, ud)
+                .expect("add_fallocate");
+            Ok(0)
+        }
+        URingOperation::PollAdd => {
+            ring.add_poll_fd(targets.readable.as_raw_fd(), ringfence::EventType::Read, ud)
+                .expect("add_poll_fd");
+            Ok(libc::POLLIN as u32)
+        }
+        URingOperation::PollRemove => {
+            // No poll with this user_data is pending.
+            ring.remove_poll_fd(u64::MAX - 1, ud)
+                .expect("remove_poll_fd");
+            Err(libc::ENOENT)
+        }
+        URingOperation::AsyncCancel => {
+            // No operation with this user_data is in the kernel.
+            ring.async_cancel(u64::MAX - 2, ud).expect("async_cancel");
+            Err(libc::ENOENT)
+        }
+        other => unreachable!("ringfence cannot issue {other:?}"),
+    }
+}
+
+#[test]
+fn every_subset_of_issuable_ops_is_enforced_exactly() {
+    for op in ISSUABLE {
+        assert!(
+            URingOperation::ALL.contains(&op),
+            "{op:?} missing from URingOperation::ALL"
+        );
+    }
+    let (readable, mut write_end) = {
+        let mut fds = [0; 2];
+        // SAFETY: `fds` has room for the two fds pipe2 writes.
+        let ret = unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) };
+        assert_eq!(ret, 0, "pipe2: {}", io::Error::last_os_error());
+        // SAFETY: both fds were just created by pipe2 and are owned by
+        // nothing else.
+        unsafe {
+            (
+                OwnedFd::from_raw_fd(fds[0]),
+                File::from(OwnedFd::from_raw_fd(fds[1])),
+            )
+        }
+    };
+    // Data that nobody reads: the read end stays readable, so an allowed
+    // poll completes at once.
+    write_end.write_all(b"x").expect("write to pipe");
+    let targets = Targets {
+        file: scratch_file(4096),
+        zero: File::open("/dev/zero").expect("open /dev/zero"),
+        readable,
+    };
+
+    // Every subset of the eight operations, as a bitmask over ISSUABLE.
+    for mask in 0u32..(1 << ISSUABLE.len()) {
+        let allowed: Vec<URingOperation> = ISSUABLE
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| mask & (1 << i) != 0)
+            .map(|(_, op)| *op)
+            .collect();
+        let list = allowing(&allowed);
+        let ring = ring!(16, Some(&list));
+        let mut expected = HashMap::new();
+        for (i, op) in ISSUABLE.iter().enumerate() {
+            let ud = i as u64;
+            let when_allowed = issue(&ring, *op, ud, &targets);
+            assert_eq!(list.allows_submit_operation(*op), allowed.contains(op));
+            let want = if allowed.contains(op) {
+                assert_ne!(
+                    when_allowed,
+                    Err(libc::EACCES),
+                    "{op:?} expects EACCES when allowed"
+                );
+                when_allowed
+            } else {
+                Err(libc::EACCES)
+            };
+            expected.insert(ud, want);
+        }
+        let got = reap_all(&ring, ISSUABLE.len());
+        for (i, op) in ISSUABLE.iter().enumerate() {
+            let ud = i as u64;
+            assert_eq!(
+                got[&ud], expected[&ud],
+                "{op:?} with allowlist {allowed:?} (mask {mask:#010b})"
+            );
+        }
+    }
+}

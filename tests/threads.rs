@@ -1,0 +1,327 @@
+//! Kernel tests for sharing one ring between threads, and for completions
+//! that outnumber the completion ring (`IORING_FEAT_NODROP`).
+
+mod common;
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use common::{leaked_buf, pinned, reap};
+use ringfence::{Error, IoBufMut, URingContext};
+
+/// Compile-time proof that a context can be moved to and shared between
+/// threads.
+fn assert_send_sync<T: Send + Sync>() {}
+
+#[test]
+fn context_is_send_and_sync() {
+    assert_send_sync::<URingContext>();
+    assert_send_sync::<Arc<URingContext>>();
+
+    // And at run time: an operation added on another thread completes on
+    // this one.
+    let ring = Arc::new(ring!(4));
+    let remote = Arc::clone(&ring);
+    thread::spawn(move || remote.add_nop(42).expect("add_nop on another thread"))
+        .join()
+        .expect("adding thread panicked");
+    let completions = reap(&ring, 1);
+    assert_eq!(completions.len(), 1);
+    assert_eq!(completions[0].0, 42);
+    assert_eq!(*completions[0].1.as_ref().expect("nop failed"), 0);
+}
+
+const SUBMITTERS: u64 = 4;
+const REAPERS: usize = 4;
+/// Operations each submitter adds.
+const OPS_PER_SUBMITTER: u64 = 3000;
+/// One in this many operations is a readv of /dev/zero rather than a nop.
+const READ_EVERY: u64 = 25;
+const READ_LEN: usize = 96;
+/// Fill byte of the read buffers before the kernel overwrites them with
+/// zeros.
+const FILL: u8 = 0xa5;
+/// user_data of the nops that wake reapers at the end; no submitter uses it.
+const WAKE_BASE: u64 = 1 << 62;
+
+/// A user_data unique across all submitters.
+fn user_data(submitter: u64, index: u64) -> u64 {
+    (submitter << 32) | index
+}
+
+/// Decrements a counter when dropped, so a panicking thread still counts as
+/// gone.
+struct Running<'a>(&'a AtomicUsize);
+
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Adds this submitter's operations, retrying after `submit()` while the
+/// submission queue is full. Returns the read buffers by user_data.
+fn submitter(
+    ring: &URingContext,
+    me: u64,
+    zero: &File,
+    deadline: Instant,
+) -> Vec<(u64, &'static [u8])> {
+    let mut reads = Vec::new();
+    for index in 0..OPS_PER_SUBMITTER {
+        let ud = user_data(me, index);
+        let read_buf = (index % READ_EVERY == 0).then(|| {
+            let (buf, view) = leaked_buf(READ_LEN, FILL);
+            reads.push((ud, view));
+            buf.as_ptr()
+        });
+        loop {
+            let added = match read_buf {
+                None => ring.add_nop(ud),
+                Some(ptr) => {
+                    // SAFETY: `ptr` is a leaked buffer of READ_LEN bytes that
+                    // only the kernel touches until this read's completion
+                    // has been reaped; the test reads it only after that. A
+                    // refused add never hands it to the kernel.
+                    let buf = unsafe { IoBufMut::from_raw_parts(ptr, READ_LEN) };
+                    // SAFETY: as above, the buffer outlives the operation.
+                    unsafe { ring.add_readv(pinned(vec![buf]), zero.as_raw_fd(), Some(0), ud) }
+                }
+            };
+            match added {
+                Ok(()) => break,
+                Err(Error::NoSpace) => {
+                    assert!(
+                        Instant::now() < deadline,
+                        "submitter {me} stuck on a full queue"
+                    );
+                    match ring.submit() {
+                        Ok(()) | Err(Error::KernelBusy(_)) => {}
+                        Err(e) => panic!("submit failed: {e}"),
+                    }
+                    thread::yield_now();
+                }
+                Err(e) => panic!("adding user_data {ud:#x} failed: {e}"),
+            }
+        }
+    }
+    match ring.submit() {
+        Ok(()) | Err(Error::KernelBusy(_)) => {}
+        Err(e) => panic!("final submit failed: {e}"),
+    }
+    reads
+}
+
+/// Reaps until every expected completion has been counted or `stop` is set.
+fn reaper(
+    ring: &URingContext,
+    reaped: &AtomicUsize,
+    expected: usize,
+    stop: &AtomicBool,
+) -> Vec<(u64, std::io::Result<u32>)> {
+    let mut mine = Vec::new();
+    while reaped.load(Ordering::SeqCst) < expected && !stop.load(Ordering::SeqCst) {
+        let batch: Vec<_> = ring.wait().expect("wait failed").collect();
+        if batch.is_empty() {
+            thread::yield_now();
+        }
+        for (ud, result) in batch {
+            if ud >= WAKE_BASE {
+                continue;
+            }
+            reaped.fetch_add(1, Ordering::SeqCst);
+            mine.push((ud, result));
+        }
+    }
+    mine
+}
+
+#[test]
+fn four_submitters_and_four_reapers_lose_and_duplicate_nothing() {
+    let ring = ring!(32);
+    let zero = File::open("/dev/zero").expect("open /dev/zero");
+    let expected = (SUBMITTERS * OPS_PER_SUBMITTER) as usize;
+    let deadline = Instant::now() + Duration::from_secs(60);
+
+    let reaped = AtomicUsize::new(0);
+    let stop = AtomicBool::new(false);
+    let reapers_running = AtomicUsize::new(REAPERS);
+
+    let (reads, completions) = thread::scope(|s| {
+        let submitters: Vec<_> = (0..SUBMITTERS)
+            .map(|me| {
+                let (ring, zero) = (&ring, &zero);
+                s.spawn(move || submitter(ring, me, zero, deadline))
+            })
+            .collect();
+        let reapers: Vec<_> = (0..REAPERS)
+            .map(|_| {
+                let (ring, reaped, stop, running) = (&ring, &reaped, &stop, &reapers_running);
+                s.spawn(move || {
+                    let _running = Running(running);
+                    reaper(ring, reaped, expected, stop)
+                })
+            })
+            .collect();
+
+        while reaped.load(Ordering::SeqCst) < expected && Instant::now() < deadline {
+            thread::sleep(Duration::from_millis(5));
+        }
+        // A reaper may be blocked in wait() for a completion another reaper
+        // took: post nops until every reaper has seen the end and left.
+        stop.store(true, Ordering::SeqCst);
+        let wake_deadline = Instant::now() + Duration::from_secs(10);
+        let mut wake = WAKE_BASE;
+        while reapers_running.load(Ordering::SeqCst) > 0 && Instant::now() < wake_deadline {
+            match ring.add_nop(wake) {
+                Ok(()) => wake += 1,
+                Err(Error::NoSpace) => {}
+                Err(e) => panic!("wake nop failed: {e}"),
+            }
+            let _ = ring.submit();
+            thread::sleep(Duration::from_millis(5));
+        }
+        assert_eq!(
+            reapers_running.load(Ordering::SeqCst),
+            0,
+            "reapers did not stop"
+        );
+
+        let reads: Vec<_> = submitters
+            .into_iter()
+            .flat_map(|h| h.join().expect("submitter panicked"))
+            .collect();
+        let completions: Vec<_> = reapers
+            .into_iter()
+            .flat_map(|h| h.join().expect("reaper panicked"))
+            .collect();
+        (reads, completions)
+    });
+
+    let mut seen: HashMap<u64, u32> = HashMap::new();
+    for (ud, result) in &completions {
+        let value = match result {
+            Ok(v) => *v,
+            Err(e) => panic!("user_data {ud:#x} failed: {e}"),
+        };
+        assert!(
+            seen.insert(*ud, value).is_none(),
+            "user_data {ud:#x} completed twice"
+        );
+    }
+    assert_eq!(completions.len(), expected, "completions lost or extra");
+    let read_uds: HashMap<u64, &[u8]> = reads.into_iter().collect();
+    for me in 0..SUBMITTERS {
+        for index in 0..OPS_PER_SUBMITTER {
+            let ud = user_data(me, index);
+            let value = *seen
+                .get(&ud)
+                .unwrap_or_else(|| panic!("user_data {ud:#x} never completed"));
+            match read_uds.get(&ud) {
+                Some(buf) => {
+                    assert_eq!(value, READ_LEN as u32, "short read for {ud:#x}");
+                    assert!(
+                        buf.iter().all(|b| *b == 0),
+                        "read {ud:#x} did not fill its buffer"
+                    );
+                }
+                None => assert_eq!(value, 0, "nop {ud:#x} returned {value}"),
+            }
+        }
+    }
+}
+
+/// Adds nops with user_data `uds` in batches of at most the SQ size,
+/// submitting after each batch and never reaping.
+fn add_and_submit_without_reaping(ring: &URingContext, uds: std::ops::Range<u64>) {
+    let mut next = uds.start;
+    while next < uds.end {
+        let batch_end = (next + u64::from(ring.sq_entries())).min(uds.end);
+        for ud in next..batch_end {
+            ring.add_nop(ud)
+                .unwrap_or_else(|e| panic!("add_nop({ud}) failed: {e}"));
+        }
+        ring.submit()
+            .expect("submit with a full completion ring failed");
+        next = batch_end;
+    }
+}
+
+/// Asserts that `completions` holds every user_data in `uds` exactly once,
+/// each a successful nop.
+fn assert_each_once(completions: &[(u64, std::io::Result<u32>)], uds: std::ops::Range<u64>) {
+    let mut count: HashMap<u64, usize> = HashMap::new();
+    for (ud, result) in completions {
+        assert_eq!(
+            *result
+                .as_ref()
+                .unwrap_or_else(|e| panic!("nop {ud} failed: {e}")),
+            0
+        );
+        *count.entry(*ud).or_default() += 1;
+    }
+    for ud in uds.clone() {
+        assert_eq!(
+            count.get(&ud),
+            Some(&1),
+            "user_data {ud} completed {:?} times",
+            count.get(&ud)
+        );
+    }
+    assert_eq!(
+        count.len(),
+        (uds.end - uds.start) as usize,
+        "unexpected user_data: {count:?}"
+    );
+}
+
+#[test]
+fn twice_the_completion_ring_in_flight_are_all_delivered() {
+    let ring = ring!(8);
+    assert_eq!(ring.sq_entries(), 8);
+    assert_eq!(ring.cq_entries(), 16);
+    // Nops complete inside submit, so everything past the first 16 overflows.
+    let total = 2 * u64::from(ring.cq_entries()) + u64::from(ring.sq_entries());
+    add_and_submit_without_reaping(&ring, 0..total);
+    assert_eq!(ring.in_flight(), total as usize);
+
+    let completions = reap(&ring, total as usize);
+    assert_eq!(completions.len(), total as usize);
+    assert_each_once(&completions, 0..total);
+    assert_eq!(ring.dropped_completions(), 0);
+    assert_eq!(ring.in_flight(), 0);
+    assert_eq!(
+        ring.wait().expect("wait").count(),
+        0,
+        "completions after the last one"
+    );
+}
+
+#[test]
+fn several_overflow_rounds_with_partial_reaping_deliver_everything() {
+    let ring = ring!(8);
+    let cq = u64::from(ring.cq_entries());
+    let per_round = 2 * cq + 4;
+    let rounds = 5;
+    let mut completions = Vec::new();
+    for round in 0..rounds {
+        add_and_submit_without_reaping(&ring, round * per_round..(round + 1) * per_round);
+        // Reap only part of what is there: the rest stays in the CQ ring or
+        // in the kernel's overflow list while the next round overflows again.
+        let take = (cq / 2) as usize;
+        completions.extend(ring.wait().expect("wait").take(take));
+        assert_eq!(completions.len(), take * (round as usize + 1));
+    }
+    let total = rounds * per_round;
+    let rest = total as usize - completions.len();
+    assert_eq!(ring.in_flight(), rest);
+    completions.extend(reap(&ring, rest));
+    assert_each_once(&completions, 0..total);
+    assert_eq!(ring.dropped_completions(), 0);
+    assert_eq!(ring.in_flight(), 0);
+}
