@@ -4,9 +4,10 @@
 
 mod common;
 
-use std::fs::File;
+use common::{pipe, set_nonblocking};
+
 use std::io::{self, Read, Write};
-use std::os::fd::{AsRawFd, FromRawFd, RawFd};
+use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
 use common::{leaked_buf, pinned};
@@ -21,27 +22,6 @@ fn timed_drop(ring: URingContext) -> Duration {
     let start = Instant::now();
     drop(ring);
     start.elapsed()
-}
-
-/// A pipe: (read end, write end), both blocking.
-fn pipe() -> (File, File) {
-    let mut fds = [0; 2];
-    // SAFETY: `fds` has room for the two descriptors pipe2 writes.
-    let ret = unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) };
-    assert_eq!(ret, 0, "pipe2: {}", io::Error::last_os_error());
-    // SAFETY: pipe2 succeeded, so both are new descriptors nothing else owns.
-    unsafe { (File::from_raw_fd(fds[0]), File::from_raw_fd(fds[1])) }
-}
-
-/// Sets `O_NONBLOCK` on `fd`.
-fn set_nonblocking(fd: RawFd) {
-    // SAFETY: F_GETFL/F_SETFL on an open descriptor take and return plain
-    // integers.
-    let ok = unsafe {
-        let flags = libc::fcntl(fd, libc::F_GETFL);
-        flags >= 0 && libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK) == 0
-    };
-    assert!(ok, "fcntl: {}", io::Error::last_os_error());
 }
 
 /// Makes sure SIGPIPE is ignored, so writing to a pipe without readers

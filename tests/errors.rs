@@ -4,9 +4,11 @@
 
 mod common;
 
+use common::{pipe, set_nonblocking};
+
 use std::fs::File;
 use std::io::{self, Read, Write};
-use std::os::fd::{AsRawFd, FromRawFd, RawFd};
+use std::os::fd::{AsRawFd, RawFd};
 use std::time::Duration;
 
 use common::{leaked_buf, pinned, reap};
@@ -192,27 +194,6 @@ mod seccomp {
         // The filter stayed on its thread: this one still gets rings.
         URingContext::new(8, None).expect("io_uring_setup refused outside the filtered thread");
     }
-}
-
-/// A pipe: (read end, write end), both blocking.
-fn pipe() -> (File, File) {
-    let mut fds = [0; 2];
-    // SAFETY: `fds` has room for the two descriptors pipe2 writes.
-    let ret = unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) };
-    assert_eq!(ret, 0, "pipe2: {}", io::Error::last_os_error());
-    // SAFETY: pipe2 succeeded, so both are new descriptors nothing else owns.
-    unsafe { (File::from_raw_fd(fds[0]), File::from_raw_fd(fds[1])) }
-}
-
-/// Sets `O_NONBLOCK` on `fd`.
-fn set_nonblocking(fd: RawFd) {
-    // SAFETY: F_GETFL/F_SETFL on an open descriptor take and return plain
-    // integers.
-    let ok = unsafe {
-        let flags = libc::fcntl(fd, libc::F_GETFL);
-        flags >= 0 && libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK) == 0
-    };
-    assert!(ok, "fcntl: {}", io::Error::last_os_error());
 }
 
 /// Tries to add every kind of operation with `ud` and asserts each is

@@ -6,6 +6,8 @@
 
 mod common;
 
+use common::{eventfd, eventfd_count, pipe};
+
 use std::collections::{BTreeSet, HashMap};
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
@@ -69,17 +71,6 @@ fn reap_by_user_data(ring: &URingContext, count: usize) -> HashMap<u64, io::Resu
 /// The errno of a failed completion, if it failed.
 fn errno(result: &io::Result<u32>) -> Option<i32> {
     result.as_ref().err().and_then(io::Error::raw_os_error)
-}
-
-/// A pipe: (read end, write end).
-fn pipe() -> (File, File) {
-    let mut fds = [-1; 2];
-    // SAFETY: pipe2 writes two fds into the two-element array it is given.
-    let rc = unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) };
-    assert_eq!(rc, 0, "pipe2: {}", io::Error::last_os_error());
-    // SAFETY: pipe2 succeeded, so both are open fds that nothing else owns.
-    let (read, write) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
-    (File::from(read), File::from(write))
 }
 
 /// Whether `fd` polls readable within `timeout_ms`.
@@ -718,25 +709,6 @@ fn nop_wakes_a_thread_blocked_in_wait() {
     let done = reap_by_user_data(&ring, 2);
     assert_eq!(errno(&done[&1]), Some(libc::ECANCELED));
     assert!(matches!(done[&3], Ok(0)));
-}
-
-/// A non-blocking eventfd.
-fn eventfd() -> File {
-    // SAFETY: eventfd has no memory preconditions.
-    let raw = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
-    assert!(raw >= 0, "eventfd: {}", io::Error::last_os_error());
-    // SAFETY: `raw` is a new fd that nothing else owns.
-    File::from(unsafe { OwnedFd::from_raw_fd(raw) })
-}
-
-/// The eventfd's count (resetting it), or `None` if it is zero.
-fn eventfd_count(mut eventfd: &File) -> Option<u64> {
-    let mut count = [0u8; 8];
-    match eventfd.read(&mut count) {
-        Ok(8) => Some(u64::from_ne_bytes(count)),
-        Err(e) if e.kind() == io::ErrorKind::WouldBlock => None,
-        other => panic!("reading the eventfd: {other:?}"),
-    }
 }
 
 #[test]

@@ -8,34 +8,15 @@
 
 mod common;
 
+use common::{eventfd, eventfd_count};
+
 use std::collections::HashMap;
 use std::fs::File;
-use std::io::{self, Read, Write};
+use std::io::{self, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::time::Duration;
 
 use ringfence::{Error, RegisterOperation, SqeFlags, URingAllowlist, URingContext, URingOperation};
-
-/// Creates a disabled ring, or returns from the calling test when this
-/// machine has no usable io_uring (failing instead under CI), like `ring!`.
-macro_rules! disabled_ring {
-    ($entries:expr) => {
-        match URingContext::new_disabled($entries) {
-            Ok(ring) => ring,
-            Err(
-                e @ (Error::IoUringUnavailable | Error::IoUringDisabled | Error::OutOfLockedMemory),
-            ) => {
-                assert!(
-                    std::env::var("CI").as_deref() != Ok("true"),
-                    "io_uring must be usable under CI: {e}"
-                );
-                eprintln!("skipping: {e}");
-                return;
-            }
-            Err(e) => panic!("URingContext::new_disabled({}) failed: {e}", $entries),
-        }
-    };
-}
 
 /// Whether this kernel applies the pre-7.0 rule: any registered restriction
 /// set blocks every register call it does not allow.
@@ -119,27 +100,6 @@ fn scratch_file(len: u64) -> File {
     let file = tempfile::tempfile().expect("tempfile");
     file.set_len(len).expect("set_len");
     file
-}
-
-/// A non-blocking eventfd with counter 0.
-fn eventfd() -> File {
-    // SAFETY: eventfd takes no pointers; it returns a new fd or -1.
-    let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
-    assert!(fd >= 0, "eventfd: {}", io::Error::last_os_error());
-    // SAFETY: `fd` was just returned by eventfd, is open, and nothing else
-    // owns it.
-    File::from(unsafe { OwnedFd::from_raw_fd(fd) })
-}
-
-/// Reads (and resets) an eventfd's counter; `None` if it is 0.
-fn eventfd_count(eventfd: &mut File) -> Option<u64> {
-    let mut bytes = [0u8; 8];
-    match eventfd.read(&mut bytes) {
-        Ok(8) => Some(u64::from_ne_bytes(bytes)),
-        Ok(n) => panic!("short eventfd read of {n} bytes"),
-        Err(e) if e.kind() == io::ErrorKind::WouldBlock => None,
-        Err(e) => panic!("eventfd read: {e}"),
-    }
 }
 
 /// `struct io_uring_getevents_arg` (IORING_ENTER_EXT_ARG).
@@ -410,18 +370,18 @@ fn allowed_register_eventfd_works_and_is_signalled() {
     let mut list = allowing(&[URingOperation::Nop]);
     list.allow_register_operation(RegisterOperation::Eventfd);
     let ring = ring!(8, Some(&list));
-    let mut efd = eventfd();
+    let efd = eventfd();
     ring.register_eventfd(efd.as_raw_fd())
         .expect("register_eventfd");
     assert_eq!(
-        eventfd_count(&mut efd),
+        eventfd_count(&efd),
         None,
         "eventfd signalled before any completion"
     );
 
     ring.add_nop(3).expect("add_nop");
     assert_eq!(reap_one(&ring), (3, Ok(0)));
-    let signals = eventfd_count(&mut efd);
+    let signals = eventfd_count(&efd);
     assert!(
         matches!(signals, Some(n) if n >= 1),
         "eventfd not signalled by the nop's completion: {signals:?}"

@@ -1,15 +1,18 @@
 //! Helpers shared by the kernel tests.
 #![allow(dead_code)]
 
+use std::fs::File;
+use std::io::{self, Read};
+use std::os::fd::{FromRawFd, RawFd};
 use std::pin::Pin;
 
 use ringfence::{Error, IoBufMut, URingAllowlist, URingContext};
 
-/// Creates a ring, or returns `None` (after saying why) when this machine
+/// The ring `create` made, or `None` (after saying why) when this machine
 /// has no usable io_uring. Under CI (`CI=true`) a missing io_uring fails the
 /// test instead, so a green CI run always means the kernel path ran.
-pub fn ring_or_skip(entries: usize, allowlist: Option<&URingAllowlist>) -> Option<URingContext> {
-    match URingContext::new(entries, allowlist) {
+pub fn usable_or_skip(created: ringfence::Result<URingContext>) -> Option<URingContext> {
+    match created {
         Ok(ring) => Some(ring),
         Err(
             e @ (Error::IoUringUnavailable | Error::IoUringDisabled | Error::OutOfLockedMemory),
@@ -21,12 +24,18 @@ pub fn ring_or_skip(entries: usize, allowlist: Option<&URingAllowlist>) -> Optio
             eprintln!("skipping: {e}");
             None
         }
-        Err(e) => panic!("URingContext::new({entries}) failed: {e}"),
+        Err(e) => panic!("creating a ring failed: {e}"),
     }
 }
 
+/// `URingContext::new`, or `None` when io_uring is unusable here (see
+/// [`usable_or_skip`]).
+pub fn ring_or_skip(entries: usize, allowlist: Option<&URingAllowlist>) -> Option<URingContext> {
+    usable_or_skip(URingContext::new(entries, allowlist))
+}
+
 /// Creates a ring or returns from the calling test, skipping it (see
-/// [`ring_or_skip`]).
+/// [`usable_or_skip`]).
 #[macro_export]
 macro_rules! ring {
     ($entries:expr) => {
@@ -38,6 +47,59 @@ macro_rules! ring {
             None => return,
         }
     };
+}
+
+/// Creates a disabled ring (`URingContext::new_disabled`) or returns from
+/// the calling test, skipping it (see [`usable_or_skip`]).
+#[macro_export]
+macro_rules! disabled_ring {
+    ($entries:expr) => {
+        match $crate::common::usable_or_skip(ringfence::URingContext::new_disabled($entries)) {
+            Some(ring) => ring,
+            None => return,
+        }
+    };
+}
+
+/// A pipe: (read end, write end), both blocking.
+pub fn pipe() -> (File, File) {
+    let mut fds = [-1; 2];
+    // SAFETY: pipe2 writes two descriptors into the two-element array.
+    let ret = unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) };
+    assert_eq!(ret, 0, "pipe2: {}", io::Error::last_os_error());
+    // SAFETY: pipe2 succeeded, so both are new descriptors nothing else owns.
+    unsafe { (File::from_raw_fd(fds[0]), File::from_raw_fd(fds[1])) }
+}
+
+/// Sets `O_NONBLOCK` on `fd`.
+pub fn set_nonblocking(fd: RawFd) {
+    // SAFETY: F_GETFL/F_SETFL on an open descriptor take and return plain
+    // integers.
+    let ok = unsafe {
+        let flags = libc::fcntl(fd, libc::F_GETFL);
+        flags >= 0 && libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK) == 0
+    };
+    assert!(ok, "fcntl: {}", io::Error::last_os_error());
+}
+
+/// A non-blocking eventfd with counter 0.
+pub fn eventfd() -> File {
+    // SAFETY: eventfd takes no pointers; it returns a new fd or -1.
+    let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
+    assert!(fd >= 0, "eventfd: {}", io::Error::last_os_error());
+    // SAFETY: `fd` was just returned by eventfd and nothing else owns it.
+    unsafe { File::from_raw_fd(fd) }
+}
+
+/// Reads (and resets) an eventfd's counter; `None` if it is 0.
+pub fn eventfd_count(mut eventfd: &File) -> Option<u64> {
+    let mut bytes = [0u8; 8];
+    match eventfd.read(&mut bytes) {
+        Ok(8) => Some(u64::from_ne_bytes(bytes)),
+        Ok(n) => panic!("short eventfd read of {n} bytes"),
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => None,
+        Err(e) => panic!("eventfd read: {e}"),
+    }
 }
 
 /// A heap buffer of `len` bytes that lives for the rest of the process, as
