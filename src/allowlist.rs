@@ -130,17 +130,18 @@ kernel_enum! {
 /// [`URingAllowlist::allow_sqe_flags`] and
 /// [`URingContext::add_nop_with_flags`](crate::URingContext::add_nop_with_flags).
 ///
-/// Only the flags that cannot break the context's bookkeeping are offered
-/// as operation flags; `allow_sqe_flags` takes any `u8`.
+/// Only flags that cannot break the context's bookkeeping are offered:
+/// not `IOSQE_CQE_SKIP_SUCCESS` (an operation would never complete), nor
+/// `IOSQE_FIXED_FILE` or `IOSQE_BUFFER_SELECT` (nothing is registered), nor
+/// `IOSQE_IO_DRAIN`, which holds back every later SQE, including the
+/// cancellations drop relies on, until everything before it has completed.
+/// `allow_sqe_flags` takes any `u8`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct SqeFlags(u8);
 
 impl SqeFlags {
     /// No flags.
     pub const NONE: SqeFlags = SqeFlags(0);
-    /// `IOSQE_IO_DRAIN`: start only after everything submitted before it
-    /// has completed.
-    pub const DRAIN: SqeFlags = SqeFlags(1 << IOSQE_IO_DRAIN_BIT);
     /// `IOSQE_IO_LINK`: start the next SQE only after this one succeeded.
     pub const LINK: SqeFlags = SqeFlags(1 << IOSQE_IO_LINK_BIT);
     /// `IOSQE_IO_HARDLINK`: like `LINK`, whatever this one's result.
@@ -343,8 +344,8 @@ mod tests {
         assert!(!list.allows_sqe_flags(SqeFlags::ASYNC.bits()));
         list.allow_sqe_flags(SqeFlags::ASYNC.bits());
         assert!(list.allows_sqe_flags(SqeFlags::ASYNC.bits()));
-        list.require_sqe_flags(SqeFlags::DRAIN.bits());
+        list.require_sqe_flags(SqeFlags::HARDLINK.bits());
         assert!(!list.allows_sqe_flags(0));
-        assert!(list.allows_sqe_flags((SqeFlags::DRAIN | SqeFlags::ASYNC).bits()));
+        assert!(list.allows_sqe_flags((SqeFlags::HARDLINK | SqeFlags::ASYNC).bits()));
     }
 }

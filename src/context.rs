@@ -1,7 +1,7 @@
 //! [`URingContext`]: the public front. Locking, and one small method per
 //! operation; the ring arithmetic lives in `ring/`, the syscalls in `sys/`.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::pin::Pin;
@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use crate::allowlist::{RegisterOperation, SqeFlags, URingAllowlist};
 use crate::bindings::*;
-use crate::error::{setup_error, Error, Result};
+use crate::error::{enter_error, setup_error, Error, Result};
 use crate::iobuf::IoBufMut;
 use crate::ring::{blank_sqe, CompleteQueueState, InFlight, RingMemory, SubmitQueue};
 use crate::sys;
@@ -77,15 +77,17 @@ impl EventType {
 /// # Ok::<(), ringfence::Error>(())
 /// ```
 ///
-/// # Dropping
+/// # Dropping and closing
 ///
 /// Dropping the context with operations in flight submits what is queued,
 /// cancels every operation with `IORING_OP_ASYNC_CANCEL` and waits for all of
-/// them to complete (up to 5 seconds) before it frees their iovec arrays. If
-/// they do not all complete in time, for example because a restricted ring
-/// does not allow `AsyncCancel`, it leaks their iovec arrays rather than free
-/// memory the kernel may still read, then closes the ring, which makes the
-/// kernel cancel what is left.
+/// them to complete, for up to 5 seconds, before it frees their iovec arrays.
+/// If they do not all complete in time (for example on a restricted ring
+/// whose allowlist lacks `AsyncCancel`, with a poll that never fires), it
+/// leaks their iovec arrays rather than free memory the kernel may still
+/// use, then closes the ring, which makes the kernel cancel what is left.
+/// [`close`](Self::close) does the same with a timeout of your choice and
+/// tells you which way it went.
 pub struct URingContext {
     // Field order is drop order: both queues point into `memory`, which must
     // outlive them, and the mappings are removed before the ring fd closes.
@@ -114,6 +116,13 @@ fn completion_result(res: i32) -> io::Result<u32> {
 
 fn is_errno(err: &io::Error, errno: i32) -> bool {
     err.raw_os_error() == Some(errno)
+}
+
+/// `duration` in whole milliseconds for poll(2), rounded up so that a
+/// short wait does not become a busy loop.
+fn millis_rounded_up(duration: Duration) -> i32 {
+    let millis = duration.as_nanos().div_ceil(1_000_000);
+    millis.min(i32::MAX as u128) as i32
 }
 
 impl URingContext {
@@ -321,10 +330,13 @@ impl URingContext {
     /// # Safety
     ///
     /// Each iovec must point to memory that is valid for writes and that
-    /// nothing else reads or writes until this operation's completion has
-    /// been returned by [`wait`](Self::wait), or the context has been
-    /// dropped. If drop has to leak (see [Dropping](Self#dropping)), the
-    /// kernel may still write to that memory afterwards.
+    /// nothing else reads or writes until the kernel is done with it: until
+    /// this operation's completion has been returned by [`wait`](Self::wait),
+    /// or [`close`](Self::close) has returned `Ok`, or drop has drained the
+    /// ring. Drop cannot say whether it drained (see
+    /// [Dropping and closing](Self#dropping-and-closing)): memory that must
+    /// be reused after a drop with operations in flight should go through
+    /// `close` instead, or live for the rest of the process.
     pub unsafe fn add_readv(
         &self,
         iovecs: Pin<Box<[IoBufMut<'static>]>>,
@@ -344,9 +356,8 @@ impl URingContext {
     /// # Safety
     ///
     /// Each iovec must point to memory that is valid for reads and that
-    /// nothing writes until this operation's completion has been returned by
-    /// [`wait`](Self::wait), or the context has been dropped (see
-    /// [Dropping](Self#dropping)).
+    /// nothing writes until the kernel is done with it, as for
+    /// [`add_readv`](Self::add_readv).
     pub unsafe fn add_writev(
         &self,
         iovecs: Pin<Box<[IoBufMut<'static>]>>,
@@ -402,7 +413,7 @@ impl URingContext {
         self.add_nop_with_flags(SqeFlags::NONE, user_data)
     }
 
-    /// Queues a nop that carries SQE `flags`, for ordering (`DRAIN`, `LINK`)
+    /// Queues a nop that carries SQE `flags`, for ordering (`LINK`, `HARDLINK`)
     /// or to see what a restricted ring allows.
     pub fn add_nop_with_flags(&self, flags: SqeFlags, user_data: UserData) -> Result<()> {
         let mut sqe = blank_sqe(IORING_OP_NOP, -1, user_data);
@@ -480,32 +491,42 @@ impl URingContext {
     /// - `EAGAIN` and `EBUSY` return [`Error::KernelBusy`]: the kernel is
     ///   short of memory or of completion space. The operations it did not
     ///   take stay queued and go with the next `submit` or `wait`.
+    /// - `EBADR` returns [`Error::CompletionsLost`].
     /// - Anything else returns [`Error::Enter`] (`EBADFD`: the ring is still
     ///   disabled).
     pub fn submit(&self) -> Result<()> {
-        let mut stalled = false;
         loop {
-            let queued = lock(&self.submit).queued();
+            let (queued, head) = {
+                let submit = lock(&self.submit);
+                (submit.queued(), submit.kernel_head())
+            };
             if queued == 0 {
                 return Ok(());
             }
             match sys::enter(&self.fd, queued, 0, 0) {
-                // Another thread may have submitted some of them meanwhile;
-                // `queued` says on the next turn. Zero twice is a stall.
-                Ok(0) if stalled => {
-                    return Err(Error::KernelBusy(io::Error::from_raw_os_error(
-                        libc::EAGAIN,
-                    )))
+                Ok(0) => {
+                    // Zero is only progress if another thread's enter
+                    // consumed them meanwhile; otherwise the kernel stalls.
+                    if lock(&self.submit).kernel_head() == head {
+                        return Err(Error::KernelBusy(io::Error::from_raw_os_error(
+                            libc::EAGAIN,
+                        )));
+                    }
                 }
-                Ok(0) => stalled = true,
-                Ok(_) => stalled = false,
+                Ok(_) => {}
                 Err(e) if is_errno(&e, libc::EINTR) => {}
-                Err(e) if is_errno(&e, libc::EAGAIN) || is_errno(&e, libc::EBUSY) => {
-                    return Err(Error::KernelBusy(e))
-                }
-                Err(e) => return Err(Error::Enter(e)),
+                Err(e) => return Err(enter_error(e)),
             }
         }
+    }
+
+    /// Queued SQEs, whether a completion is ready (or overflowed), and the
+    /// operations in flight, read together under both locks.
+    fn snapshot(&self) -> (u32, bool, usize) {
+        let submit = lock(&self.submit);
+        let complete = lock(&self.complete);
+        let ready = complete.ready() > 0 || complete.overflow_pending();
+        (submit.queued(), ready, complete.in_flight())
     }
 
     /// Submits what is queued, waits until at least one completion is ready,
@@ -519,21 +540,19 @@ impl URingContext {
     /// empties, so none is lost however many are in flight.
     ///
     /// `wait` does not block when a completion is already ready, nor when no
-    /// operation is in flight at all (the iterator is then empty). With
-    /// several threads waiting, one can block until the next completion even
-    /// though another took the one that woke it.
+    /// operation is in flight at all: the iterator is then empty, so a
+    /// single-threaded loop can never wait for something that cannot come.
+    /// A thread that reaps for others, and may find nothing in flight,
+    /// should use [`wait_timeout`](Self::wait_timeout), which blocks.
+    /// With several threads waiting, one can block until the next completion
+    /// even though another took the one that woke it.
     ///
     /// `EINTR` is retried. `EAGAIN` and `EBUSY` while submitting fall back to
     /// waiting for an operation already in the kernel; if there is none,
     /// they return [`Error::KernelBusy`] and the operations stay queued.
     pub fn wait(&self) -> Result<impl Iterator<Item = (UserData, io::Result<u32>)> + '_> {
         loop {
-            let queued = lock(&self.submit).queued();
-            let (ready, in_flight) = {
-                let complete = lock(&self.complete);
-                let ready = complete.ready() > 0 || complete.overflow_pending();
-                (ready, complete.in_flight())
-            };
+            let (queued, ready, in_flight) = self.snapshot();
             if in_flight == 0 {
                 break;
             }
@@ -550,21 +569,82 @@ impl URingContext {
                 // completion is ready; look again.
                 Ok(_) => continue,
                 Err(e) if is_errno(&e, libc::EINTR) => continue,
-                Err(e) if is_errno(&e, libc::EAGAIN) || is_errno(&e, libc::EBUSY) => {
-                    if in_flight as u64 <= u64::from(queued) {
-                        return Err(Error::KernelBusy(e));
+                Err(e) => match enter_error(e) {
+                    Error::KernelBusy(e) => {
+                        let (queued, _, in_flight) = self.snapshot();
+                        if in_flight <= queued as usize {
+                            return Err(Error::KernelBusy(e));
+                        }
+                        // Something already in the kernel will complete:
+                        // wait for it without submitting more.
+                        match sys::enter(&self.fd, 0, 1, IORING_ENTER_GETEVENTS) {
+                            Err(e) if !is_errno(&e, libc::EINTR) => return Err(enter_error(e)),
+                            _ => continue,
+                        }
                     }
-                    // Something already in the kernel will complete: wait
-                    // for it without submitting more.
-                    match sys::enter(&self.fd, 0, 1, IORING_ENTER_GETEVENTS) {
-                        Err(e) if !is_errno(&e, libc::EINTR) => return Err(Error::Enter(e)),
-                        _ => continue,
-                    }
-                }
-                Err(e) => return Err(Error::Enter(e)),
+                    other => return Err(other),
+                },
             }
         }
-        Ok(Completions { ring: self })
+        Ok(self.completions_ready())
+    }
+
+    /// Like [`wait`](Self::wait), but gives up after `timeout`, and blocks
+    /// (up to `timeout`) even when nothing is in flight, until another
+    /// thread's operation completes. The iterator is empty if nothing
+    /// completed in time.
+    ///
+    /// This is the loop for a thread that only reaps:
+    ///
+    /// ```
+    /// use std::sync::atomic::{AtomicBool, Ordering};
+    /// use std::time::Duration;
+    /// use ringfence::URingContext;
+    ///
+    /// let ring = URingContext::new(16, None)?;
+    /// let done = AtomicBool::new(false);
+    /// std::thread::scope(|s| {
+    ///     let reaper = s.spawn(|| {
+    ///         let mut reaped = Vec::new();
+    ///         while !done.load(Ordering::Acquire) || ring.in_flight() > 0 {
+    ///             for (user_data, result) in ring.wait_timeout(Duration::from_millis(50))? {
+    ///                 reaped.push((user_data, result?));
+    ///             }
+    ///         }
+    ///         Ok::<_, std::io::Error>(reaped)
+    ///     });
+    ///     ring.add_nop(1)?;
+    ///     ring.submit()?;
+    ///     done.store(true, Ordering::Release);
+    ///     assert_eq!(reaper.join().unwrap()?, [(1, 0)]);
+    ///     Ok::<(), Box<dyn std::error::Error>>(())
+    /// })?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn wait_timeout(
+        &self,
+        timeout: Duration,
+    ) -> Result<impl Iterator<Item = (UserData, io::Result<u32>)> + '_> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            match self.submit() {
+                Ok(()) | Err(Error::KernelBusy(_)) => {}
+                Err(e) => return Err(e),
+            }
+            let (_, ready, _) = self.snapshot();
+            let left = deadline.saturating_duration_since(Instant::now());
+            if ready || left.is_zero() {
+                break;
+            }
+            // The ring fd polls readable once a completion is posted; the
+            // enter that follows runs completion work pending for this
+            // thread and brings back overflowed completions.
+            match sys::poll_readable(&self.fd, millis_rounded_up(left)) {
+                Err(e) if !is_errno(&e, libc::EINTR) => return Err(Error::Enter(e)),
+                _ => self.flush_completions()?,
+            }
+        }
+        Ok(self.completions_ready())
     }
 
     /// Asks the kernel to move overflowed completions into the CQ ring (and
@@ -574,7 +654,7 @@ impl URingContext {
             match sys::enter(&self.fd, 0, 0, IORING_ENTER_GETEVENTS) {
                 Ok(_) => return Ok(()),
                 Err(e) if is_errno(&e, libc::EINTR) => continue,
-                Err(e) => return Err(Error::Enter(e)),
+                Err(e) => return Err(enter_error(e)),
             }
         }
     }
@@ -603,8 +683,49 @@ impl URingContext {
         lock(&self.complete).dropped()
     }
 
-    /// A user_data that no operation in flight uses, for drop's own
-    /// cancellations.
+    /// Cancels every operation in flight and waits for all of them to
+    /// complete, for up to `timeout`; then closes the ring.
+    ///
+    /// `Ok(())` means the kernel is done with every operation: the memory
+    /// their iovecs pointed to may be reused. [`Error::DrainTimedOut`] means
+    /// some were still in the kernel at the deadline: their iovec arrays
+    /// are leaked, and the memory they point to must stay valid for the
+    /// life of the process, because the kernel may still write to it.
+    /// Completions reaped here are discarded.
+    ///
+    /// Dropping the context does the same with a 5 s timeout, without
+    /// telling which way it went.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use ringfence::{EventType, URingContext};
+    ///
+    /// let ring = URingContext::new(8, None)?;
+    /// // Nobody connects, so a poll for readable never fires on its own.
+    /// let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    /// # use std::os::fd::AsRawFd;
+    /// ring.add_poll_fd(listener.as_raw_fd(), EventType::Read, 1)?;
+    /// ring.submit()?;
+    /// ring.close(Duration::from_secs(1))?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn close(self, timeout: Duration) -> Result<()> {
+        self.cancel_and_drain_or_leak(timeout)
+    }
+
+    fn cancel_and_drain_or_leak(&self, timeout: Duration) -> Result<()> {
+        if self.cancel_and_drain(timeout) {
+            return Ok(());
+        }
+        let mut complete = lock(&self.complete);
+        let left = complete.in_flight();
+        // The kernel may still use what these operations pinned.
+        complete.leak_all();
+        Err(Error::DrainTimedOut(left))
+    }
+
+    /// A user_data that no operation in flight uses, for drain's own
+    /// cancellations, searching down from `*from`.
     fn unused_user_data(complete: &CompleteQueueState<OpState>, from: &mut u64) -> u64 {
         while complete.is_in_flight(*from) {
             *from = from.wrapping_sub(1);
@@ -615,12 +736,18 @@ impl URingContext {
     }
 
     /// Cancels every operation in flight and reaps completions until none is
-    /// left, for up to [`DROP_DRAIN_TIMEOUT`]. Returns whether it got there.
-    fn cancel_and_drain(&self) -> bool {
-        let deadline = Instant::now() + DROP_DRAIN_TIMEOUT;
-        // The user_data of drop's cancel operations, and of their targets.
-        let mut cancels = HashSet::new();
-        let mut cancelled = HashSet::new();
+    /// left, for up to `timeout`. Returns whether it got there.
+    ///
+    /// A cancellation can come back without stopping its target (`ENOENT`
+    /// while the target is still being issued, `EALREADY` while it runs,
+    /// `EACCES` on a ring whose allowlist lacks `AsyncCancel`), so each round
+    /// cancels again whatever is still in flight and has no cancellation
+    /// pending.
+    fn cancel_and_drain(&self, timeout: Duration) -> bool {
+        const ROUND: Duration = Duration::from_millis(100);
+        let deadline = Instant::now() + timeout;
+        // Pending cancellations: their user_data, and their target's.
+        let mut cancels: HashMap<u64, u64> = HashMap::new();
         let mut next_user_data = u64::MAX;
         loop {
             match self.submit() {
@@ -635,30 +762,31 @@ impl URingContext {
                 if complete.in_flight() == 0 {
                     return true;
                 }
+                let targeted: HashSet<u64> = cancels.values().copied().collect();
                 complete
                     .in_flight_user_data()
-                    .filter(|ud| !cancels.contains(ud) && !cancelled.contains(ud))
+                    .filter(|ud| !cancels.contains_key(ud) && !targeted.contains(ud))
                     .collect()
             };
             for target in targets {
                 let user_data = Self::unused_user_data(&lock(&self.complete), &mut next_user_data);
                 if self.async_cancel(target, user_data).is_err() {
-                    break; // No room: the next turn submits and retries.
+                    break; // No room: the next round submits and retries.
                 }
-                cancels.insert(user_data);
-                cancelled.insert(target);
+                cancels.insert(user_data, target);
             }
             let _ = self.submit();
-            for _ in self.completions_ready() {}
+            for (user_data, _) in self.completions_ready() {
+                cancels.remove(&user_data);
+            }
             if lock(&self.complete).in_flight() == 0 {
                 return true;
             }
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
-                return lock(&self.complete).in_flight() == 0;
+                return false;
             }
-            let timeout = left.min(Duration::from_millis(100)).as_millis() as i32;
-            let _ = sys::poll_readable(&self.fd, timeout.max(1));
+            let _ = sys::poll_readable(&self.fd, millis_rounded_up(left.min(ROUND)));
             let _ = self.flush_completions();
         }
     }
@@ -671,13 +799,8 @@ impl URingContext {
 
 impl Drop for URingContext {
     fn drop(&mut self) {
-        if lock(&self.complete).in_flight() == 0 {
-            return;
-        }
-        if !self.cancel_and_drain() {
-            // The kernel may still use what these operations pinned.
-            lock(&self.complete).leak_all();
-        }
+        // A leak is the safe outcome; `close` is for callers who must know.
+        let _ = self.cancel_and_drain_or_leak(DROP_DRAIN_TIMEOUT);
     }
 }
 

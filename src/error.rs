@@ -8,6 +8,24 @@ use crate::allowlist::RegisterOperation;
 #[remain::sorted]
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    /// The kernel dropped completions it had no memory to keep
+    /// (`io_uring_enter` failed with `EBADR`): the operations they belonged
+    /// to stay in flight forever.
+    #[error(
+        "the kernel dropped completions it had no memory to keep (EBADR): some operations \
+         will never complete; close the ring and create a new one, with fewer operations \
+         in flight or more memory for the process"
+    )]
+    CompletionsLost,
+    /// [`URingContext::close`](crate::URingContext::close) gave up waiting:
+    /// this many operations were still in the kernel, and their iovec
+    /// arrays were leaked.
+    #[error(
+        "{0} operations were still in the kernel when close gave up waiting: their iovec \
+         arrays were leaked, and the memory they point to must stay valid for the life of \
+         the process"
+    )]
+    DrainTimedOut(usize),
     /// An operation with this user_data is still in flight.
     #[error(
         "user_data {0} is already used by an operation in flight: wait for its completion \
@@ -108,6 +126,8 @@ impl From<Error> for io::Error {
     fn from(err: Error) -> io::Error {
         #[remain::sorted]
         match err {
+            Error::CompletionsLost => io::Error::from_raw_os_error(libc::EBADR),
+            Error::DrainTimedOut(_) => io::Error::new(io::ErrorKind::TimedOut, err),
             Error::DuplicateUserData(_) => io::Error::new(io::ErrorKind::AlreadyExists, err),
             Error::Enter(e) => e,
             Error::EntriesOutOfRange(_) => io::Error::new(io::ErrorKind::InvalidInput, err),
@@ -121,6 +141,15 @@ impl From<Error> for io::Error {
             Error::Setup(e) => e,
             Error::TooManyIovecs(_) => io::Error::new(io::ErrorKind::InvalidInput, err),
         }
+    }
+}
+
+/// The error for a failed `io_uring_enter` (after `EINTR` was retried).
+pub(crate) fn enter_error(err: io::Error) -> Error {
+    match err.raw_os_error() {
+        Some(libc::EAGAIN | libc::EBUSY) => Error::KernelBusy(err),
+        Some(libc::EBADR) => Error::CompletionsLost,
+        _ => Error::Enter(err),
     }
 }
 
@@ -153,6 +182,17 @@ mod tests {
         let other = setup_error(io::Error::from_raw_os_error(libc::EINVAL));
         assert!(matches!(other, Error::Setup(_)));
         assert_eq!(io::Error::from(other).raw_os_error(), Some(libc::EINVAL));
+    }
+
+    #[test]
+    fn enter_errnos_are_classified() {
+        let classify = |errno| enter_error(io::Error::from_raw_os_error(errno));
+        assert!(matches!(classify(libc::EAGAIN), Error::KernelBusy(_)));
+        assert!(matches!(classify(libc::EBUSY), Error::KernelBusy(_)));
+        assert!(matches!(classify(libc::EBADFD), Error::Enter(_)));
+        let lost = classify(libc::EBADR);
+        assert!(lost.to_string().contains("create a new one"), "{lost}");
+        assert_eq!(io::Error::from(lost).raw_os_error(), Some(libc::EBADR));
     }
 
     #[test]

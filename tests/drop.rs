@@ -4,13 +4,11 @@
 
 mod common;
 
-use common::{pipe, set_nonblocking};
-
 use std::io::{self, Read, Write};
 use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
-use common::{leaked_buf, pinned};
+use common::{leaked_buf, pinned, pipe, set_nonblocking};
 use ringfence::{EventType, URingContext};
 
 /// Well under the context's 5 s drain timeout: a drop that took this long
@@ -175,4 +173,59 @@ fn dropping_an_idle_ring_is_immediate() {
         took < Duration::from_millis(250),
         "dropping an idle ring took {took:?}"
     );
+}
+
+#[test]
+fn close_cancels_pending_operations_and_reports_success() {
+    let (reader, writer) = pipe();
+    let ring = ring!(8);
+    ring.add_poll_fd(reader.as_raw_fd(), EventType::Read, 1)
+        .unwrap();
+    let (buf, view) = leaked_buf(16, 0x5a);
+    // SAFETY: the buffer is leaked, so it outlives the read whatever happens.
+    unsafe { ring.add_readv(pinned(vec![buf]), reader.as_raw_fd(), None, 2) }.unwrap();
+    ring.submit().unwrap();
+    assert_eq!(ring.in_flight(), 2);
+
+    let start = Instant::now();
+    ring.close(PROMPT)
+        .expect("close reported operations left in the kernel");
+    assert!(start.elapsed() < PROMPT, "close took {:?}", start.elapsed());
+
+    // Ok means the kernel is done: data written now stays in the pipe.
+    (&writer).write_all(b"after close").unwrap();
+    thread_sleep_briefly();
+    assert!(view.iter().all(|&b| b == 0x5a), "the cancelled read wrote");
+    set_nonblocking(reader.as_raw_fd());
+    let mut got = [0u8; 11];
+    (&reader).read_exact(&mut got).unwrap();
+    assert_eq!(&got, b"after close");
+}
+
+#[test]
+fn close_reports_operations_it_could_not_cancel() {
+    // Without AsyncCancel in the allowlist, nothing can stop the poll.
+    let mut allowlist = ringfence::URingAllowlist::new();
+    allowlist.allow_submit_operation(ringfence::URingOperation::PollAdd);
+    let (reader, writer) = pipe();
+    let ring = ring!(8, Some(&allowlist));
+    ring.add_poll_fd(reader.as_raw_fd(), EventType::Read, 1)
+        .unwrap();
+    ring.submit().unwrap();
+
+    let timeout = Duration::from_millis(300);
+    let start = Instant::now();
+    let err = ring
+        .close(timeout)
+        .expect_err("the poll cannot have been cancelled");
+    let took = start.elapsed();
+    assert!(matches!(err, ringfence::Error::DrainTimedOut(1)), "{err}");
+    assert!(err.to_string().contains("leaked"), "{err}");
+    assert!(took >= timeout, "gave up early, after {took:?}");
+    assert!(took < PROMPT, "overran its timeout: {took:?}");
+    drop(writer);
+}
+
+fn thread_sleep_briefly() {
+    std::thread::sleep(Duration::from_millis(50));
 }

@@ -4,14 +4,12 @@
 
 mod common;
 
-use common::{pipe, set_nonblocking};
-
 use std::fs::File;
 use std::io::{self, Read, Write};
 use std::os::fd::{AsRawFd, RawFd};
 use std::time::Duration;
 
-use common::{leaked_buf, pinned, reap};
+use common::{leaked_buf, pinned, pipe, reap, set_nonblocking};
 use ringfence::{
     Error, EventType, IoBufMut, RegisterOperation, URingContext, MAX_ENTRIES, MAX_IOVECS,
 };

@@ -6,8 +6,6 @@
 
 mod common;
 
-use common::{eventfd, eventfd_count, pipe};
-
 use std::collections::{BTreeSet, HashMap};
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
@@ -17,7 +15,7 @@ use std::sync::{mpsc, Arc};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::{leaked_buf, pinned, reap};
+use common::{eventfd, eventfd_count, leaked_buf, pinned, pipe, reap};
 use ringfence::{Error, EventType, IoBufMut, URingContext};
 
 /// How long a test waits for something that should happen promptly.
@@ -803,4 +801,57 @@ fn failed_completions_carry_the_kernels_errno_as_an_io_error() {
         .unwrap();
     assert_os_error(only(&ring, 4), libc::ESPIPE, "fallocate on a pipe");
     assert_eq!(ring.in_flight(), 0);
+}
+
+#[test]
+fn wait_timeout_with_nothing_in_flight_blocks_until_the_timeout() {
+    let ring = ring!(8);
+    let timeout = Duration::from_millis(150);
+    let start = Instant::now();
+    assert_eq!(ring.wait_timeout(timeout).unwrap().count(), 0);
+    let took = start.elapsed();
+    assert!(took >= timeout, "returned after {took:?}");
+    assert!(took < PROMPTLY, "overran: {took:?}");
+}
+
+#[test]
+fn wait_timeout_wakes_for_a_nop_from_another_thread() {
+    let ring = ring!(8);
+    thread::scope(|s| {
+        let waiter = s.spawn(|| {
+            let start = Instant::now();
+            let got: Vec<_> = ring.wait_timeout(PROMPTLY).unwrap().collect();
+            (got, start.elapsed())
+        });
+        thread::sleep(Duration::from_millis(100));
+        ring.add_nop(9).unwrap();
+        ring.submit().unwrap();
+        let (got, took) = waiter.join().unwrap();
+        assert_eq!(got.len(), 1, "{got:?}");
+        assert_eq!(got[0].0, 9);
+        assert!(took < PROMPTLY, "woke only at the timeout: {took:?}");
+    });
+}
+
+#[test]
+fn wait_timeout_returns_a_poll_completed_by_another_thread() {
+    // The poll's completion is posted by work the kernel queues for the
+    // submitting thread, which is blocked in wait_timeout meanwhile.
+    let (read_end, write_end) = pipe();
+    let ring = ring!(8);
+    ring.add_poll_fd(read_end.as_raw_fd(), EventType::Read, 4)
+        .unwrap();
+    thread::scope(|s| {
+        s.spawn(|| {
+            thread::sleep(Duration::from_millis(100));
+            (&write_end).write_all(b"x").unwrap();
+        });
+        let start = Instant::now();
+        let got: Vec<_> = ring.wait_timeout(PROMPTLY).unwrap().collect();
+        assert!(start.elapsed() < PROMPTLY, "took {:?}", start.elapsed());
+        assert_eq!(got.len(), 1, "{got:?}");
+        let events = *got[0].1.as_ref().unwrap();
+        assert_eq!(got[0].0, 4);
+        assert_ne!(events & libc::POLLIN as u32, 0, "events {events:#x}");
+    });
 }

@@ -117,17 +117,25 @@ fn submitter(
     reads
 }
 
-/// Reaps until every expected completion has been counted or `stop` is set.
+/// Reaps until every expected completion has been counted or `stop` is set,
+/// with `wait()` or, if `timed`, with `wait_timeout()`.
 fn reaper(
     ring: &URingContext,
     reaped: &AtomicUsize,
     expected: usize,
     stop: &AtomicBool,
+    timed: bool,
 ) -> Vec<(u64, std::io::Result<u32>)> {
     let mut mine = Vec::new();
     while reaped.load(Ordering::SeqCst) < expected && !stop.load(Ordering::SeqCst) {
-        let batch: Vec<_> = ring.wait().expect("wait failed").collect();
-        if batch.is_empty() {
+        let batch: Vec<_> = if timed {
+            let batch = ring.wait_timeout(Duration::from_millis(20));
+            batch.expect("wait_timeout failed").collect()
+        } else {
+            ring.wait().expect("wait failed").collect()
+        };
+        if batch.is_empty() && !timed {
+            // wait() returns at once when nothing is in flight.
             thread::yield_now();
         }
         for (ud, result) in batch {
@@ -159,12 +167,13 @@ fn four_submitters_and_four_reapers_lose_and_duplicate_nothing() {
                 s.spawn(move || submitter(ring, me, zero, deadline))
             })
             .collect();
+        // Half the reapers block in wait(), half in wait_timeout().
         let reapers: Vec<_> = (0..REAPERS)
-            .map(|_| {
+            .map(|i| {
                 let (ring, reaped, stop, running) = (&ring, &reaped, &stop, &reapers_running);
                 s.spawn(move || {
                     let _running = Running(running);
-                    reaper(ring, reaped, expected, stop)
+                    reaper(ring, reaped, expected, stop, i % 2 == 1)
                 })
             })
             .collect();

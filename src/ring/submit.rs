@@ -71,7 +71,7 @@ impl SubmitQueue {
     }
 
     /// The kernel's SQ head: every slot before it has been consumed.
-    fn kernel_head(&self) -> u32 {
+    pub(crate) fn kernel_head(&self) -> u32 {
         // SAFETY: `head` points into live ring memory (type invariant).
         // Acquire pairs with the kernel's `smp_store_release` of the head in
         // `io_commit_sqring`: its reads of the slots it consumed happen before
