@@ -31,6 +31,29 @@ pub const MAX_IOVECS: usize = 1024;
 /// and leaks their pinned memory.
 const DROP_DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// How long `wait` waits for work already in the kernel when the kernel
+/// refuses new submissions for now (`EAGAIN`, `EBUSY`) before trying again.
+const KERNEL_BUSY_BACKOFF: Duration = Duration::from_millis(10);
+
+/// A point in time to stop waiting at; `None` when the timeout is too long
+/// to represent, which means never.
+#[derive(Clone, Copy)]
+struct Deadline(Option<Instant>);
+
+impl Deadline {
+    fn after(timeout: Duration) -> Deadline {
+        Deadline(Instant::now().checked_add(timeout))
+    }
+
+    /// The time left, zero once passed.
+    fn left(self) -> Duration {
+        match self.0 {
+            Some(at) => at.saturating_duration_since(Instant::now()),
+            None => Duration::MAX,
+        }
+    }
+}
+
 /// What an operation keeps alive while it is in flight: the iovec array the
 /// kernel reads, for readv and writev.
 type OpState = Option<Pin<Box<[IoBufMut<'static>]>>>;
@@ -79,9 +102,9 @@ impl EventType {
 ///
 /// # Dropping and closing
 ///
-/// Dropping the context with operations in flight submits what is queued,
-/// cancels every operation with `IORING_OP_ASYNC_CANCEL` and waits for all of
-/// them to complete, for up to 5 seconds, before it frees their iovec arrays.
+/// Dropping the context with operations in flight turns what was queued but
+/// never submitted into nops, cancels every operation in the kernel with
+/// `IORING_OP_ASYNC_CANCEL` and waits for all of them to complete, for up to 5 seconds, before it frees their iovec arrays.
 /// If they do not all complete in time (for example on a restricted ring
 /// whose allowlist lacks `AsyncCancel`, with a poll that never fires), it
 /// leaks their iovec arrays rather than free memory the kernel may still
@@ -97,6 +120,9 @@ pub struct URingContext {
     fd: OwnedFd,
     sq_entries: u32,
     cq_entries: u32,
+    /// The process that created the ring; after fork, a child's copy must
+    /// not cancel the parent's operations.
+    owner_pid: u32,
 }
 
 /// Locks `mutex`, ignoring poisoning: no code panics while it holds a ring
@@ -199,6 +225,7 @@ impl URingContext {
             fd,
             sq_entries: params.sq_entries,
             cq_entries: params.cq_entries,
+            owner_pid: std::process::id(),
         })
     }
 
@@ -413,8 +440,10 @@ impl URingContext {
         self.add_nop_with_flags(SqeFlags::NONE, user_data)
     }
 
-    /// Queues a nop that carries SQE `flags`, for ordering (`LINK`, `HARDLINK`)
-    /// or to see what a restricted ring allows.
+    /// Queues a nop that carries SQE `flags`, for ordering (`LINK`,
+    /// `HARDLINK`) or to see what a restricted ring allows. A link joins this
+    /// nop to whichever operation is queued next, by any thread, and a
+    /// submit between the two ends the chain: link from one thread only.
     pub fn add_nop_with_flags(&self, flags: SqeFlags, user_data: UserData) -> Result<()> {
         let mut sqe = blank_sqe(IORING_OP_NOP, -1, user_data);
         sqe.flags = flags.bits();
@@ -491,7 +520,6 @@ impl URingContext {
     /// - `EAGAIN` and `EBUSY` return [`Error::KernelBusy`]: the kernel is
     ///   short of memory or of completion space. The operations it did not
     ///   take stay queued and go with the next `submit` or `wait`.
-    /// - `EBADR` returns [`Error::CompletionsLost`].
     /// - Anything else returns [`Error::Enter`] (`EBADFD`: the ring is still
     ///   disabled).
     pub fn submit(&self) -> Result<()> {
@@ -542,16 +570,19 @@ impl URingContext {
     /// `wait` does not block when a completion is already ready, nor when no
     /// operation is in flight at all: the iterator is then empty, so a
     /// single-threaded loop can never wait for something that cannot come.
-    /// A thread that reaps for others, and may find nothing in flight,
-    /// should use [`wait_timeout`](Self::wait_timeout), which blocks.
-    /// With several threads waiting, one can block until the next completion
-    /// even though another took the one that woke it.
+    /// `wait` suits one reaping thread. With several, one can block until
+    /// the next completion even though another took the one that woke it:
+    /// reaper threads, and threads that may find nothing in flight, should
+    /// use [`wait_timeout`](Self::wait_timeout).
     ///
     /// `EINTR` is retried. `EAGAIN` and `EBUSY` while submitting fall back to
-    /// waiting for an operation already in the kernel; if there is none,
-    /// they return [`Error::KernelBusy`] and the operations stay queued.
+    /// waiting briefly for an operation already in the kernel, then submit
+    /// again; if there is none, they return [`Error::KernelBusy`] and the
+    /// operations stay queued. Completions the kernel dropped for want of
+    /// memory are reported once, as [`Error::CompletionsLost`].
     pub fn wait(&self) -> Result<impl Iterator<Item = (UserData, io::Result<u32>)> + '_> {
         loop {
+            self.check_lost_completions()?;
             let (queued, ready, in_flight) = self.snapshot();
             if in_flight == 0 {
                 break;
@@ -575,12 +606,10 @@ impl URingContext {
                         if in_flight <= queued as usize {
                             return Err(Error::KernelBusy(e));
                         }
-                        // Something already in the kernel will complete:
-                        // wait for it without submitting more.
-                        match sys::enter(&self.fd, 0, 1, IORING_ENTER_GETEVENTS) {
-                            Err(e) if !is_errno(&e, libc::EINTR) => return Err(enter_error(e)),
-                            _ => continue,
-                        }
+                        // Something already in the kernel will complete.
+                        // Wait for it briefly, not for good: the queued
+                        // operations may be what it is waiting for.
+                        self.poll_ring(KERNEL_BUSY_BACKOFF)?;
                     }
                     other => return Err(other),
                 },
@@ -625,26 +654,39 @@ impl URingContext {
         &self,
         timeout: Duration,
     ) -> Result<impl Iterator<Item = (UserData, io::Result<u32>)> + '_> {
-        let deadline = Instant::now() + timeout;
+        let deadline = Deadline::after(timeout);
         loop {
+            self.check_lost_completions()?;
             match self.submit() {
                 Ok(()) | Err(Error::KernelBusy(_)) => {}
                 Err(e) => return Err(e),
             }
             let (_, ready, _) = self.snapshot();
-            let left = deadline.saturating_duration_since(Instant::now());
+            let left = deadline.left();
             if ready || left.is_zero() {
                 break;
             }
-            // The ring fd polls readable once a completion is posted; the
-            // enter that follows runs completion work pending for this
-            // thread and brings back overflowed completions.
-            match sys::poll_readable(&self.fd, millis_rounded_up(left)) {
-                Err(e) if !is_errno(&e, libc::EINTR) => return Err(Error::Enter(e)),
-                _ => self.flush_completions()?,
-            }
+            self.poll_ring(left)?;
         }
         Ok(self.completions_ready())
+    }
+
+    /// Blocks until the ring fd polls readable (a completion was posted) or
+    /// `timeout` passes, then enters the kernel to run completion work
+    /// pending for this thread and bring back overflowed completions.
+    fn poll_ring(&self, timeout: Duration) -> Result<()> {
+        match sys::poll_readable(&self.fd, millis_rounded_up(timeout)) {
+            Err(e) if !is_errno(&e, libc::EINTR) => Err(Error::Poll(e)),
+            _ => self.flush_completions(),
+        }
+    }
+
+    /// Reports completions the kernel dropped since the last report.
+    fn check_lost_completions(&self) -> Result<()> {
+        if lock(&self.complete).take_new_drops() {
+            return Err(Error::CompletionsLost);
+        }
+        Ok(())
     }
 
     /// Asks the kernel to move overflowed completions into the CQ ring (and
@@ -684,7 +726,9 @@ impl URingContext {
     }
 
     /// Cancels every operation in flight and waits for all of them to
-    /// complete, for up to `timeout`; then closes the ring.
+    /// complete, for up to `timeout`; then closes the ring. Operations
+    /// queued but never submitted are not carried out: they complete as
+    /// nops.
     ///
     /// `Ok(())` means the kernel is done with every operation: the memory
     /// their iovecs pointed to may be reused. [`Error::DrainTimedOut`] means
@@ -710,11 +754,16 @@ impl URingContext {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn close(self, timeout: Duration) -> Result<()> {
-        self.cancel_and_drain_or_leak(timeout)
+        // SAFETY: `self` is owned here, so no other thread can use it.
+        unsafe { self.cancel_and_drain_or_leak(timeout) }
     }
 
-    fn cancel_and_drain_or_leak(&self, timeout: Duration) -> Result<()> {
-        if self.cancel_and_drain(timeout) {
+    /// # Safety
+    ///
+    /// As for [`cancel_and_drain`](Self::cancel_and_drain).
+    unsafe fn cancel_and_drain_or_leak(&self, timeout: Duration) -> Result<()> {
+        // SAFETY: forwarded from the caller.
+        if unsafe { self.cancel_and_drain(timeout) } {
             return Ok(());
         }
         let mut complete = lock(&self.complete);
@@ -743,9 +792,17 @@ impl URingContext {
     /// `EACCES` on a ring whose allowlist lacks `AsyncCancel`), so each round
     /// cancels again whatever is still in flight and has no cancellation
     /// pending.
-    fn cancel_and_drain(&self, timeout: Duration) -> bool {
+    ///
+    /// # Safety
+    ///
+    /// The caller must have the context to itself (drop, or `close`, which
+    /// takes it by value): queued SQEs are rewritten in place.
+    unsafe fn cancel_and_drain(&self, timeout: Duration) -> bool {
         const ROUND: Duration = Duration::from_millis(100);
-        let deadline = Instant::now() + timeout;
+        let deadline = Deadline::after(timeout);
+        // Operations never submitted are cancelled by never doing them.
+        // SAFETY: the caller has the context to itself, so no enter runs.
+        unsafe { lock(&self.submit).replace_queued_with_nops() };
         // Pending cancellations: their user_data, and their target's.
         let mut cancels: HashMap<u64, u64> = HashMap::new();
         let mut next_user_data = u64::MAX;
@@ -782,12 +839,11 @@ impl URingContext {
             if lock(&self.complete).in_flight() == 0 {
                 return true;
             }
-            let left = deadline.saturating_duration_since(Instant::now());
+            let left = deadline.left();
             if left.is_zero() {
                 return false;
             }
-            let _ = sys::poll_readable(&self.fd, millis_rounded_up(left.min(ROUND)));
-            let _ = self.flush_completions();
+            let _ = self.poll_ring(left.min(ROUND));
         }
     }
 
@@ -799,8 +855,15 @@ impl URingContext {
 
 impl Drop for URingContext {
     fn drop(&mut self) {
+        if std::process::id() != self.owner_pid {
+            // A forked child's copy: the operations are the parent's, and
+            // so is the memory they use. Leave both alone.
+            lock(&self.complete).leak_all();
+            return;
+        }
         // A leak is the safe outcome; `close` is for callers who must know.
-        let _ = self.cancel_and_drain_or_leak(DROP_DRAIN_TIMEOUT);
+        // SAFETY: `&mut self`: no other thread can use the context.
+        let _ = unsafe { self.cancel_and_drain_or_leak(DROP_DRAIN_TIMEOUT) };
     }
 }
 

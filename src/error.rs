@@ -9,8 +9,9 @@ use crate::allowlist::RegisterOperation;
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// The kernel dropped completions it had no memory to keep
-    /// (`io_uring_enter` failed with `EBADR`): the operations they belonged
-    /// to stay in flight forever.
+    /// (reported by `io_uring_enter` as `EBADR`, and by the CQ ring's
+    /// overflow counter): the operations they belonged to stay in flight
+    /// forever, and a later drop waits its full timeout for them.
     #[error(
         "the kernel dropped completions it had no memory to keep (EBADR): some operations \
          will never complete; close the ring and create a new one, with fewer operations \
@@ -78,6 +79,9 @@ pub enum Error {
          (ulimit -l) or ask for fewer entries"
     )]
     OutOfLockedMemory,
+    /// Waiting for the ring fd with poll(2) failed.
+    #[error("polling the io_uring fd failed: {0}")]
+    Poll(io::Error),
     /// An `io_uring_register` call failed.
     #[error("io_uring_register({call:?}) failed: {source}{hint}", hint = register_hint(*.call, .source))]
     Register {
@@ -137,6 +141,7 @@ impl From<Error> for io::Error {
             Error::Mmap(e) => e,
             Error::NoSpace => io::Error::new(io::ErrorKind::WouldBlock, err),
             Error::OutOfLockedMemory => io::Error::from_raw_os_error(libc::ENOMEM),
+            Error::Poll(e) => e,
             Error::Register { source, .. } => source,
             Error::Setup(e) => e,
             Error::TooManyIovecs(_) => io::Error::new(io::ErrorKind::InvalidInput, err),

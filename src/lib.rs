@@ -61,7 +61,14 @@
 //!
 //! The `unsafe` in the public API is the caller's half of the bargain: the
 //! buffers handed to [`URingContext::add_readv`] and friends must stay valid
-//! until their completion is returned or the context is dropped.
+//! until their completion is returned by `wait`, or
+//! [`URingContext::close`] has returned `Ok`. A plain drop cannot report
+//! whether it drained the ring, so after a drop with operations in flight
+//! their buffers must live for the rest of the process.
+//!
+//! A context belongs to the process that created it: a child after `fork`
+//! must not use it, and dropping it there leaks the child's copy without
+//! touching the parent's operations.
 
 mod allowlist;
 #[rustfmt::skip]

@@ -229,3 +229,66 @@ fn close_reports_operations_it_could_not_cancel() {
 fn thread_sleep_briefly() {
     std::thread::sleep(Duration::from_millis(50));
 }
+
+#[test]
+fn drop_never_carries_out_operations_that_were_only_queued() {
+    // A write to a pipe with room completes as soon as it is submitted, so
+    // only not submitting it keeps the pipe empty.
+    let (reader, writer) = pipe();
+    let ring = ring!(8);
+    let (buf, _) = leaked_buf(8, b'X');
+    // SAFETY: the buffer is leaked, so it outlives the operation.
+    unsafe { ring.add_writev(pinned(vec![buf]), writer.as_raw_fd(), None, 1) }.unwrap();
+    assert!(timed_drop(ring) < PROMPT);
+    set_nonblocking(reader.as_raw_fd());
+    let mut got = [0u8; 8];
+    let read = (&reader).read(&mut got);
+    assert!(
+        matches!(&read, Err(e) if e.kind() == io::ErrorKind::WouldBlock),
+        "the queued write reached the pipe: {read:?}"
+    );
+}
+
+#[test]
+fn close_accepts_an_unbounded_timeout() {
+    let (reader, _writer) = pipe();
+    let ring = ring!(8);
+    ring.add_poll_fd(reader.as_raw_fd(), EventType::Read, 1)
+        .unwrap();
+    ring.submit().unwrap();
+    ring.close(Duration::MAX).expect("close");
+}
+
+#[test]
+fn a_forked_child_dropping_its_copy_leaves_the_parents_operations_alone() {
+    let (reader, writer) = pipe();
+    let ring = ring!(8);
+    ring.add_poll_fd(reader.as_raw_fd(), EventType::Read, 7)
+        .unwrap();
+    ring.submit().unwrap();
+
+    // SAFETY: the child only drops its copy of the ring (no allocation, no
+    // lock another thread could hold: the ring is this test's alone) and
+    // leaves with _exit.
+    let child = unsafe { libc::fork() };
+    assert!(child >= 0, "fork: {}", io::Error::last_os_error());
+    if child == 0 {
+        drop(ring);
+        // SAFETY: ends the child without running the parent's exit hooks.
+        unsafe { libc::_exit(0) };
+    }
+    let mut status = 0;
+    // SAFETY: waits for our own child; `status` is a live local.
+    let waited = unsafe { libc::waitpid(child, &mut status, 0) };
+    assert_eq!(waited, child);
+    assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0);
+
+    // The poll is still pending in the parent: it fires on data.
+    assert_eq!(ring.in_flight(), 1);
+    (&writer).write_all(b"x").unwrap();
+    let got: Vec<_> = ring.wait_timeout(PROMPT).unwrap().collect();
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!(got[0].0, 7);
+    let events = *got[0].1.as_ref().expect("the child cancelled the poll");
+    assert_ne!(events & libc::POLLIN as u32, 0);
+}

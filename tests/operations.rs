@@ -855,3 +855,12 @@ fn wait_timeout_returns_a_poll_completed_by_another_thread() {
         assert_ne!(events & libc::POLLIN as u32, 0, "events {events:#x}");
     });
 }
+
+#[test]
+fn wait_timeout_accepts_an_unbounded_timeout() {
+    let ring = ring!(8);
+    ring.add_nop(3).unwrap();
+    let got: Vec<_> = ring.wait_timeout(Duration::MAX).unwrap().collect();
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].0, 3);
+}

@@ -43,6 +43,8 @@ pub(crate) struct CompleteQueueState<T> {
     mask: u32,
     in_flight: HashMap<u64, T>,
     max_in_flight: usize,
+    /// The kernel's dropped-completion counter when last reported.
+    dropped_reported: u32,
 }
 
 impl<T> CompleteQueueState<T> {
@@ -77,6 +79,7 @@ impl<T> CompleteQueueState<T> {
             cqes: ring.array::<io_uring_cqe>(off.cqes, entries)?,
             mask,
             in_flight: HashMap::new(),
+            dropped_reported: 0,
             max_in_flight,
         })
     }
@@ -152,6 +155,15 @@ impl<T> CompleteQueueState<T> {
         // hint to enter the kernel, which then does the real work.
         let flags = unsafe { (*self.sq_flags).load(Ordering::Acquire) };
         flags & IORING_SQ_CQ_OVERFLOW != 0
+    }
+
+    /// Whether the kernel dropped completions since the last call that
+    /// returned true: each loss is reported once.
+    pub(crate) fn take_new_drops(&mut self) -> bool {
+        let dropped = self.dropped();
+        let new = dropped != self.dropped_reported;
+        self.dropped_reported = dropped;
+        new
     }
 
     /// Pops the oldest CQE, if any, and hands back the state its operation

@@ -2,7 +2,7 @@ use std::io;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use super::{QueuePointers, RingMemory};
-use crate::bindings::{io_uring_params, io_uring_sqe};
+use crate::bindings::{io_uring_params, io_uring_sqe, IORING_OP_NOP};
 
 /// The submission side of a ring.
 ///
@@ -88,6 +88,31 @@ impl SubmitQueue {
     /// the kernel.
     pub(crate) fn free_slot(&self) -> Option<FreeSlot> {
         (self.queued() < self.entries).then_some(FreeSlot { tail: self.tail })
+    }
+
+    /// Turns every SQE published but not yet consumed into a nop with the
+    /// same user_data, so that it completes without doing anything.
+    ///
+    /// # Safety
+    ///
+    /// No `io_uring_enter` on this ring may run until this returns: the
+    /// kernel reads published SQEs only inside it, so the caller must have
+    /// the context to itself (drop, or `close`, which takes it by value).
+    pub(crate) unsafe fn replace_queued_with_nops(&mut self) {
+        let head = self.kernel_head();
+        for i in 0..self.tail.wrapping_sub(head) {
+            let index = (head.wrapping_add(i) & self.mask) as usize;
+            // SAFETY: the masked index is inside the SQE array. The slot is
+            // published, but the caller guarantees the kernel is not reading
+            // it (no enter runs), and `&mut self` that no other thread
+            // writes it. A whole blank SQE is written, because a nop reads
+            // its flags from the union an operation may have set.
+            unsafe {
+                let slot = self.sqes.add(index);
+                let user_data = (*slot).user_data;
+                slot.write(blank_sqe(IORING_OP_NOP, -1, user_data));
+            }
+        }
     }
 
     /// Writes `sqe` into `slot` and publishes it to the kernel.
