@@ -491,16 +491,21 @@ fn poll_for_write_on_an_empty_pipe_completes_at_once_with_pollout() {
     assert!(start.elapsed() < PROMPTLY, "took {:?}", start.elapsed());
 }
 
-#[test]
-fn remove_poll_fd_cancels_a_pending_poll() {
+/// A way to stop the operation with user_data `target`, queued as an
+/// operation of its own with user_data `user_data`.
+type Stop = fn(&URingContext, u64, u64) -> ringfence::Result<()>;
+
+/// Stops a pending poll with `stop`: the stop completes with 0 and the
+/// poll with ECANCELED.
+fn assert_stops_a_pending_poll(stop: Stop) {
     let (read_end, _write_end) = pipe();
     let ring = ring!(8);
     ring.add_poll_fd(read_end.as_raw_fd(), EventType::Read, 1)
         .unwrap();
     ring.submit().unwrap();
-    ring.remove_poll_fd(1, 2).unwrap();
+    stop(&ring, 1, 2).unwrap();
     let done = reap_by_user_data(&ring, 2);
-    assert!(matches!(done[&2], Ok(0)), "remove: {:?}", done[&2]);
+    assert!(matches!(done[&2], Ok(0)), "stop: {:?}", done[&2]);
     assert_eq!(
         errno(&done[&1]),
         Some(libc::ECANCELED),
@@ -508,6 +513,16 @@ fn remove_poll_fd_cancels_a_pending_poll() {
         done[&1]
     );
     assert_eq!(ring.in_flight(), 0);
+}
+
+#[test]
+fn remove_poll_fd_cancels_a_pending_poll() {
+    assert_stops_a_pending_poll(URingContext::remove_poll_fd);
+}
+
+#[test]
+fn async_cancel_cancels_a_pending_poll() {
+    assert_stops_a_pending_poll(URingContext::async_cancel);
 }
 
 #[test]
@@ -524,25 +539,6 @@ fn remove_poll_fd_of_an_unknown_user_data_fails_with_enoent() {
     ring.remove_poll_fd(1, 3).unwrap();
     let done = reap_by_user_data(&ring, 2);
     assert_eq!(errno(&done[&1]), Some(libc::ECANCELED));
-}
-
-#[test]
-fn async_cancel_cancels_a_pending_poll() {
-    let (read_end, _write_end) = pipe();
-    let ring = ring!(8);
-    ring.add_poll_fd(read_end.as_raw_fd(), EventType::Read, 1)
-        .unwrap();
-    ring.submit().unwrap();
-    ring.async_cancel(1, 2).unwrap();
-    let done = reap_by_user_data(&ring, 2);
-    assert!(matches!(done[&2], Ok(0)), "cancel: {:?}", done[&2]);
-    assert_eq!(
-        errno(&done[&1]),
-        Some(libc::ECANCELED),
-        "poll: {:?}",
-        done[&1]
-    );
-    assert_eq!(ring.in_flight(), 0);
 }
 
 #[test]
