@@ -54,6 +54,17 @@ impl Deadline {
     }
 }
 
+/// What [`URingContext::wait`] decides on, read at one instant.
+struct RingState {
+    /// SQEs published and not yet consumed by the kernel.
+    queued: u32,
+    /// A completion is in the CQ ring, or overflowed and waiting to be
+    /// brought back.
+    ready: bool,
+    /// Operations added and not yet reaped (queued ones included).
+    in_flight: usize,
+}
+
 /// What an operation keeps alive while it is in flight: the iovec array the
 /// kernel reads, for readv and writev.
 type OpState = Option<Pin<Box<[IoBufMut<'static>]>>>;
@@ -548,13 +559,19 @@ impl URingContext {
         }
     }
 
-    /// Queued SQEs, whether a completion is ready (or overflowed), and the
-    /// operations in flight, read together under both locks.
-    fn snapshot(&self) -> (u32, bool, usize) {
+    /// Reads the ring's state under both locks at once, and reports
+    /// completions the kernel dropped since the last report (each loss once).
+    fn snapshot(&self) -> Result<RingState> {
         let submit = lock(&self.submit);
-        let complete = lock(&self.complete);
-        let ready = complete.ready() > 0 || complete.overflow_pending();
-        (submit.queued(), ready, complete.in_flight())
+        let mut complete = lock(&self.complete);
+        if complete.take_new_drops() {
+            return Err(Error::CompletionsLost);
+        }
+        Ok(RingState {
+            queued: submit.queued(),
+            ready: complete.ready() > 0 || complete.overflow_pending(),
+            in_flight: complete.in_flight(),
+        })
     }
 
     /// Submits what is queued, waits until at least one completion is ready,
@@ -582,28 +599,30 @@ impl URingContext {
     /// memory are reported once, as [`Error::CompletionsLost`].
     pub fn wait(&self) -> Result<impl Iterator<Item = (UserData, io::Result<u32>)> + '_> {
         loop {
-            self.check_lost_completions()?;
-            let (queued, ready, in_flight) = self.snapshot();
-            if in_flight == 0 {
+            let state = self.snapshot()?;
+            if state.in_flight == 0 {
                 break;
             }
-            if ready {
+            if state.ready {
                 // Send what is queued, but don't block: completions wait. A
                 // busy kernel keeps the rest queued for the next call.
-                match self.submit() {
-                    Ok(()) | Err(Error::KernelBusy(_)) => break,
-                    Err(e) => return Err(e),
+                if state.queued > 0 {
+                    match self.submit() {
+                        Ok(()) | Err(Error::KernelBusy(_)) => {}
+                        Err(e) => return Err(e),
+                    }
                 }
+                break;
             }
-            match sys::enter(&self.fd, queued, 1, IORING_ENTER_GETEVENTS) {
+            match sys::enter(&self.fd, state.queued, 1, IORING_ENTER_GETEVENTS) {
                 // A short submit or an interrupted wait returns before a
                 // completion is ready; look again.
                 Ok(_) => continue,
                 Err(e) if is_errno(&e, libc::EINTR) => continue,
                 Err(e) => match enter_error(e) {
                     Error::KernelBusy(e) => {
-                        let (queued, _, in_flight) = self.snapshot();
-                        if in_flight <= queued as usize {
+                        let state = self.snapshot()?;
+                        if state.in_flight <= state.queued as usize {
                             return Err(Error::KernelBusy(e));
                         }
                         // Something already in the kernel will complete.
@@ -656,12 +675,11 @@ impl URingContext {
     ) -> Result<impl Iterator<Item = (UserData, io::Result<u32>)> + '_> {
         let deadline = Deadline::after(timeout);
         loop {
-            self.check_lost_completions()?;
             match self.submit() {
                 Ok(()) | Err(Error::KernelBusy(_)) => {}
                 Err(e) => return Err(e),
             }
-            let (_, ready, _) = self.snapshot();
+            let ready = self.snapshot()?.ready;
             let left = deadline.left();
             if ready || left.is_zero() {
                 break;
@@ -679,14 +697,6 @@ impl URingContext {
             Err(e) if !is_errno(&e, libc::EINTR) => Err(Error::Poll(e)),
             _ => self.flush_completions(),
         }
-    }
-
-    /// Reports completions the kernel dropped since the last report.
-    fn check_lost_completions(&self) -> Result<()> {
-        if lock(&self.complete).take_new_drops() {
-            return Err(Error::CompletionsLost);
-        }
-        Ok(())
     }
 
     /// Asks the kernel to move overflowed completions into the CQ ring (and
@@ -738,7 +748,8 @@ impl URingContext {
     /// Completions reaped here are discarded.
     ///
     /// Dropping the context does the same with a 5 s timeout, without
-    /// telling which way it went.
+    /// telling which way it went. In a child after `fork`, both leave the
+    /// parent's operations alone.
     ///
     /// ```
     /// use std::time::Duration;
@@ -762,6 +773,13 @@ impl URingContext {
     ///
     /// As for [`cancel_and_drain`](Self::cancel_and_drain).
     unsafe fn cancel_and_drain_or_leak(&self, timeout: Duration) -> Result<()> {
+        if std::process::id() != self.owner_pid {
+            // A forked child's copy: the operations are the parent's, and
+            // so is the memory the kernel uses for them; the child's copy of
+            // that memory is never touched. Leave the ring alone.
+            lock(&self.complete).leak_all();
+            return Ok(());
+        }
         // SAFETY: forwarded from the caller.
         if unsafe { self.cancel_and_drain(timeout) } {
             return Ok(());
@@ -855,12 +873,6 @@ impl URingContext {
 
 impl Drop for URingContext {
     fn drop(&mut self) {
-        if std::process::id() != self.owner_pid {
-            // A forked child's copy: the operations are the parent's, and
-            // so is the memory they use. Leave both alone.
-            lock(&self.complete).leak_all();
-            return;
-        }
         // A leak is the safe outcome; `close` is for callers who must know.
         // SAFETY: `&mut self`: no other thread can use the context.
         let _ = unsafe { self.cancel_and_drain_or_leak(DROP_DRAIN_TIMEOUT) };
@@ -897,16 +909,17 @@ impl Iterator for Completions<'_> {
     fn next(&mut self) -> Option<Self::Item> {
         let mut flushed = false;
         loop {
-            // The guard is a temporary: the lock is released before the
-            // operation's pinned state is dropped below.
-            let popped = lock(&self.ring.complete).pop();
-            if let Some(completion) = popped {
+            let mut complete = lock(&self.ring.complete);
+            if let Some(completion) = complete.pop() {
+                // Unlock before dropping the operation's pinned state.
+                drop(complete);
                 drop(completion.state);
                 return Some((completion.user_data, completion_result(completion.result)));
             }
-            if flushed || !lock(&self.ring.complete).overflow_pending() {
+            if flushed || !complete.overflow_pending() {
                 return None;
             }
+            drop(complete);
             // An error here surfaces from the next `wait`.
             let _ = self.ring.flush_completions();
             flushed = true;

@@ -53,8 +53,9 @@
 //! - **One writer per ring index.** Only the holder of the submit lock writes
 //!   SQEs and the SQ tail, and never a slot the kernel has not consumed;
 //!   only the holder of the completion lock reads CQEs and moves the CQ head.
-//!   Each shared index is loaded with Acquire and stored with Release,
-//!   pairing with the kernel's barriers.
+//!   The kernel's indices (SQ head, CQ tail) are loaded with Acquire and
+//!   ours (SQ tail, CQ head) stored with Release, pairing with the kernel's
+//!   barriers.
 //! - **Drop drains.** Dropping the context cancels what is in flight and
 //!   waits for the kernel to finish with it; if it cannot, it leaks the
 //!   pinned memory rather than free memory the kernel may still use.
