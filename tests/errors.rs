@@ -387,49 +387,6 @@ fn more_than_max_iovecs_is_refused_and_max_iovecs_works() {
 }
 
 #[test]
-fn submitting_to_a_disabled_ring_fails_with_ebadfd_and_loses_nothing() {
-    // Skips (or fails under CI) only if io_uring itself is missing.
-    drop(ring!(8));
-    let ring = URingContext::new_disabled(8).expect("new_disabled");
-    ring.add_nop(1).expect("add_nop");
-    let (buf, view) = leaked_buf(32, 0x11);
-    let zero = File::open("/dev/zero").expect("/dev/zero");
-    // SAFETY: the buffer is leaked and read only after the completion.
-    unsafe { ring.add_readv(pinned(vec![buf]), zero.as_raw_fd(), Some(0), 2) }.expect("add_readv");
-
-    let assert_ebadfd = |what: &str, err: Error| {
-        assert!(matches!(err, Error::Enter(_)), "{what}: {err:?}");
-        assert!(err.to_string().contains("enable"), "{what}: {err}");
-        assert_eq!(
-            io::Error::from(err).raw_os_error(),
-            Some(libc::EBADFD),
-            "{what}"
-        );
-    };
-    assert_ebadfd(
-        "submit",
-        ring.submit().expect_err("submit to a disabled ring"),
-    );
-    match ring.wait() {
-        Ok(_) => panic!("wait on a disabled ring succeeded"),
-        Err(e) => assert_ebadfd("wait", e),
-    }
-    assert_eq!(ring.in_flight(), 2);
-    assert!(
-        view.iter().all(|b| *b == 0x11),
-        "the disabled ring ran the readv"
-    );
-
-    ring.enable().expect("enable");
-    let mut done = reap(&ring, 2);
-    done.sort_by_key(|(ud, _)| *ud);
-    assert_eq!(done.len(), 2, "{done:?}");
-    assert_eq!((done[0].0, done[0].1.as_ref().ok()), (1, Some(&0)));
-    assert_eq!((done[1].0, done[1].1.as_ref().ok()), (2, Some(&32)));
-    assert!(view.iter().all(|b| *b == 0));
-}
-
-#[test]
 fn io_error_from_error_keeps_the_kernel_errno() {
     let ring = ring!(8);
     // Enabling an enabled ring: EBADFD.
@@ -456,13 +413,6 @@ fn io_error_from_error_keeps_the_kernel_errno() {
         "{err:?}"
     );
     assert_eq!(io::Error::from(err).raw_os_error(), Some(libc::EBADF));
-
-    // Restrictions on an enabled ring: EBADFD, with the explanation.
-    let err = ring
-        .register_restrictions(&ringfence::URingAllowlist::new())
-        .expect_err("restrictions on an enabled ring");
-    assert!(err.to_string().contains("created disabled"), "{err}");
-    assert_eq!(io::Error::from(err).raw_os_error(), Some(libc::EBADFD));
 }
 
 #[test]

@@ -6,7 +6,7 @@
 
 mod common;
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -15,7 +15,7 @@ use std::sync::{mpsc, Arc};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::{eventfd, eventfd_count, leaked_buf, pinned, pipe, reap};
+use common::{eventfd, eventfd_count, leaked_buf, pinned, pipe, reap, reap_by_user_data};
 use ringfence::{Error, EventType, IoBufMut, URingContext};
 
 /// How long a test waits for something that should happen promptly.
@@ -49,21 +49,6 @@ fn only(ring: &URingContext, user_data: u64) -> io::Result<u32> {
     let (ud, result) = got.pop().unwrap();
     assert_eq!(ud, user_data, "unexpected completion: {result:?}");
     result
-}
-
-/// Reaps exactly `count` completions, keyed by user_data; each user_data
-/// must come once.
-fn reap_by_user_data(ring: &URingContext, count: usize) -> HashMap<u64, io::Result<u32>> {
-    let got = reap(ring, count);
-    assert_eq!(got.len(), count, "more completions than expected: {got:?}");
-    let mut by_user_data = HashMap::new();
-    for (user_data, result) in got {
-        assert!(
-            by_user_data.insert(user_data, result).is_none(),
-            "user_data {user_data} completed twice"
-        );
-    }
-    by_user_data
 }
 
 /// The errno of a failed completion, if it failed.
@@ -859,4 +844,81 @@ fn wait_timeout_accepts_an_unbounded_timeout() {
     let got: Vec<_> = ring.wait_timeout(Duration::MAX).unwrap().collect();
     assert_eq!(got.len(), 1);
     assert_eq!(got[0].0, 3);
+}
+
+/// Signals the SIGUSR1 handler installed by
+/// [`wait_keeps_waiting_when_a_signal_interrupts_it`] has caught.
+static SIGNALS_CAUGHT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// Completions as plain values, with a failure's errno, to pass between
+/// threads and compare.
+type Reaped = Vec<(u64, Result<u32, Option<i32>>)>;
+
+extern "C" fn count_signal(_: libc::c_int) {
+    SIGNALS_CAUGHT.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+}
+
+#[test]
+fn wait_keeps_waiting_when_a_signal_interrupts_it() {
+    use std::os::unix::thread::JoinHandleExt;
+    use std::sync::atomic::Ordering;
+
+    // A handler without SA_RESTART, so the blocked io_uring_enter returns
+    // EINTR to ringfence, which must wait again rather than fail or return.
+    // SAFETY: a zeroed sigaction is valid; the handler only touches an
+    // atomic, which is async-signal-safe, and no other test uses SIGUSR1.
+    unsafe {
+        let mut action: libc::sigaction = std::mem::zeroed();
+        action.sa_sigaction = count_signal as *const () as usize;
+        assert_eq!(
+            libc::sigaction(libc::SIGUSR1, &action, std::ptr::null_mut()),
+            0
+        );
+    }
+    let (read_end, write_end) = pipe();
+    let ring = Arc::new(ring!(8));
+    ring.add_poll_fd(read_end.as_raw_fd(), EventType::Read, 1)
+        .unwrap();
+    ring.submit().unwrap();
+
+    let (sender, receiver) = mpsc::channel();
+    let waiter = {
+        let ring = Arc::clone(&ring);
+        thread::spawn(move || {
+            let got: Result<Reaped, String> = ring
+                .wait()
+                .map(|completions| {
+                    completions
+                        .map(|(ud, r)| (ud, r.map_err(|e| e.raw_os_error())))
+                        .collect()
+                })
+                .map_err(|e| e.to_string());
+            sender.send(got).unwrap();
+        })
+    };
+    let before = SIGNALS_CAUGHT.load(Ordering::SeqCst);
+    for _ in 0..3 {
+        thread::sleep(Duration::from_millis(30));
+        // SAFETY: the thread is alive (it has not sent yet) and SIGUSR1 has
+        // a handler installed above.
+        let sent = unsafe { libc::pthread_kill(waiter.as_pthread_t(), libc::SIGUSR1) };
+        assert_eq!(sent, 0);
+    }
+    let early = receiver.recv_timeout(Duration::from_millis(100));
+    assert!(early.is_err(), "wait returned on a signal: {early:?}");
+    assert!(
+        SIGNALS_CAUGHT.load(Ordering::SeqCst) >= before + 3,
+        "the signals never reached the waiting thread"
+    );
+
+    (&write_end).write_all(b"x").unwrap();
+    let got = receiver
+        .recv_timeout(PROMPTLY)
+        .expect("the waiter never woke")
+        .expect("wait failed after being interrupted");
+    waiter.join().unwrap();
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!(got[0].0, 1);
+    let events = *got[0].1.as_ref().unwrap();
+    assert_ne!(events & libc::POLLIN as u32, 0, "events {events:#x}");
 }

@@ -46,20 +46,10 @@ fn outcome(result: &io::Result<u32>) -> Result<u32, i32> {
 /// Reaps `count` completions and returns them by user_data, asserting that no
 /// user_data came back twice and that nothing else is left in flight.
 fn reap_all(ring: &URingContext, count: usize) -> HashMap<u64, Result<u32, i32>> {
-    let completions = common::reap(ring, count);
-    assert_eq!(
-        completions.len(),
-        count,
-        "more completions than operations: {completions:?}"
-    );
-    let mut by_user_data = HashMap::new();
-    for (user_data, result) in &completions {
-        let previous = by_user_data.insert(*user_data, outcome(result));
-        assert!(
-            previous.is_none(),
-            "user_data {user_data} completed twice: {completions:?}"
-        );
-    }
+    let by_user_data = common::reap_by_user_data(ring, count)
+        .iter()
+        .map(|(user_data, result)| (*user_data, outcome(result)))
+        .collect();
     assert_eq!(
         ring.in_flight(),
         0,
@@ -266,11 +256,11 @@ fn empty_allowlist_refuses_even_nop() {
 fn registering_restrictions_on_an_unrestricted_enabled_ring_is_ebadfd() {
     let ring = ring!(8);
     let list = allowing(&[URingOperation::Nop]);
-    assert_register_fails(
-        ring.register_restrictions(&list),
-        RegisterOperation::Restrictions,
-        libc::EBADFD,
-    );
+    let result = ring.register_restrictions(&list);
+    if let Err(err) = &result {
+        assert!(err.to_string().contains("created disabled"), "{err}");
+    }
+    assert_register_fails(result, RegisterOperation::Restrictions, libc::EBADFD);
     // Refused, so the ring is as unrestricted as before.
     let file = scratch_file(0);
     ring.add_fsync(file.as_raw_fd(), 1).expect("add_fsync");
@@ -333,22 +323,40 @@ fn second_registration_on_a_disabled_ring_is_ebusy_and_changes_nothing() {
 fn submitting_to_a_disabled_ring_is_ebadfd_until_enabled() {
     let ring = disabled_ring!(8);
     ring.add_nop(5).expect("add_nop");
-    match ring.submit() {
-        Err(Error::Enter(e)) => assert_eq!(e.raw_os_error(), Some(libc::EBADFD), "submit: {e}"),
-        other => panic!("submit on a disabled ring: expected Error::Enter(EBADFD), got {other:?}"),
-    }
-    match ring.wait() {
-        Err(Error::Enter(e)) => assert_eq!(e.raw_os_error(), Some(libc::EBADFD), "wait: {e}"),
-        Err(e) => panic!("wait on a disabled ring: expected Error::Enter(EBADFD), got {e:?}"),
-        Ok(_) => panic!("wait on a disabled ring succeeded"),
-    }
-    // The nop stayed queued through both failures.
-    assert_eq!(ring.in_flight(), 1);
+    let zero = File::open("/dev/zero").expect("/dev/zero");
+    let (buf, view) = common::leaked_buf(32, 0x11);
+    // SAFETY: the buffer is leaked and read only after the completion.
+    unsafe { ring.add_readv(common::pinned(vec![buf]), zero.as_raw_fd(), Some(0), 6) }
+        .expect("add_readv");
+    let assert_ebadfd = |what: &str, result: Result<(), Error>| match result {
+        Err(err @ Error::Enter(_)) => {
+            assert!(err.to_string().contains("enable"), "{what}: {err}");
+            assert_eq!(
+                io::Error::from(err).raw_os_error(),
+                Some(libc::EBADFD),
+                "{what}"
+            );
+        }
+        other => panic!("{what} on a disabled ring: expected Error::Enter(EBADFD), got {other:?}"),
+    };
+    assert_ebadfd("submit", ring.submit());
+    assert_ebadfd("wait", ring.wait().map(drop));
+    // Both stayed queued through both failures, and nothing ran.
+    assert_eq!(ring.in_flight(), 2);
+    assert!(
+        view.iter().all(|b| *b == 0x11),
+        "the disabled ring ran the readv"
+    );
 
-    ring.register_restrictions(&allowing(&[URingOperation::Nop]))
+    let list = allowing(&[URingOperation::Nop, URingOperation::Readv]);
+    ring.register_restrictions(&list)
         .expect("register_restrictions");
     ring.enable().expect("enable");
-    assert_eq!(reap_one(&ring), (5, Ok(0)));
+    assert_eq!(reap_all(&ring, 2), HashMap::from([(5, Ok(0)), (6, Ok(32))]));
+    assert!(
+        view.iter().all(|b| *b == 0),
+        "the readv did not fill its buffer"
+    );
 }
 
 #[test]

@@ -1,5 +1,6 @@
 //! Kernel tests for sharing one ring between threads, and for completions
-//! that outnumber the completion ring (`IORING_FEAT_NODROP`).
+//! that outnumber the completion ring (`IORING_FEAT_NODROP`). That the
+//! context is `Send + Sync` is checked at compile time in the crate itself.
 
 mod common;
 
@@ -7,34 +8,11 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::{leaked_buf, pinned, reap};
+use common::{add_and_submit_without_reaping, leaked_buf, pinned, reap};
 use ringfence::{Error, IoBufMut, URingContext};
-
-/// Compile-time proof that a context can be moved to and shared between
-/// threads.
-fn assert_send_sync<T: Send + Sync>() {}
-
-#[test]
-fn context_is_send_and_sync() {
-    assert_send_sync::<URingContext>();
-    assert_send_sync::<Arc<URingContext>>();
-
-    // And at run time: an operation added on another thread completes on
-    // this one.
-    let ring = Arc::new(ring!(4));
-    let remote = Arc::clone(&ring);
-    thread::spawn(move || remote.add_nop(42).expect("add_nop on another thread"))
-        .join()
-        .expect("adding thread panicked");
-    let completions = reap(&ring, 1);
-    assert_eq!(completions.len(), 1);
-    assert_eq!(completions[0].0, 42);
-    assert_eq!(*completions[0].1.as_ref().expect("nop failed"), 0);
-}
 
 const SUBMITTERS: u64 = 4;
 const REAPERS: usize = 4;
@@ -242,22 +220,6 @@ fn four_submitters_and_four_reapers_lose_and_duplicate_nothing() {
                 None => assert_eq!(value, 0, "nop {ud:#x} returned {value}"),
             }
         }
-    }
-}
-
-/// Adds nops with user_data `uds` in batches of at most the SQ size,
-/// submitting after each batch and never reaping.
-fn add_and_submit_without_reaping(ring: &URingContext, uds: std::ops::Range<u64>) {
-    let mut next = uds.start;
-    while next < uds.end {
-        let batch_end = (next + u64::from(ring.sq_entries())).min(uds.end);
-        for ud in next..batch_end {
-            ring.add_nop(ud)
-                .unwrap_or_else(|e| panic!("add_nop({ud}) failed: {e}"));
-        }
-        ring.submit()
-            .expect("submit with a full completion ring failed");
-        next = batch_end;
     }
 }
 

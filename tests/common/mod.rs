@@ -1,6 +1,7 @@
 //! Helpers shared by the kernel tests.
 #![allow(dead_code)]
 
+use std::collections::HashMap;
 use std::fs::File;
 use std::io::{self, Read};
 use std::os::fd::{FromRawFd, RawFd};
@@ -133,6 +134,38 @@ pub fn reap(ring: &URingContext, count: usize) -> Vec<(u64, std::io::Result<u32>
         out.extend(ring.wait().expect("wait failed"));
     }
     out
+}
+
+/// Reaps exactly `count` completions, keyed by user_data; each user_data
+/// must come once.
+pub fn reap_by_user_data(ring: &URingContext, count: usize) -> HashMap<u64, io::Result<u32>> {
+    let got = reap(ring, count);
+    assert_eq!(got.len(), count, "more completions than expected: {got:?}");
+    let mut by_user_data = HashMap::new();
+    for (user_data, result) in got {
+        assert!(
+            by_user_data.insert(user_data, result).is_none(),
+            "user_data {user_data} completed twice"
+        );
+    }
+    by_user_data
+}
+
+/// Adds nops with user_data `uds` in batches of at most the SQ size,
+/// submitting after each batch and never reaping: past the completion
+/// ring's size, the kernel keeps the rest on its overflow list.
+pub fn add_and_submit_without_reaping(ring: &URingContext, uds: std::ops::Range<u64>) {
+    let mut next = uds.start;
+    while next < uds.end {
+        let batch_end = (next + u64::from(ring.sq_entries())).min(uds.end);
+        for ud in next..batch_end {
+            ring.add_nop(ud)
+                .unwrap_or_else(|e| panic!("add_nop({ud}) failed: {e}"));
+        }
+        ring.submit()
+            .expect("submit with a full completion ring failed");
+        next = batch_end;
+    }
 }
 
 /// The running kernel's (major, minor) version, from uname.
