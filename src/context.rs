@@ -3,7 +3,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, RawFd};
 use std::pin::Pin;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use crate::allowlist::{RegisterOperation, SqeFlags, URingAllowlist};
 use crate::bindings::*;
 use crate::error::{enter_error, setup_error, Error, Result};
-use crate::iobuf::IoBufMut;
+use crate::iobuf::{IoBufMut, KernelIovecs};
 use crate::ring::{blank_sqe, CompleteQueueState, InFlight, RingMemory, SubmitQueue};
 use crate::sys;
 
@@ -65,9 +65,13 @@ struct RingState {
     in_flight: usize,
 }
 
+/// `io_uring_setup`, in the running kernel ([`sys::setup`]) or a simulated
+/// one.
+pub(crate) type Setup<'a> = &'a dyn Fn(u32, &mut io_uring_params) -> io::Result<sys::Ring>;
+
 /// What an operation keeps alive while it is in flight: the iovec array the
 /// kernel reads, for readv and writev.
-type OpState = Option<Pin<Box<[IoBufMut<'static>]>>>;
+type OpState = Option<KernelIovecs>;
 
 /// Which way poll waits.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -128,7 +132,7 @@ pub struct URingContext {
     submit: Mutex<SubmitQueue>,
     complete: Mutex<CompleteQueueState<OpState>>,
     _memory: RingMemory,
-    fd: OwnedFd,
+    ring: sys::Ring,
     sq_entries: u32,
     cq_entries: u32,
     /// The process that created the ring; after fork, a child's copy must
@@ -175,10 +179,20 @@ impl URingContext {
     /// [`Error::IoUringDisabled`] or [`Error::OutOfLockedMemory`] when the
     /// kernel cannot give this process a ring.
     pub fn new(num_entries: usize, allowlist: Option<&URingAllowlist>) -> Result<URingContext> {
+        Self::new_in(&sys::setup, num_entries, allowlist)
+    }
+
+    /// [`new`](Self::new), with the ring created by `setup`: the running
+    /// kernel's or a simulated one.
+    pub(crate) fn new_in(
+        setup: Setup<'_>,
+        num_entries: usize,
+        allowlist: Option<&URingAllowlist>,
+    ) -> Result<URingContext> {
         let Some(allowlist) = allowlist else {
-            return Self::create(num_entries, 0);
+            return Self::create(setup, num_entries, 0);
         };
-        let ring = Self::new_disabled(num_entries)?;
+        let ring = Self::create(setup, num_entries, IORING_SETUP_R_DISABLED)?;
         ring.register_restrictions(allowlist)?;
         ring.enable()?;
         Ok(ring)
@@ -203,10 +217,15 @@ impl URingContext {
     /// # Ok::<(), ringfence::Error>(())
     /// ```
     pub fn new_disabled(num_entries: usize) -> Result<URingContext> {
-        Self::create(num_entries, IORING_SETUP_R_DISABLED)
+        Self::create(&sys::setup, num_entries, IORING_SETUP_R_DISABLED)
     }
 
-    fn create(num_entries: usize, setup_flags: u32) -> Result<URingContext> {
+    /// Creates a ring with `setup` and maps it.
+    pub(crate) fn create(
+        setup: Setup<'_>,
+        num_entries: usize,
+        setup_flags: u32,
+    ) -> Result<URingContext> {
         if num_entries == 0 || num_entries > MAX_ENTRIES {
             return Err(Error::EntriesOutOfRange(num_entries));
         }
@@ -214,8 +233,8 @@ impl URingContext {
             flags: setup_flags,
             ..Default::default()
         };
-        let fd = sys::setup(num_entries as u32, &mut params).map_err(setup_error)?;
-        let memory = RingMemory::map(&fd, &params).map_err(Error::Mmap)?;
+        let ring = setup(num_entries as u32, &mut params).map_err(setup_error)?;
+        let memory = RingMemory::map(&ring, &params).map_err(Error::Mmap)?;
         // Without NODROP the kernel drops completions that do not fit in the
         // CQ ring, so never have more in flight than it holds.
         let max_in_flight = if params.features & IORING_FEAT_NODROP != 0 {
@@ -233,7 +252,7 @@ impl URingContext {
             submit: Mutex::new(submit),
             complete: Mutex::new(complete),
             _memory: memory,
-            fd,
+            ring,
             sq_entries: params.sq_entries,
             cq_entries: params.cq_entries,
             owner_pid: std::process::id(),
@@ -296,7 +315,7 @@ impl URingContext {
         nr_args: u32,
     ) -> Result<()> {
         // SAFETY: forwarded from the caller.
-        unsafe { sys::register(&self.fd, call as u32, arg, nr_args) }
+        unsafe { sys::register(&self.ring, call as u32, arg, nr_args) }
             .map(drop)
             .map_err(|source| Error::Register { call, source })
     }
@@ -334,13 +353,13 @@ impl URingContext {
         if iovecs.len() > MAX_IOVECS {
             return Err(Error::TooManyIovecs(iovecs.len()));
         }
+        let iovecs = KernelIovecs::new(iovecs);
         let mut sqe = blank_sqe(opcode, fd, user_data);
         // u64::MAX (-1) asks for the file's current position.
         sqe.__bindgen_anon_1.off = offset.unwrap_or(u64::MAX);
-        // `IoBufMut` is `repr(transparent)` over `iovec`, and the boxed slice
-        // does not move when the box does, so this address stays valid while
-        // the box is kept in the in-flight state.
-        sqe.__bindgen_anon_2.addr = iovecs.as_ptr() as u64;
+        // `IoBufMut` is `repr(transparent)` over `iovec`, and the array
+        // stays put while the in-flight state keeps it.
+        sqe.__bindgen_anon_2.addr = iovecs.addr();
         sqe.len = iovecs.len() as u32;
         self.queue(&sqe, Some(iovecs))
     }
@@ -542,7 +561,7 @@ impl URingContext {
             if queued == 0 {
                 return Ok(());
             }
-            match sys::enter(&self.fd, queued, 0, 0) {
+            match sys::enter(&self.ring, queued, 0, 0) {
                 Ok(0) => {
                     // Zero is only progress if another thread's enter
                     // consumed them meanwhile; otherwise the kernel stalls.
@@ -614,11 +633,15 @@ impl URingContext {
                 }
                 break;
             }
-            match sys::enter(&self.fd, state.queued, 1, IORING_ENTER_GETEVENTS) {
+            match sys::enter(&self.ring, state.queued, 1, IORING_ENTER_GETEVENTS) {
                 // A short submit or an interrupted wait returns before a
                 // completion is ready; look again.
                 Ok(_) => continue,
                 Err(e) if is_errno(&e, libc::EINTR) => continue,
+                // The kernel dropped completions: the next snapshot reports
+                // that once, from the overflow counter. The kernel may keep
+                // refusing to wait from now on, so wait by polling instead.
+                Err(e) if is_errno(&e, libc::EBADR) => self.poll_ring(KERNEL_BUSY_BACKOFF)?,
                 Err(e) => match enter_error(e) {
                     Error::KernelBusy(e) => {
                         let state = self.snapshot()?;
@@ -693,7 +716,7 @@ impl URingContext {
     /// `timeout` passes, then enters the kernel to run completion work
     /// pending for this thread and bring back overflowed completions.
     fn poll_ring(&self, timeout: Duration) -> Result<()> {
-        match sys::poll_readable(&self.fd, millis_rounded_up(timeout)) {
+        match sys::poll_readable(&self.ring, millis_rounded_up(timeout)) {
             Err(e) if !is_errno(&e, libc::EINTR) => Err(Error::Poll(e)),
             _ => self.flush_completions(),
         }
@@ -703,7 +726,7 @@ impl URingContext {
     /// run completion work it has pending for this thread).
     fn flush_completions(&self) -> Result<()> {
         loop {
-            match sys::enter(&self.fd, 0, 0, IORING_ENTER_GETEVENTS) {
+            match sys::enter(&self.ring, 0, 0, IORING_ENTER_GETEVENTS) {
                 Ok(_) => return Ok(()),
                 Err(e) if is_errno(&e, libc::EINTR) => continue,
                 Err(e) => return Err(enter_error(e)),
@@ -832,6 +855,10 @@ impl URingContext {
                 // Other failures are not fatal here: the deadline bounds us.
                 _ => {}
             }
+            // What already completed needs no cancellation.
+            for (user_data, _) in self.completions_ready() {
+                cancels.remove(&user_data);
+            }
             let targets: Vec<u64> = {
                 let complete = lock(&self.complete);
                 if complete.in_flight() == 0 {
@@ -883,14 +910,14 @@ impl AsRawFd for URingContext {
     /// The ring's file descriptor. It polls readable (epoll, poll) while a
     /// completion is ready.
     fn as_raw_fd(&self) -> RawFd {
-        self.fd.as_raw_fd()
+        self.ring.raw_fd()
     }
 }
 
 impl std::fmt::Debug for URingContext {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("URingContext")
-            .field("fd", &self.fd.as_raw_fd())
+            .field("fd", &self.ring.raw_fd())
             .field("sq_entries", &self.sq_entries)
             .field("cq_entries", &self.cq_entries)
             .field("in_flight", &self.in_flight())

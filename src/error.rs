@@ -8,10 +8,10 @@ use crate::allowlist::RegisterOperation;
 #[remain::sorted]
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// The kernel dropped completions it had no memory to keep
-    /// (reported by `io_uring_enter` as `EBADR`, and by the CQ ring's
-    /// overflow counter): the operations they belonged to stay in flight
-    /// forever, and a later drop waits its full timeout for them.
+    /// The kernel dropped completions it had no memory to keep (its CQ
+    /// overflow counter rose; a waiting `io_uring_enter` fails with
+    /// `EBADR`): the operations they belonged to stay in flight forever,
+    /// and a later drop waits its full timeout for them.
     #[error(
         "the kernel dropped completions it had no memory to keep (EBADR): some operations \
          will never complete; close the ring and create a new one, with fewer operations \
@@ -153,7 +153,6 @@ impl From<Error> for io::Error {
 pub(crate) fn enter_error(err: io::Error) -> Error {
     match err.raw_os_error() {
         Some(libc::EAGAIN | libc::EBUSY) => Error::KernelBusy(err),
-        Some(libc::EBADR) => Error::CompletionsLost,
         _ => Error::Enter(err),
     }
 }
@@ -195,7 +194,7 @@ mod tests {
         assert!(matches!(classify(libc::EAGAIN), Error::KernelBusy(_)));
         assert!(matches!(classify(libc::EBUSY), Error::KernelBusy(_)));
         assert!(matches!(classify(libc::EBADFD), Error::Enter(_)));
-        let lost = classify(libc::EBADR);
+        let lost = Error::CompletionsLost;
         assert!(lost.to_string().contains("create a new one"), "{lost}");
         assert_eq!(io::Error::from(lost).raw_os_error(), Some(libc::EBADR));
     }

@@ -89,3 +89,51 @@ impl std::fmt::Debug for IoBufMut<'_> {
 unsafe impl Send for IoBufMut<'_> {}
 // SAFETY: `&IoBufMut` only reads the pointer and length, never the memory.
 unsafe impl Sync for IoBufMut<'_> {}
+
+/// An iovec array the kernel reads while its operation is in flight, owned
+/// through a raw pointer from submission to completion.
+///
+/// Not a `Box`: moving a `Box` asserts that it is the only way to reach its
+/// contents, which would invalidate the address already written into the
+/// SQE (Miri's aliasing models reject the kernel's later read, and the
+/// compiler may assume it). A raw pointer makes no such claim, and the array
+/// stays where it is until this value frees it.
+///
+/// Invariant: `ptr` comes from `Box::into_raw` and is freed only by drop.
+pub(crate) struct KernelIovecs {
+    ptr: std::ptr::NonNull<[IoBufMut<'static>]>,
+}
+
+impl KernelIovecs {
+    pub(crate) fn new(iovecs: std::pin::Pin<Box<[IoBufMut<'static>]>>) -> KernelIovecs {
+        let raw = Box::into_raw(std::pin::Pin::into_inner(iovecs));
+        // SAFETY: `Box::into_raw` never returns null.
+        let ptr = unsafe { std::ptr::NonNull::new_unchecked(raw) };
+        KernelIovecs { ptr }
+    }
+
+    /// The array's address, as an SQE carries it. The cast exposes the
+    /// pointer's provenance, which a simulated kernel needs to turn the
+    /// address back into a pointer.
+    pub(crate) fn addr(&self) -> u64 {
+        self.ptr.as_ptr().cast::<IoBufMut<'static>>() as u64
+    }
+
+    /// The number of iovecs.
+    pub(crate) fn len(&self) -> usize {
+        self.ptr.len()
+    }
+}
+
+impl Drop for KernelIovecs {
+    fn drop(&mut self) {
+        // SAFETY: by the type invariant `ptr` came from `Box::into_raw` and
+        // this is the only place that frees it.
+        drop(unsafe { Box::from_raw(self.ptr.as_ptr()) });
+    }
+}
+
+// SAFETY: the array is plain data (iovecs) owned by this value; sending it
+// to another thread moves that ownership, as for `Box<[IoBufMut]>`, which
+// is `Send`.
+unsafe impl Send for KernelIovecs {}

@@ -89,6 +89,8 @@ mod context;
 mod error;
 mod iobuf;
 mod ring;
+#[cfg(any(test, feature = "sim"))]
+pub mod sim;
 mod sys;
 
 /// The README's examples, compiled and run as doctests.

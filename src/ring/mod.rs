@@ -14,13 +14,12 @@ pub(crate) use submit::{blank_sqe, SubmitQueue};
 
 use std::io;
 use std::mem::{align_of, size_of};
-use std::os::fd::OwnedFd;
 
 use crate::bindings::{
     io_uring_cqe, io_uring_params, io_uring_sqe, IORING_OFF_CQ_RING, IORING_OFF_SQES,
     IORING_OFF_SQ_RING,
 };
-use crate::sys::Mapping;
+use crate::sys::{Mapping, Ring};
 
 // The kernel ABI: an SQE is 64 bytes, a CQE 16 and the setup parameters 120
 // (without IORING_SETUP_SQE128 / CQE32, which we never set).
@@ -37,17 +36,17 @@ pub(crate) struct RingMemory {
 }
 
 impl RingMemory {
-    /// Maps the rings of `fd` with the sizes `params` (as filled in by
+    /// Maps the rings of `ring` with the sizes `params` (as filled in by
     /// `io_uring_setup`) implies.
-    pub(crate) fn map(fd: &OwnedFd, params: &io_uring_params) -> io::Result<RingMemory> {
+    pub(crate) fn map(ring: &Ring, params: &io_uring_params) -> io::Result<RingMemory> {
         let sq_len = params.sq_off.array as usize + params.sq_entries as usize * size_of::<u32>();
         let cq_len =
             params.cq_off.cqes as usize + params.cq_entries as usize * size_of::<io_uring_cqe>();
         let sqes_len = params.sq_entries as usize * size_of::<io_uring_sqe>();
         Ok(RingMemory {
-            sq_ring: Mapping::new(fd, IORING_OFF_SQ_RING.into(), sq_len)?,
-            cq_ring: Mapping::new(fd, IORING_OFF_CQ_RING.into(), cq_len)?,
-            sqes: Mapping::new(fd, IORING_OFF_SQES.into(), sqes_len)?,
+            sq_ring: Mapping::new(ring, IORING_OFF_SQ_RING.into(), sq_len)?,
+            cq_ring: Mapping::new(ring, IORING_OFF_CQ_RING.into(), cq_len)?,
+            sqes: Mapping::new(ring, IORING_OFF_SQES.into(), sqes_len)?,
         })
     }
 }

@@ -1,20 +1,42 @@
+// Matches on `Ring` have a second arm in test and `sim` builds only.
+#![allow(clippy::infallible_destructuring_match)]
+
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::AsRawFd;
 use std::ptr::NonNull;
+
+use super::Ring;
+#[cfg(any(test, feature = "sim"))]
+use crate::sim::Region;
 
 /// A shared mapping of ring memory, unmapped on drop.
 ///
-/// Invariant: `ptr..ptr + len` is a live `MAP_SHARED` mapping owned by this
-/// value and by nothing else, from `new` until drop.
+/// Invariant: `ptr..ptr + len` is live ring memory that stays mapped (for a
+/// simulated ring: allocated) at least until this value is dropped.
 pub(crate) struct Mapping {
     ptr: NonNull<u8>,
     len: usize,
+    backing: Backing,
+}
+
+/// What keeps a mapping's memory alive.
+enum Backing {
+    /// A `MAP_SHARED` mapping of a ring fd, owned by this value alone.
+    Mmap,
+    /// Memory of the simulated kernel, shared with it.
+    #[cfg(any(test, feature = "sim"))]
+    Simulated { _region: std::sync::Arc<Region> },
 }
 
 impl Mapping {
-    /// Maps `len` bytes of the ring `fd` at the kernel's magic `offset`
+    /// Maps `len` bytes of `ring` at the kernel's magic `offset`
     /// (`IORING_OFF_SQ_RING`, `IORING_OFF_CQ_RING` or `IORING_OFF_SQES`).
-    pub(crate) fn new(fd: &OwnedFd, offset: u64, len: usize) -> io::Result<Mapping> {
+    pub(crate) fn new(ring: &Ring, offset: u64, len: usize) -> io::Result<Mapping> {
+        let fd = match ring {
+            Ring::Linux(fd) => fd,
+            #[cfg(any(test, feature = "sim"))]
+            Ring::Simulated(ring) => return ring.map(offset, len),
+        };
         // SAFETY: a fresh mapping at an address the kernel chooses cannot
         // alias any Rust object; the arguments are plain values.
         let ptr = unsafe {
@@ -32,7 +54,22 @@ impl Mapping {
         }
         let ptr =
             NonNull::new(ptr.cast()).ok_or_else(|| io::Error::from_raw_os_error(libc::ENOMEM))?;
-        Ok(Mapping { ptr, len })
+        Ok(Mapping {
+            ptr,
+            len,
+            backing: Backing::Mmap,
+        })
+    }
+
+    /// The first `len` bytes of a simulated kernel's `region`.
+    #[cfg(any(test, feature = "sim"))]
+    pub(crate) fn simulated(region: std::sync::Arc<Region>, len: usize) -> Mapping {
+        assert!(len <= region.len(), "mapping past the end of a region");
+        Mapping {
+            ptr: region.ptr(),
+            len,
+            backing: Backing::Simulated { _region: region },
+        }
     }
 
     /// The first byte of the mapping.
@@ -48,11 +85,14 @@ impl Mapping {
 
 impl Drop for Mapping {
     fn drop(&mut self) {
-        // SAFETY: by the type invariant this value owns the mapping; after
-        // drop nothing can reach `ptr`. A failure would mean the range is not
-        // mapped, which the invariant rules out, so the result is ignored.
-        unsafe {
-            libc::munmap(self.ptr.as_ptr().cast(), self.len);
+        if matches!(self.backing, Backing::Mmap) {
+            // SAFETY: by the type invariant this value owns the mapping;
+            // after drop nothing can reach `ptr`. A failure would mean the
+            // range is not mapped, which the invariant rules out, so the
+            // result is ignored.
+            unsafe {
+                libc::munmap(self.ptr.as_ptr().cast(), self.len);
+            }
         }
     }
 }
