@@ -115,6 +115,17 @@ impl EventType {
 /// # Ok::<(), ringfence::Error>(())
 /// ```
 ///
+/// # Threads that submit
+///
+/// The kernel ties each operation to the thread whose
+/// [`submit`](Self::submit), [`wait`](Self::wait) or
+/// [`wait_timeout`](Self::wait_timeout) call handed it over, and on a shared
+/// ring that call may send other threads' operations too. When that thread
+/// exits, the kernel cancels what it handed over and is still pending:
+/// polls and work on kernel worker threads complete with `ECANCELED`
+/// instead of their result. Submit from threads that outlive what they
+/// submit (long-lived workers, not short-lived helper threads).
+///
 /// # Dropping and closing
 ///
 /// Dropping the context with operations in flight turns what was queued but

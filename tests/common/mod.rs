@@ -103,11 +103,28 @@ pub fn eventfd_count(mut eventfd: &File) -> Option<u64> {
     }
 }
 
+/// The address of every buffer [`leak`] handed out. Keeping them in a
+/// static keeps the buffers reachable, so that LeakSanitizer (`.ci/asan`)
+/// tells these deliberate leaks from real ones. Plain addresses suffice:
+/// LeakSanitizer treats any word that points into a block as a reference.
+static LEAKED: std::sync::Mutex<Vec<usize>> = std::sync::Mutex::new(Vec::new());
+
+/// `bytes`, leaked so that they live for the rest of the process as
+/// `IoBufMut<'static>` requires, and recorded in [`LEAKED`].
+pub fn leak(bytes: Vec<u8>) -> &'static mut [u8] {
+    let buf: &'static mut [u8] = Box::leak(bytes.into_boxed_slice());
+    LEAKED
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .push(buf.as_ptr() as usize);
+    buf
+}
+
 /// A heap buffer of `len` bytes that lives for the rest of the process, as
 /// `IoBufMut<'static>` requires. Returns the buffer and a raw view of it for
 /// checking its contents after the operation has completed.
 pub fn leaked_buf(len: usize, fill: u8) -> (IoBufMut<'static>, &'static [u8]) {
-    let buf: &'static mut [u8] = Box::leak(vec![fill; len].into_boxed_slice());
+    let buf: &'static mut [u8] = leak(vec![fill; len]);
     let ptr = buf.as_mut_ptr();
     // SAFETY: the leaked buffer lives forever; the shared view is only read
     // by tests after the operation writing it has completed.
