@@ -146,6 +146,9 @@ pub struct URingContext {
     ring: sys::Ring,
     sq_entries: u32,
     cq_entries: u32,
+    /// The most operations `add_*` may have in flight; drain may go one
+    /// over.
+    in_flight_cap: usize,
     /// The process that created the ring; after fork, a child's copy must
     /// not cancel the parent's operations.
     owner_pid: u32,
@@ -168,6 +171,13 @@ fn completion_result(res: i32) -> io::Result<u32> {
 
 fn is_errno(err: &io::Error, errno: i32) -> bool {
     err.raw_os_error() == Some(errno)
+}
+
+/// The SQE of an `IORING_OP_ASYNC_CANCEL` of `target`.
+fn cancel_sqe(target: UserData, user_data: UserData) -> io_uring_sqe {
+    let mut sqe = blank_sqe(IORING_OP_ASYNC_CANCEL, -1, user_data);
+    sqe.__bindgen_anon_2.addr = target;
+    sqe
 }
 
 /// `duration` in whole milliseconds for poll(2), rounded up so that a
@@ -247,18 +257,18 @@ impl URingContext {
         let ring = setup(num_entries as u32, &mut params).map_err(setup_error)?;
         let memory = RingMemory::map(&ring, &params).map_err(Error::Mmap)?;
         // Without NODROP the kernel drops completions that do not fit in the
-        // CQ ring, so never have more in flight than it holds.
-        let max_in_flight = if params.features & IORING_FEAT_NODROP != 0 {
-            usize::MAX
+        // CQ ring, so never have more in flight than it holds, keeping one
+        // slot for drain's cancellations: it can always cancel one more.
+        let in_flight_cap = if params.features & IORING_FEAT_NODROP != 0 {
+            usize::MAX - 1
         } else {
-            params.cq_entries as usize
+            params.cq_entries as usize - 1
         };
         // SAFETY: `memory` maps the ring `params` describes; the context
         // built below owns it and drops it after the queue (field order).
         let submit = unsafe { SubmitQueue::new(&memory, &params) }.map_err(Error::Mmap)?;
         // SAFETY: as above.
-        let complete = unsafe { CompleteQueueState::new(&memory, &params, max_in_flight) }
-            .map_err(Error::Mmap)?;
+        let complete = unsafe { CompleteQueueState::new(&memory, &params) }.map_err(Error::Mmap)?;
         Ok(URingContext {
             submit: Mutex::new(submit),
             complete: Mutex::new(complete),
@@ -266,6 +276,7 @@ impl URingContext {
             ring,
             sq_entries: params.sq_entries,
             cq_entries: params.cq_entries,
+            in_flight_cap,
             owner_pid: std::process::id(),
         })
     }
@@ -337,10 +348,16 @@ impl URingContext {
     /// so its completion always finds it, and both happen under the submit
     /// lock, so a refusal leaves nothing behind.
     fn queue(&self, sqe: &io_uring_sqe, state: OpState) -> Result<()> {
+        self.queue_within(sqe, state, self.in_flight_cap)
+    }
+
+    /// [`queue`](Self::queue), refusing with [`Error::NoSpace`] if `cap`
+    /// operations are already in flight.
+    fn queue_within(&self, sqe: &io_uring_sqe, state: OpState, cap: usize) -> Result<()> {
         let user_data = sqe.user_data;
         let mut submit = lock(&self.submit);
         let slot = submit.free_slot().ok_or(Error::NoSpace)?;
-        match lock(&self.complete).register(user_data, state) {
+        match lock(&self.complete).register(user_data, state, cap) {
             Ok(()) => {}
             Err(InFlight::Duplicate) => return Err(Error::DuplicateUserData(user_data)),
             Err(InFlight::Full) => return Err(Error::NoSpace),
@@ -545,9 +562,7 @@ impl URingContext {
     /// user_data is in the kernel, or `EALREADY` if it is already running
     /// and cannot be stopped (it then completes normally).
     pub fn async_cancel(&self, target: UserData, user_data: UserData) -> Result<()> {
-        let mut sqe = blank_sqe(IORING_OP_ASYNC_CANCEL, -1, user_data);
-        sqe.__bindgen_anon_2.addr = target;
-        self.queue(&sqe, None)
+        self.queue(&cancel_sqe(target, user_data), None)
     }
 
     /// Sends every queued operation to the kernel, without waiting for any
@@ -883,7 +898,12 @@ impl URingContext {
             };
             for target in targets {
                 let user_data = Self::unused_user_data(&lock(&self.complete), &mut next_user_data);
-                if self.async_cancel(target, user_data).is_err() {
+                // May use the slot `add_*` leave free (see `in_flight_cap`).
+                let sqe = cancel_sqe(target, user_data);
+                if self
+                    .queue_within(&sqe, None, self.in_flight_cap + 1)
+                    .is_err()
+                {
                     break; // No room: the next round submits and retries.
                 }
                 cancels.insert(user_data, target);

@@ -42,24 +42,16 @@ pub(crate) struct CompleteQueueState<T> {
     cqes: *const io_uring_cqe,
     mask: u32,
     in_flight: HashMap<u64, T>,
-    max_in_flight: usize,
     /// The kernel's dropped-completion counter when last reported.
     dropped_reported: u32,
 }
 
 impl<T> CompleteQueueState<T> {
-    /// `max_in_flight` caps the operations in flight (the CQ size on kernels
-    /// without `IORING_FEAT_NODROP`, where more would lose completions).
-    ///
     /// # Safety
     ///
     /// `memory` must be the mapping of the ring `params` describes, and the
     /// returned state must not be used after `memory` is dropped.
-    pub(crate) unsafe fn new(
-        memory: &RingMemory,
-        params: &io_uring_params,
-        max_in_flight: usize,
-    ) -> io::Result<Self> {
+    pub(crate) unsafe fn new(memory: &RingMemory, params: &io_uring_params) -> io::Result<Self> {
         let ring = QueuePointers::new(&memory.cq_ring);
         let off = &params.cq_off;
         let entries = ring.constant(off.ring_entries)?;
@@ -80,13 +72,18 @@ impl<T> CompleteQueueState<T> {
             mask,
             in_flight: HashMap::new(),
             dropped_reported: 0,
-            max_in_flight,
         })
     }
 
-    /// Records `state` as in flight under `user_data`.
-    pub(crate) fn register(&mut self, user_data: u64, state: T) -> Result<(), InFlight> {
-        if self.in_flight.len() >= self.max_in_flight {
+    /// Records `state` as in flight under `user_data`, unless `cap`
+    /// operations already are.
+    pub(crate) fn register(
+        &mut self,
+        user_data: u64,
+        state: T,
+        cap: usize,
+    ) -> Result<(), InFlight> {
+        if self.in_flight.len() >= cap {
             return Err(InFlight::Full);
         }
         match self.in_flight.entry(user_data) {

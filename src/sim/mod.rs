@@ -313,6 +313,14 @@ impl SimKernel {
         }
     }
 
+    /// Forgets the faults queued by [`inject`](Self::inject) and not yet
+    /// injected.
+    pub fn clear_faults(&self) {
+        let mut world = self.world();
+        world.enter_faults.clear();
+        world.overflow_drops = 0;
+    }
+
     /// Releases up to `max` held-back completions, across all rings, in a
     /// random order; returns how many it released.
     pub fn complete_deferred(&self, max: usize) -> usize {

@@ -345,28 +345,48 @@ fn a_dropped_completion_is_reported_once_and_the_ring_keeps_working() {
 }
 
 #[test]
-fn without_nodrop_operations_in_flight_are_capped_at_the_cq_size_and_none_is_dropped() {
+fn without_nodrop_operations_in_flight_stop_one_short_of_the_cq_size_and_none_is_dropped() {
     let kernel = SimKernel::with_config(SimConfig {
         nodrop: false,
         ..SimConfig::default()
     });
     let ring = kernel.new_context(4, None).unwrap();
+    let cap = ring.cq_entries() as usize - 1;
     let mut added = 0;
     loop {
         match ring.add_nop(added) {
             Ok(()) => added += 1,
-            Err(Error::NoSpace) if ring.in_flight() < ring.cq_entries() as usize => {
-                ring.submit().unwrap()
-            }
+            Err(Error::NoSpace) if ring.in_flight() < cap => ring.submit().unwrap(),
             Err(Error::NoSpace) => break,
             Err(e) => panic!("add_nop: {e}"),
         }
     }
-    assert_eq!(added, u64::from(ring.cq_entries()));
+    assert_eq!(added as usize, cap);
     ring.submit().unwrap();
-    reap(&ring, added as usize);
+    reap(&ring, cap);
     assert_eq!(kernel.stats().dropped, 0);
     assert_eq!(ring.dropped_completions(), 0);
+}
+
+/// Found by the `sim_ops` fuzz target: with a ring full of pending polls on
+/// a kernel without NODROP, drain had no room left to cancel them.
+#[test]
+fn without_nodrop_close_can_cancel_polls_that_fill_every_slot() {
+    let kernel = SimKernel::with_config(SimConfig {
+        nodrop: false,
+        ..SimConfig::default()
+    });
+    let pollable = kernel.create_pollable();
+    let ring = kernel.new_context(1, None).unwrap();
+    let mut added = 0;
+    while ring.add_poll_fd(pollable, EventType::Read, added).is_ok() {
+        added += 1;
+        ring.submit().unwrap();
+    }
+    assert_eq!(kernel.pending(), added as usize);
+    ring.close(Duration::from_secs(5)).unwrap();
+    assert_eq!(kernel.pending(), 0);
+    assert_eq!(kernel.stats().dropped, 0);
 }
 
 #[test]
