@@ -9,10 +9,11 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use crate::allowlist::{RegisterOperation, SqeFlags, URingAllowlist};
+use crate::batch::OpBatch;
 use crate::bindings::*;
 use crate::error::{enter_error, setup_error, Error, Result};
 use crate::iobuf::{IoBufMut, KernelIovecs};
-use crate::ring::{blank_sqe, CompleteQueueState, InFlight, RingMemory, SubmitQueue};
+use crate::ring::{blank_sqe, CompleteQueueState, InFlight, RingMemory, SubmitProbe, SubmitQueue};
 use crate::sys;
 
 /// The value an operation carries from [`URingContext::add_nop`] and friends
@@ -71,7 +72,7 @@ pub(crate) type Setup<'a> = &'a dyn Fn(u32, &mut io_uring_params) -> io::Result<
 
 /// What an operation keeps alive while it is in flight: the iovec array the
 /// kernel reads, for readv and writev.
-type OpState = Option<KernelIovecs>;
+pub(crate) type OpState = Option<KernelIovecs>;
 
 /// Which way poll waits.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -141,6 +142,8 @@ pub struct URingContext {
     // Field order is drop order: both queues point into `memory`, which must
     // outlive them, and the mappings are removed before the ring fd closes.
     submit: Mutex<SubmitQueue>,
+    /// The SQ indices, read without the submit lock.
+    sq_probe: SubmitProbe,
     complete: Mutex<CompleteQueueState<OpState>>,
     _memory: RingMemory,
     ring: sys::Ring,
@@ -173,8 +176,80 @@ fn is_errno(err: &io::Error, errno: i32) -> bool {
     err.raw_os_error() == Some(errno)
 }
 
-/// The SQE of an `IORING_OP_ASYNC_CANCEL` of `target`.
-fn cancel_sqe(target: UserData, user_data: UserData) -> io_uring_sqe {
+/// The error for an operation the in-flight state refused.
+fn refusal_error(refusal: InFlight, user_data: UserData) -> Error {
+    match refusal {
+        InFlight::Duplicate => Error::DuplicateUserData(user_data),
+        InFlight::Full => Error::NoSpace,
+    }
+}
+
+// The SQE of each operation, one function each, shared by `URingContext`'s
+// `add_*` methods and `OpBatch`'s.
+
+/// A readv or writev of `iovecs`, and the state that keeps them alive.
+pub(crate) fn rw_op(
+    opcode: u32,
+    iovecs: Pin<Box<[IoBufMut<'static>]>>,
+    fd: RawFd,
+    offset: Option<u64>,
+    user_data: UserData,
+) -> Result<(io_uring_sqe, OpState)> {
+    if iovecs.len() > MAX_IOVECS {
+        return Err(Error::TooManyIovecs(iovecs.len()));
+    }
+    let iovecs = KernelIovecs::new(iovecs);
+    let mut sqe = blank_sqe(opcode, fd, user_data);
+    // u64::MAX (-1) asks for the file's current position.
+    sqe.__bindgen_anon_1.off = offset.unwrap_or(u64::MAX);
+    // `IoBufMut` is `repr(transparent)` over `iovec`, and the array stays
+    // put while the in-flight state keeps it.
+    sqe.__bindgen_anon_2.addr = iovecs.addr();
+    sqe.len = iovecs.len() as u32;
+    Ok((sqe, Some(iovecs)))
+}
+
+pub(crate) fn nop_sqe(flags: SqeFlags, user_data: UserData) -> io_uring_sqe {
+    let mut sqe = blank_sqe(IORING_OP_NOP, -1, user_data);
+    sqe.flags = flags.bits();
+    sqe
+}
+
+pub(crate) fn fsync_sqe(fd: RawFd, user_data: UserData) -> io_uring_sqe {
+    blank_sqe(IORING_OP_FSYNC, fd, user_data)
+}
+
+pub(crate) fn fallocate_sqe(
+    fd: RawFd,
+    offset: u64,
+    len: u64,
+    mode: u32,
+    user_data: UserData,
+) -> io_uring_sqe {
+    let mut sqe = blank_sqe(IORING_OP_FALLOCATE, fd, user_data);
+    sqe.__bindgen_anon_1.off = offset;
+    sqe.__bindgen_anon_2.addr = len;
+    sqe.len = mode;
+    sqe
+}
+
+pub(crate) fn poll_add_sqe(fd: RawFd, events: EventType, user_data: UserData) -> io_uring_sqe {
+    let mut sqe = blank_sqe(IORING_OP_POLL_ADD, fd, user_data);
+    let events = events.poll_events();
+    // The kernel swaps the halfwords of poll32_events on big-endian.
+    #[cfg(target_endian = "big")]
+    let events = events.rotate_left(16);
+    sqe.__bindgen_anon_3.poll32_events = events;
+    sqe
+}
+
+pub(crate) fn poll_remove_sqe(target: UserData, user_data: UserData) -> io_uring_sqe {
+    let mut sqe = blank_sqe(IORING_OP_POLL_REMOVE, -1, user_data);
+    sqe.__bindgen_anon_2.addr = target;
+    sqe
+}
+
+pub(crate) fn cancel_sqe(target: UserData, user_data: UserData) -> io_uring_sqe {
     let mut sqe = blank_sqe(IORING_OP_ASYNC_CANCEL, -1, user_data);
     sqe.__bindgen_anon_2.addr = target;
     sqe
@@ -270,6 +345,7 @@ impl URingContext {
         // SAFETY: as above.
         let complete = unsafe { CompleteQueueState::new(&memory, &params) }.map_err(Error::Mmap)?;
         Ok(URingContext {
+            sq_probe: submit.probe(),
             submit: Mutex::new(submit),
             complete: Mutex::new(complete),
             _memory: memory,
@@ -356,13 +432,67 @@ impl URingContext {
     fn queue_within(&self, sqe: &io_uring_sqe, state: OpState, cap: usize) -> Result<()> {
         let user_data = sqe.user_data;
         let mut submit = lock(&self.submit);
-        let slot = submit.free_slot().ok_or(Error::NoSpace)?;
-        match lock(&self.complete).register(user_data, state, cap) {
-            Ok(()) => {}
-            Err(InFlight::Duplicate) => return Err(Error::DuplicateUserData(user_data)),
-            Err(InFlight::Full) => return Err(Error::NoSpace),
+        let slots = submit.free_slots(1).ok_or(Error::NoSpace)?;
+        lock(&self.complete)
+            .register(user_data, state, cap)
+            .map_err(|(refusal, _)| refusal_error(refusal, user_data))?;
+        submit.publish(slots, std::iter::once(sqe));
+        Ok(())
+    }
+
+    /// Queues every operation in `batch` under one lock, or none of them:
+    /// the way to add many operations at the cost of one. On success the
+    /// batch is left empty (keeping its capacity, so reusing it allocates
+    /// nothing); on failure it is left as it was.
+    ///
+    /// Fails with [`Error::NoSpace`] if the submission queue lacks room for
+    /// the whole batch (submit, then retry; a batch larger than
+    /// [`sq_entries`](Self::sq_entries) never fits), and with
+    /// [`Error::DuplicateUserData`] if a user_data is in flight or appears
+    /// twice in the batch.
+    ///
+    /// ```
+    /// use ringfence::{OpBatch, URingContext};
+    ///
+    /// let ring = URingContext::new(32, None)?;
+    /// let mut batch = OpBatch::with_capacity(32);
+    /// for user_data in 0..32 {
+    ///     batch.add_nop(user_data);
+    /// }
+    /// ring.add_batch(&mut batch)?;
+    /// assert!(batch.is_empty());
+    /// let mut reaped = 0;
+    /// while ring.in_flight() > 0 {
+    ///     reaped += ring.wait()?.count();
+    /// }
+    /// assert_eq!(reaped, 32);
+    /// # Ok::<(), ringfence::Error>(())
+    /// ```
+    pub fn add_batch(&self, batch: &mut OpBatch) -> Result<()> {
+        let ops = batch.ops_mut();
+        let count = u32::try_from(ops.len()).map_err(|_| Error::NoSpace)?;
+        if count == 0 {
+            return Ok(());
         }
-        submit.publish(slot, sqe);
+        let mut submit = lock(&self.submit);
+        let slots = submit.free_slots(count).ok_or(Error::NoSpace)?;
+        let mut complete = lock(&self.complete);
+        for i in 0..ops.len() {
+            let user_data = ops[i].0.user_data;
+            let state = ops[i].1.take();
+            if let Err((refusal, state)) = complete.register(user_data, state, self.in_flight_cap) {
+                ops[i].1 = state;
+                // Undo this call's registrations: none of the batch goes.
+                for (sqe, state) in &mut ops[..i] {
+                    *state = complete.unregister(sqe.user_data).flatten();
+                }
+                return Err(refusal_error(refusal, user_data));
+            }
+        }
+        drop(complete);
+        submit.publish(slots, ops.iter().map(|(sqe, _)| sqe));
+        drop(submit);
+        batch.clear();
         Ok(())
     }
 
@@ -378,22 +508,12 @@ impl URingContext {
         offset: Option<u64>,
         user_data: UserData,
     ) -> Result<()> {
-        if iovecs.len() > MAX_IOVECS {
-            return Err(Error::TooManyIovecs(iovecs.len()));
-        }
-        let iovecs = KernelIovecs::new(iovecs);
-        let mut sqe = blank_sqe(opcode, fd, user_data);
-        // u64::MAX (-1) asks for the file's current position.
-        sqe.__bindgen_anon_1.off = offset.unwrap_or(u64::MAX);
-        // `IoBufMut` is `repr(transparent)` over `iovec`, and the array
-        // stays put while the in-flight state keeps it.
-        sqe.__bindgen_anon_2.addr = iovecs.addr();
-        sqe.len = iovecs.len() as u32;
-        self.queue(&sqe, Some(iovecs))
+        let (sqe, state) = rw_op(opcode, iovecs, fd, offset, user_data)?;
+        self.queue(&sqe, state)
     }
 
     /// Collects raw iovecs into the pinned form the in-flight state keeps.
-    fn pin_iovecs<I: Iterator<Item = libc::iovec>>(
+    pub(crate) fn pin_iovecs<I: Iterator<Item = libc::iovec>>(
         iovecs: I,
     ) -> Result<Pin<Box<[IoBufMut<'static>]>>> {
         let iovecs: Vec<IoBufMut<'static>> = iovecs
@@ -503,14 +623,12 @@ impl URingContext {
     /// nop to whichever operation is queued next, by any thread, and a
     /// submit between the two ends the chain: link from one thread only.
     pub fn add_nop_with_flags(&self, flags: SqeFlags, user_data: UserData) -> Result<()> {
-        let mut sqe = blank_sqe(IORING_OP_NOP, -1, user_data);
-        sqe.flags = flags.bits();
-        self.queue(&sqe, None)
+        self.queue(&nop_sqe(flags, user_data), None)
     }
 
     /// Queues an `fsync` of `fd`. Completes with 0.
     pub fn add_fsync(&self, fd: RawFd, user_data: UserData) -> Result<()> {
-        self.queue(&blank_sqe(IORING_OP_FSYNC, fd, user_data), None)
+        self.queue(&fsync_sqe(fd, user_data), None)
     }
 
     /// Queues `fallocate(fd, mode, offset, len)`: `mode` 0 allocates, and
@@ -524,23 +642,13 @@ impl URingContext {
         mode: u32,
         user_data: UserData,
     ) -> Result<()> {
-        let mut sqe = blank_sqe(IORING_OP_FALLOCATE, fd, user_data);
-        sqe.__bindgen_anon_1.off = offset;
-        sqe.__bindgen_anon_2.addr = len;
-        sqe.len = mode;
-        self.queue(&sqe, None)
+        self.queue(&fallocate_sqe(fd, offset, len, mode, user_data), None)
     }
 
     /// Queues a one-shot poll of `fd`. Completes with the `POLL*` events that
     /// are ready, once one of `events` is.
     pub fn add_poll_fd(&self, fd: RawFd, events: EventType, user_data: UserData) -> Result<()> {
-        let mut sqe = blank_sqe(IORING_OP_POLL_ADD, fd, user_data);
-        let events = events.poll_events();
-        // The kernel swaps the halfwords of poll32_events on big-endian.
-        #[cfg(target_endian = "big")]
-        let events = events.rotate_left(16);
-        sqe.__bindgen_anon_3.poll32_events = events;
-        self.queue(&sqe, None)
+        self.queue(&poll_add_sqe(fd, events, user_data), None)
     }
 
     /// Queues the removal of the poll added with user_data `target`.
@@ -549,9 +657,7 @@ impl URingContext {
     /// completes with `ECANCELED`), `ENOENT` if no poll with that user_data
     /// is pending, or `EALREADY` if it is already completing.
     pub fn remove_poll_fd(&self, target: UserData, user_data: UserData) -> Result<()> {
-        let mut sqe = blank_sqe(IORING_OP_POLL_REMOVE, -1, user_data);
-        sqe.__bindgen_anon_2.addr = target;
-        self.queue(&sqe, None)
+        self.queue(&poll_remove_sqe(target, user_data), None)
     }
 
     /// Queues the cancellation of the operation added with user_data
@@ -580,10 +686,7 @@ impl URingContext {
     ///   disabled).
     pub fn submit(&self) -> Result<()> {
         loop {
-            let (queued, head) = {
-                let submit = lock(&self.submit);
-                (submit.queued(), submit.kernel_head())
-            };
+            let (queued, head) = (self.sq_probe.queued(), self.sq_probe.kernel_head());
             if queued == 0 {
                 return Ok(());
             }
@@ -591,7 +694,7 @@ impl URingContext {
                 Ok(0) => {
                     // Zero is only progress if another thread's enter
                     // consumed them meanwhile; otherwise the kernel stalls.
-                    if lock(&self.submit).kernel_head() == head {
+                    if self.sq_probe.kernel_head() == head {
                         return Err(Error::KernelBusy(io::Error::from_raw_os_error(
                             libc::EAGAIN,
                         )));
@@ -604,17 +707,20 @@ impl URingContext {
         }
     }
 
-    /// Reads the ring's state under both locks at once, and reports
-    /// completions the kernel dropped since the last report (each loss once).
+    /// Reads the ring's state, and reports completions the kernel dropped
+    /// since the last report (each loss once). `queued` is read first, so
+    /// an operation added meanwhile may count in `in_flight` but never in
+    /// `queued` alone: `in_flight > queued` can overstate what is in the
+    /// kernel (costing `wait` a short back-off) but never understate it.
     fn snapshot(&self) -> Result<RingState> {
-        let submit = lock(&self.submit);
+        let queued = self.sq_probe.queued();
         let mut complete = lock(&self.complete);
         if complete.take_new_drops() {
             return Err(Error::CompletionsLost);
         }
         Ok(RingState {
-            queued: submit.queued(),
-            ready: complete.ready() > 0 || complete.overflow_pending(),
+            queued,
+            ready: complete.has_completion(),
             in_flight: complete.in_flight(),
         })
     }
@@ -660,6 +766,14 @@ impl URingContext {
                 break;
             }
             match sys::enter(&self.ring, state.queued, 1, IORING_ENTER_GETEVENTS) {
+                // Everything was submitted and the kernel waited: the usual
+                // case, checked with one lock instead of a new snapshot.
+                Ok(submitted) if submitted == state.queued => {
+                    let mut completions = self.completions_ready();
+                    if completions.refill() {
+                        return Ok(completions);
+                    }
+                }
                 // A short submit or an interrupted wait returns before a
                 // completion is ready; look again.
                 Ok(_) => continue,
@@ -925,7 +1039,13 @@ impl URingContext {
 
     /// The iterator [`wait`](Self::wait) returns, without waiting.
     fn completions_ready(&self) -> Completions<'_> {
-        Completions { ring: self }
+        Completions {
+            ring: self,
+            batch: [(0, 0); COMPLETION_BATCH],
+            next: 0,
+            len: 0,
+            drained: false,
+        }
     }
 }
 
@@ -956,31 +1076,63 @@ impl std::fmt::Debug for URingContext {
     }
 }
 
-/// Pops ready completions; see [`URingContext::wait`].
+/// How many completions [`Completions`] pops under one lock.
+const COMPLETION_BATCH: usize = 16;
+
+/// Pops ready completions; see [`URingContext::wait`]. It takes them from
+/// the ring in batches, one lock for each, and hands back the ones it did
+/// not yield when dropped, so a caller that stops early loses none. It ends
+/// after a batch that emptied the ring rather than lock again for
+/// completions that arrived since.
 struct Completions<'a> {
     ring: &'a URingContext,
+    batch: [(u64, i32); COMPLETION_BATCH],
+    /// `batch[next..len]` are popped and not yet yielded.
+    next: usize,
+    len: usize,
+    /// The last batch emptied the ring and the overflow list.
+    drained: bool,
 }
 
 impl Iterator for Completions<'_> {
     type Item = (UserData, io::Result<u32>);
 
     fn next(&mut self) -> Option<Self::Item> {
+        if self.next == self.len && !self.drained {
+            self.refill();
+        }
+        let (user_data, result) = *self.batch[self.next..self.len].first()?;
+        self.next += 1;
+        Some((user_data, completion_result(result)))
+    }
+}
+
+impl Completions<'_> {
+    /// Pops the next batch, bringing overflowed completions back into the
+    /// ring first if it is empty. Returns whether it got any.
+    fn refill(&mut self) -> bool {
         let mut flushed = false;
         loop {
             let mut complete = lock(&self.ring.complete);
-            if let Some(completion) = complete.pop() {
-                // Unlock before dropping the operation's pinned state.
-                drop(complete);
-                drop(completion.state);
-                return Some((completion.user_data, completion_result(completion.result)));
-            }
-            if flushed || !complete.overflow_pending() {
-                return None;
+            self.next = 0;
+            self.len = complete.pop_batch(&mut self.batch);
+            let overflowed = complete.overflow_pending();
+            self.drained = self.len < COMPLETION_BATCH && !overflowed;
+            if self.len > 0 || flushed || !overflowed {
+                return self.len > 0;
             }
             drop(complete);
             // An error here surfaces from the next `wait`.
             let _ = self.ring.flush_completions();
             flushed = true;
+        }
+    }
+}
+
+impl Drop for Completions<'_> {
+    fn drop(&mut self) {
+        if self.next < self.len {
+            lock(&self.ring.complete).unpop(&self.batch[self.next..self.len]);
         }
     }
 }

@@ -72,6 +72,7 @@
 //! touching the parent's operations.
 
 mod allowlist;
+mod batch;
 #[rustfmt::skip]
 #[allow(
     dead_code,
@@ -99,6 +100,7 @@ mod sys;
 struct ReadmeDoctests;
 
 pub use allowlist::{RegisterOperation, SqeFlags, URingAllowlist, URingOperation};
+pub use batch::OpBatch;
 pub use context::{EventType, URingContext, UserData, MAX_ENTRIES, MAX_IOVECS};
 pub use error::{Error, Result};
 pub use iobuf::IoBufMut;

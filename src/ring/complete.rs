@@ -1,19 +1,10 @@
-use std::collections::HashMap;
+use std::collections::VecDeque;
 use std::io;
 use std::sync::atomic::{AtomicU32, Ordering};
 
+use super::in_flight::InFlightTable;
 use super::{QueuePointers, RingMemory};
 use crate::bindings::{io_uring_cqe, io_uring_params, IORING_SQ_CQ_OVERFLOW};
-
-/// One completion popped from the CQ ring, with the state its operation
-/// kept alive while it was in flight.
-pub(crate) struct Completion<T> {
-    pub(crate) user_data: u64,
-    pub(crate) result: i32,
-    /// The operation's pinned state; `None` only for a CQE whose user_data
-    /// was never registered, which the context never lets happen.
-    pub(crate) state: Option<T>,
-}
 
 /// Why an operation could not be registered as in flight.
 #[derive(Debug, PartialEq, Eq)]
@@ -32,8 +23,9 @@ pub(crate) enum InFlight {
 ///   which outlives it (see [`CompleteQueueState::new`]);
 /// - this is the only writer of the CQ head, and the caller serialises
 ///   access through `&mut self`;
-/// - `in_flight` holds exactly the operations added and not yet popped, so
-///   two of them never share a user_data.
+/// - `in_flight` holds exactly the operations added whose completion has
+///   not been popped from the CQ ring, so two of them never share a
+///   user_data.
 pub(crate) struct CompleteQueueState<T> {
     head: *const AtomicU32,
     tail: *const AtomicU32,
@@ -41,7 +33,11 @@ pub(crate) struct CompleteQueueState<T> {
     sq_flags: *const AtomicU32,
     cqes: *const io_uring_cqe,
     mask: u32,
-    in_flight: HashMap<u64, T>,
+    in_flight: InFlightTable<T>,
+    /// Completions popped from the ring and handed back unconsumed (see
+    /// [`CompleteQueueState::unpop`]); their operations still count as in
+    /// flight until popped again.
+    unpopped: VecDeque<(u64, i32)>,
     /// The kernel's dropped-completion counter when last reported.
     dropped_reported: u32,
 }
@@ -70,52 +66,53 @@ impl<T> CompleteQueueState<T> {
             overflow: ring.field::<AtomicU32>(off.overflow)?,
             cqes: ring.array::<io_uring_cqe>(off.cqes, entries)?,
             mask,
-            in_flight: HashMap::new(),
+            in_flight: InFlightTable::new(),
+            unpopped: VecDeque::new(),
             dropped_reported: 0,
         })
     }
 
     /// Records `state` as in flight under `user_data`, unless `cap`
-    /// operations already are.
+    /// operations already are; a refusal hands `state` back.
     pub(crate) fn register(
         &mut self,
         user_data: u64,
         state: T,
         cap: usize,
-    ) -> Result<(), InFlight> {
-        if self.in_flight.len() >= cap {
-            return Err(InFlight::Full);
+    ) -> Result<(), (InFlight, T)> {
+        if self.in_flight() >= cap {
+            return Err((InFlight::Full, state));
         }
-        match self.in_flight.entry(user_data) {
-            std::collections::hash_map::Entry::Occupied(_) => Err(InFlight::Duplicate),
-            std::collections::hash_map::Entry::Vacant(slot) => {
-                slot.insert(state);
-                Ok(())
-            }
-        }
+        self.in_flight
+            .insert(user_data, state)
+            .map_err(|state| (InFlight::Duplicate, state))
+    }
+
+    /// Undoes [`register`](Self::register), for an operation that will not
+    /// be published after all; returns its state.
+    pub(crate) fn unregister(&mut self, user_data: u64) -> Option<T> {
+        self.in_flight.remove(user_data)
     }
 
     /// Operations added and not yet popped.
     pub(crate) fn in_flight(&self) -> usize {
-        self.in_flight.len()
+        self.in_flight.len() + self.unpopped.len()
     }
 
     /// Whether `user_data` belongs to an operation in flight.
     pub(crate) fn is_in_flight(&self, user_data: u64) -> bool {
-        self.in_flight.contains_key(&user_data)
+        self.in_flight.contains(user_data)
     }
 
     /// The user_data of every operation in flight, in no particular order.
     pub(crate) fn in_flight_user_data(&self) -> impl Iterator<Item = u64> + '_ {
-        self.in_flight.keys().copied()
+        self.in_flight.keys()
     }
 
     /// Removes every in-flight state without dropping any of it: for when the
     /// kernel may still use the memory it pins.
     pub(crate) fn leak_all(&mut self) {
-        for (_, state) in self.in_flight.drain() {
-            std::mem::forget(state);
-        }
+        self.in_flight.drain(std::mem::forget);
     }
 
     /// CQEs posted and not yet popped.
@@ -131,6 +128,12 @@ impl<T> CompleteQueueState<T> {
             )
         };
         tail.wrapping_sub(head)
+    }
+
+    /// Whether a completion is in the CQ ring or on the kernel's overflow
+    /// list.
+    pub(crate) fn has_completion(&self) -> bool {
+        self.ready() > 0 || !self.unpopped.is_empty() || self.overflow_pending()
     }
 
     /// Completions the kernel dropped because the CQ ring was full and it
@@ -163,36 +166,56 @@ impl<T> CompleteQueueState<T> {
         new
     }
 
-    /// Pops the oldest CQE, if any, and hands back the state its operation
-    /// kept in flight.
-    pub(crate) fn pop(&mut self) -> Option<Completion<T>> {
+    /// Pops up to `out.len()` completions into `out` as `(user_data,
+    /// result)`, oldest first, and drops the state each operation kept in
+    /// flight; returns how many. Completions handed back with
+    /// [`unpop`](Self::unpop) come first, then the CQ ring's, with one
+    /// Acquire load of the tail and one Release store of the head for all.
+    pub(crate) fn pop_batch(&mut self, out: &mut [(u64, i32)]) -> usize {
+        let mut popped = 0;
+        while popped < out.len() {
+            let Some(completion) = self.unpopped.pop_front() else {
+                break;
+            };
+            out[popped] = completion;
+            popped += 1;
+        }
         // SAFETY: as in `ready`: Relaxed for our own head, Acquire on the
         // kernel's tail so the CQE contents are visible.
         let head = unsafe { (*self.head).load(Ordering::Relaxed) };
         // SAFETY: see above.
         let tail = unsafe { (*self.tail).load(Ordering::Acquire) };
-        if head == tail {
-            return None;
+        let take = (tail.wrapping_sub(head) as usize).min(out.len() - popped);
+        for i in 0..take {
+            let index = (head.wrapping_add(i as u32) & self.mask) as usize;
+            // SAFETY: the masked index is inside the CQE array. The kernel
+            // wrote this CQE before the tail we loaded with Acquire covered
+            // it, and will not overwrite it until we move the head past it
+            // below. The fields are copied out through the raw pointer; no
+            // reference to ring memory is created.
+            let (user_data, result) = unsafe {
+                let cqe = self.cqes.add(index);
+                ((*cqe).user_data, (*cqe).res)
+            };
+            out[popped] = (user_data, result);
+            popped += 1;
+            self.in_flight.remove(user_data);
         }
-        let index = (head & self.mask) as usize;
-        // SAFETY: the masked index is inside the CQE array. The kernel wrote
-        // this CQE before the tail we loaded with Acquire covered it, and will
-        // not overwrite it until we move the head past it below.
-        // The fields are copied out through the raw pointer; no reference
-        // to ring memory is created.
-        let (user_data, result) = unsafe {
-            let cqe = self.cqes.add(index);
-            ((*cqe).user_data, (*cqe).res)
-        };
-        // SAFETY: `head` points into live ring memory. Release orders our
-        // read of the CQE before the kernel can see the slot as free (it
-        // reads the head before reusing a slot).
-        unsafe { (*self.head).store(head.wrapping_add(1), Ordering::Release) };
-        Some(Completion {
-            user_data,
-            result,
-            state: self.in_flight.remove(&user_data),
-        })
+        if take > 0 {
+            // SAFETY: `head` points into live ring memory. Release orders our
+            // reads of the CQEs before the kernel can see their slots as
+            // free (it reads the head before reusing a slot).
+            unsafe { (*self.head).store(head.wrapping_add(take as u32), Ordering::Release) };
+        }
+        popped
+    }
+
+    /// Takes back completions [`pop_batch`](Self::pop_batch) returned but
+    /// nobody consumed, to be popped again first, in the same order.
+    pub(crate) fn unpop(&mut self, completions: &[(u64, i32)]) {
+        for &completion in completions.iter().rev() {
+            self.unpopped.push_front(completion);
+        }
     }
 }
 

@@ -7,10 +7,11 @@
 //! drops the memory last.
 
 mod complete;
+mod in_flight;
 mod submit;
 
 pub(crate) use complete::{CompleteQueueState, InFlight};
-pub(crate) use submit::{blank_sqe, SubmitQueue};
+pub(crate) use submit::{blank_sqe, SubmitProbe, SubmitQueue};
 
 use std::io;
 use std::mem::{align_of, size_of};

@@ -21,15 +21,21 @@ pub(crate) struct SubmitQueue {
     mask: u32,
     entries: u32,
     tail: u32,
+    /// The kernel's head when last loaded: at or behind the real one, as
+    /// the kernel only moves it forward. Loading the real one touches a
+    /// cache line the kernel writes, so adds use this until the queue looks
+    /// full.
+    cached_head: u32,
 }
 
-/// Proof that the SQE slot at `tail` is free, handed out by
-/// [`SubmitQueue::free_slot`] and consumed by [`SubmitQueue::publish`]. It
-/// stays valid while the submit lock is held: only the kernel moves the head,
-/// and only forward, which frees slots and never takes one back.
+/// Proof that the `count` SQE slots from `tail` on are free, handed out by
+/// [`SubmitQueue::free_slots`] and consumed by [`SubmitQueue::publish`]. It
+/// stays valid while the submit lock is held: only the kernel moves the
+/// head, and only forward, which frees slots and never takes one back.
 #[must_use]
-pub(crate) struct FreeSlot {
+pub(crate) struct FreeSlots {
     tail: u32,
+    count: u32,
 }
 
 impl SubmitQueue {
@@ -67,7 +73,16 @@ impl SubmitQueue {
             mask,
             entries,
             tail,
+            cached_head: tail,
         })
+    }
+
+    /// A reader of the queue's indices that needs no lock.
+    pub(crate) fn probe(&self) -> SubmitProbe {
+        SubmitProbe {
+            head: self.head,
+            tail: self.tail_ptr,
+        }
     }
 
     /// The kernel's SQ head: every slot before it has been consumed.
@@ -79,15 +94,17 @@ impl SubmitQueue {
         unsafe { (*self.head).load(Ordering::Acquire) }
     }
 
-    /// SQEs published but not yet consumed by the kernel.
-    pub(crate) fn queued(&self) -> u32 {
-        self.tail.wrapping_sub(self.kernel_head())
-    }
-
-    /// The next free slot, or `None` when all `entries` slots still wait for
-    /// the kernel.
-    pub(crate) fn free_slot(&self) -> Option<FreeSlot> {
-        (self.queued() < self.entries).then_some(FreeSlot { tail: self.tail })
+    /// The next `count` free slots, or `None` when fewer than `count` are
+    /// free (the rest still wait for the kernel).
+    pub(crate) fn free_slots(&mut self, count: u32) -> Option<FreeSlots> {
+        let free = |queue: &Self| queue.entries - queue.tail.wrapping_sub(queue.cached_head);
+        if free(self) < count {
+            self.cached_head = self.kernel_head();
+        }
+        (free(self) >= count).then_some(FreeSlots {
+            tail: self.tail,
+            count,
+        })
     }
 
     /// Turns every SQE published but not yet consumed into a nop with the
@@ -115,23 +132,80 @@ impl SubmitQueue {
         }
     }
 
-    /// Writes `sqe` into `slot` and publishes it to the kernel.
-    pub(crate) fn publish(&mut self, slot: FreeSlot, sqe: &io_uring_sqe) {
-        assert_eq!(slot.tail, self.tail, "a FreeSlot was used twice");
-        let index = (self.tail & self.mask) as usize;
-        // SAFETY: `index < entries` (masked), so the slot is inside the SQE
-        // array. `FreeSlot` proves the slot is outside the kernel's range and
-        // `&mut self` that no other thread writes it. `sqe` is a valid SQE
-        // that cannot overlap ring memory (it is a Rust reference).
-        unsafe { std::ptr::copy_nonoverlapping(sqe, self.sqes.add(index), 1) };
-        self.tail = self.tail.wrapping_add(1);
+    /// Writes `sqes` into `slots` and publishes them to the kernel with one
+    /// store of the tail.
+    pub(crate) fn publish<'a>(
+        &mut self,
+        slots: FreeSlots,
+        sqes: impl Iterator<Item = &'a io_uring_sqe>,
+    ) {
+        assert_eq!(slots.tail, self.tail, "FreeSlots were used twice");
+        let mut tail = self.tail;
+        for sqe in sqes {
+            // Checked per SQE rather than trusting `len`: a slot past the
+            // proven ones may still belong to the kernel.
+            assert!(
+                tail.wrapping_sub(self.tail) < slots.count,
+                "more SQEs than FreeSlots"
+            );
+            let index = (tail & self.mask) as usize;
+            // SAFETY: `index < entries` (masked), so the slot is inside the
+            // SQE array. `FreeSlots` proves the slot is outside the kernel's
+            // range (checked just above) and `&mut self` that no other
+            // thread writes it. `sqe` is a valid SQE that cannot overlap
+            // ring memory (it is a Rust reference).
+            unsafe { std::ptr::copy_nonoverlapping(sqe, self.sqes.add(index), 1) };
+            tail = tail.wrapping_add(1);
+        }
+        assert_eq!(
+            tail.wrapping_sub(self.tail),
+            slots.count,
+            "fewer SQEs than FreeSlots"
+        );
+        self.tail = tail;
         // SAFETY: `tail_ptr` points into live ring memory (type invariant).
         // Release pairs with the kernel's `smp_load_acquire` of the tail in
-        // `io_sqring_entries`: the SQE written above is visible to it before
-        // the new tail is.
+        // `io_sqring_entries`: the SQEs written above are visible to it
+        // before the new tail is.
         unsafe { (*self.tail_ptr).store(self.tail, Ordering::Release) };
     }
 }
+
+/// Reads the SQ indices without the submit lock, for decisions that only
+/// need a recent value: the kernel's head and the tail we published.
+///
+/// Invariant: both pointers point into the ring memory of the
+/// [`SubmitQueue`] it came from, and it is used only while that memory
+/// lives (the context drops the memory last).
+pub(crate) struct SubmitProbe {
+    head: *const AtomicU32,
+    tail: *const AtomicU32,
+}
+
+impl SubmitProbe {
+    /// The kernel's SQ head.
+    pub(crate) fn kernel_head(&self) -> u32 {
+        // SAFETY: `head` points into live ring memory (type invariant).
+        // Acquire as in `SubmitQueue::kernel_head`.
+        unsafe { (*self.head).load(Ordering::Acquire) }
+    }
+
+    /// SQEs published and not yet consumed by the kernel, as of the last
+    /// publish that happened before this call.
+    pub(crate) fn queued(&self) -> u32 {
+        // SAFETY: `tail` points into live ring memory (type invariant); only
+        // the submit queue writes it, with Release, so Acquire sees every
+        // publish that happened before this call.
+        let tail = unsafe { (*self.tail).load(Ordering::Acquire) };
+        tail.wrapping_sub(self.kernel_head())
+    }
+}
+
+// SAFETY: the probe only loads atomics in ring memory, which has no thread
+// affinity and outlives it (type invariant).
+unsafe impl Send for SubmitProbe {}
+// SAFETY: as above; `&SubmitProbe` only loads.
+unsafe impl Sync for SubmitProbe {}
 
 /// An SQE with every field zero but the opcode, file and user_data; the
 /// operation-specific fields are the caller's to fill in.

@@ -12,7 +12,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use super::{Fault, SimConfig, SimKernel};
-use crate::{Error, EventType, IoBufMut, SqeFlags, URingAllowlist, URingContext, URingOperation};
+use crate::{
+    Error, EventType, IoBufMut, OpBatch, SqeFlags, URingAllowlist, URingContext, URingOperation,
+};
 
 /// `native` iterations natively, `miri` under Miri, which is far slower.
 const fn scaled(native: usize, miri: usize) -> usize {
@@ -212,6 +214,67 @@ fn registering_follows_the_disabled_ring_rules() {
     );
     disabled.enable().unwrap();
     assert_eq!(register_errno(disabled.enable()), Some(libc::EACCES));
+}
+
+#[test]
+fn completions_a_caller_stops_short_of_are_kept_for_the_next_wait() {
+    let kernel = SimKernel::new();
+    let ring = kernel.new_context(8, None).unwrap();
+    for user_data in 0..6 {
+        ring.add_nop(user_data).unwrap();
+    }
+    let first: Vec<_> = ring.wait().unwrap().take(2).map(|(ud, _)| ud).collect();
+    assert_eq!(first, [0, 1]);
+    assert_eq!(ring.in_flight(), 4, "the rest still count as in flight");
+    let rest: Vec<_> = ring.wait().unwrap().map(|(ud, _)| ud).collect();
+    assert_eq!(rest, [2, 3, 4, 5], "in order, none lost");
+    assert_eq!(ring.in_flight(), 0);
+}
+
+#[test]
+fn a_batch_is_queued_whole_or_not_at_all() {
+    let kernel = SimKernel::new();
+    let fd = kernel.create_file(b"batched".to_vec());
+    let mut buf = vec![0u8; 7];
+    let ring = kernel.new_context(4, None).unwrap();
+    ring.add_nop(1).unwrap();
+    let mut batch = OpBatch::new();
+    batch.add_nop(2).add_nop(1); // 1 is in flight.
+    assert!(matches!(
+        ring.add_batch(&mut batch),
+        Err(Error::DuplicateUserData(1))
+    ));
+    assert_eq!(
+        (batch.len(), ring.in_flight()),
+        (2, 1),
+        "nothing queued, batch intact"
+    );
+    batch.clear();
+    batch.add_nop(2).add_nop(2);
+    assert!(matches!(
+        ring.add_batch(&mut batch),
+        Err(Error::DuplicateUserData(2))
+    ));
+    assert_eq!(ring.in_flight(), 1);
+    batch.clear();
+    for user_data in 10..14 {
+        batch.add_nop(user_data);
+    }
+    assert!(
+        matches!(ring.add_batch(&mut batch), Err(Error::NoSpace)),
+        "3 free slots"
+    );
+    assert_eq!((batch.len(), ring.in_flight()), (4, 1));
+    ring.submit().unwrap();
+    batch.clear();
+    // SAFETY: `buf` outlives the ring, which reaps the read.
+    unsafe { batch.add_readv(iovecs(&mut [&mut buf]), fd, Some(0), 3) }.unwrap();
+    batch.add_nop(4);
+    ring.add_batch(&mut batch).unwrap();
+    assert!(batch.is_empty());
+    let done = reap(&ring, 3);
+    assert_eq!(done[&3].as_ref().unwrap(), &7);
+    assert_eq!(buf, b"batched");
 }
 
 #[test]
