@@ -16,21 +16,96 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent / "target" / "criterion"
 
 
 def medians():
-    """{(group, function, param): median ns per iteration}"""
+    """{(group, function, param): median ns per operation}, where the
+    operations per iteration are the benchmark's declared throughput."""
     out = {}
     for est in ROOT.glob("*/*/*/new/estimates.json"):
-        param_dir = est.parent.parent
         bench = json.loads((est.parent / "benchmark.json").read_text())
-        group = bench["group_id"]
-        function = bench.get("function_id") or ""
-        param = bench.get("value_str") or param_dir.name
-        out[(group, function, param)] = json.loads(est.read_text())["median"]["point_estimate"]
+        ops = (bench.get("throughput") or {}).get("Elements", 1)
+        median = json.loads(est.read_text())["median"]["point_estimate"]
+        out[(bench["group_id"], bench["function_id"], bench["value_str"])] = median / ops
     return out
 
 
-def per_op(results, group, function, param, ops):
-    value = results.get((group, function, str(param)))
-    return None if value is None else value / ops
+# The chart: ns/op against batch size, one panel per benchmark group.
+PANELS = [
+    ("nop", "nop", ["ringfence", "ringfence-batch", "io-uring", "syscall"]),
+    ("readv", "4 KiB readv, page cache", ["ringfence", "ringfence-batch", "io-uring", "preadv"]),
+]
+COLORS = {
+    "ringfence": "#d62728",
+    "ringfence-batch": "#ff7f0e",
+    "io-uring": "#1f77b4",
+    "syscall": "#7f7f7f",
+    "preadv": "#7f7f7f",
+}
+LABELS = {
+    "ringfence": "ringfence, add_* per op",
+    "ringfence-batch": "ringfence, OpBatch",
+    "io-uring": "io-uring crate 0.7",
+    "syscall": "blocking syscall (getppid)",
+    "preadv": "blocking preadv",
+}
+
+
+def svg_chart(results):
+    import math
+
+    width, height, pad = 460, 320, 56
+    parts = []
+    for n, (group, title, functions) in enumerate(PANELS):
+        x0 = n * width
+        params = sorted({int(p) for g, _, p in results if g == group})
+        values = [results[(group, f, str(p))] for f in functions for p in params
+                  if (group, f, str(p)) in results]
+        if not params or not values:
+            continue
+        lo, hi = math.log10(min(values) * 0.8), math.log10(max(values) * 1.25)
+        xs = {p: x0 + pad + i * (width - 2 * pad) / max(len(params) - 1, 1)
+              for i, p in enumerate(params)}
+
+        def y(v):
+            return height - pad - (math.log10(v) - lo) / (hi - lo) * (height - 2 * pad)
+
+        parts.append(f'<text x="{x0 + width / 2}" y="24" text-anchor="middle" '
+                     f'font-weight="bold">{title}</text>')
+        parts.append(f'<line x1="{x0 + pad}" y1="{height - pad}" x2="{x0 + width - pad}" '
+                     f'y2="{height - pad}" stroke="black"/>')
+        parts.append(f'<line x1="{x0 + pad}" y1="{pad}" x2="{x0 + pad}" y2="{height - pad}" '
+                     f'stroke="black"/>')
+        for p, x in xs.items():
+            parts.append(f'<text x="{x}" y="{height - pad + 18}" text-anchor="middle">{p}</text>')
+        parts.append(f'<text x="{x0 + width / 2}" y="{height - 12}" text-anchor="middle">'
+                     f'batch size (operations per submit)</text>')
+        for tick in [50, 100, 200, 500, 1000, 2000]:
+            if lo <= math.log10(tick) <= hi:
+                parts.append(f'<text x="{x0 + pad - 6}" y="{y(tick) + 4}" text-anchor="end">'
+                             f'{tick}</text>')
+                parts.append(f'<line x1="{x0 + pad}" y1="{y(tick)}" x2="{x0 + width - pad}" '
+                             f'y2="{y(tick)}" stroke="#ddd"/>')
+        parts.append(f'<text x="{x0 + 14}" y="{height / 2}" transform="rotate(-90 {x0 + 14} '
+                     f'{height / 2})" text-anchor="middle">ns per operation (log)</text>')
+        for k, f in enumerate(functions):
+            points = [(xs[p], y(results[(group, f, str(p))])) for p in params
+                      if (group, f, str(p)) in results]
+            if not points:
+                continue
+            color = COLORS[f]
+            path = " ".join(f"{px:.1f},{py:.1f}" for px, py in points)
+            parts.append(f'<polyline points="{path}" fill="none" stroke="{color}" '
+                         f'stroke-width="2"/>')
+            for px, py in points:
+                parts.append(f'<circle cx="{px:.1f}" cy="{py:.1f}" r="3" fill="{color}"/>')
+            ly = pad - 14 + k * 14
+            parts.append(f'<line x1="{x0 + width - pad - 150}" y1="{ly}" '
+                         f'x2="{x0 + width - pad - 135}" y2="{ly}" stroke="{color}" '
+                         f'stroke-width="2"/>')
+            parts.append(f'<text x="{x0 + width - pad - 130}" y="{ly + 4}" font-size="10">'
+                         f'{LABELS[f]}</text>')
+    body = "\n".join(parts)
+    return (f'<svg xmlns="http://www.w3.org/2000/svg" width="{width * len(PANELS)}" '
+            f'height="{height}" font-family="sans-serif" font-size="11">\n'
+            f'<rect width="100%" height="100%" fill="white"/>\n{body}\n</svg>\n')
 
 
 def main():
@@ -46,12 +121,13 @@ def main():
         print("| param | " + " | ".join(functions) + " |")
         print("|---" * (len(functions) + 1) + "|")
         for p in params:
-            ops = int(p) if p.isdigit() else 1
             cells = []
             for f in functions:
-                v = per_op(results, group, f, p, ops)
+                v = results.get((group, f, p))
                 cells.append("" if v is None else f"{v:.1f}")
             print(f"| {p} | " + " | ".join(cells) + " |")
+    if args.svg:
+        pathlib.Path(args.svg).write_text(svg_chart(results))
 
 
 if __name__ == "__main__":

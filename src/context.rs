@@ -686,7 +686,10 @@ impl URingContext {
     ///   disabled).
     pub fn submit(&self) -> Result<()> {
         loop {
-            let (queued, head) = (self.sq_probe.queued(), self.sq_probe.kernel_head());
+            // One load of the head for both: if another thread's enter
+            // consumed SQEs between two loads, a 0 from ours would look like
+            // a stall.
+            let (queued, head) = self.sq_probe.queued();
             if queued == 0 {
                 return Ok(());
             }
@@ -713,7 +716,7 @@ impl URingContext {
     /// `queued` alone: `in_flight > queued` can overstate what is in the
     /// kernel (costing `wait` a short back-off) but never understate it.
     fn snapshot(&self) -> Result<RingState> {
-        let queued = self.sq_probe.queued();
+        let (queued, _) = self.sq_probe.queued();
         let mut complete = lock(&self.complete);
         if complete.take_new_drops() {
             return Err(Error::CompletionsLost);

@@ -191,13 +191,15 @@ impl SubmitProbe {
     }
 
     /// SQEs published and not yet consumed by the kernel, as of the last
-    /// publish that happened before this call.
-    pub(crate) fn queued(&self) -> u32 {
+    /// publish that happened before this call, and the kernel's head they
+    /// were counted from (one load, so the two agree).
+    pub(crate) fn queued(&self) -> (u32, u32) {
+        let head = self.kernel_head();
         // SAFETY: `tail` points into live ring memory (type invariant); only
         // the submit queue writes it, with Release, so Acquire sees every
         // publish that happened before this call.
         let tail = unsafe { (*self.tail).load(Ordering::Acquire) };
-        tail.wrapping_sub(self.kernel_head())
+        (tail.wrapping_sub(head), head)
     }
 }
 

@@ -1,0 +1,116 @@
+//! Cost as work grows: the nop loop at batch 32 with 0, 64, 1024 and 8192
+//! other operations in flight (polls on a pipe that never becomes
+//! readable), for ringfence and the `io-uring` crate.
+
+mod common;
+
+use std::fs::File;
+use std::hint::black_box;
+use std::os::fd::{AsRawFd, FromRawFd};
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use io_uring::{opcode, types, IoUring};
+use ringfence::{EventType, OpBatch, URingContext};
+
+const BATCH: usize = 32;
+const PENDING: [usize; 4] = [0, 64, 1024, 8192];
+/// user_data of the pending polls start here, clear of the nops'.
+const POLL_BASE: u64 = 1 << 32;
+
+fn pipe() -> (File, File) {
+    let mut fds = [-1; 2];
+    // SAFETY: pipe2 writes two descriptors into the two-element array.
+    assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
+    // SAFETY: both descriptors are new and ours.
+    unsafe { (File::from_raw_fd(fds[0]), File::from_raw_fd(fds[1])) }
+}
+
+fn ringfence_with_pending(pending: usize, fd: i32) -> URingContext {
+    let ring = URingContext::new(common::RING_ENTRIES as usize, None).unwrap();
+    for i in 0..pending as u64 {
+        if let Err(ringfence::Error::NoSpace) = ring.add_poll_fd(fd, EventType::Read, POLL_BASE + i)
+        {
+            ring.submit().unwrap();
+            ring.add_poll_fd(fd, EventType::Read, POLL_BASE + i)
+                .unwrap();
+        }
+    }
+    ring.submit().unwrap();
+    assert_eq!(ring.in_flight(), pending);
+    ring
+}
+
+fn io_uring_with_pending(pending: usize, fd: i32) -> IoUring {
+    let mut ring = IoUring::new(common::RING_ENTRIES).unwrap();
+    for i in 0..pending as u64 {
+        let poll = opcode::PollAdd::new(types::Fd(fd), libc::POLLIN as u32)
+            .build()
+            .user_data(POLL_BASE + i);
+        // SAFETY: a poll references no memory.
+        while unsafe { ring.submission().push(&poll) }.is_err() {
+            ring.submit().unwrap();
+        }
+    }
+    ring.submit().unwrap();
+    ring
+}
+
+fn in_flight(c: &mut Criterion) {
+    let (reader, _writer) = pipe();
+    let fd = reader.as_raw_fd();
+    let mut group = c.benchmark_group("in_flight");
+    group.throughput(Throughput::Elements(BATCH as u64));
+    for pending in PENDING {
+        let ring = ringfence_with_pending(pending, fd);
+        let mut ops = OpBatch::with_capacity(BATCH);
+        group.bench_with_input(
+            BenchmarkId::new("ringfence-batch", pending),
+            &pending,
+            |b, _| {
+                b.iter(|| {
+                    for user_data in 0..BATCH as u64 {
+                        ops.add_nop(user_data);
+                    }
+                    ring.add_batch(&mut ops).unwrap();
+                    let mut reaped = 0;
+                    while reaped < BATCH {
+                        for (user_data, result) in ring.wait().unwrap() {
+                            black_box((user_data, result.unwrap()));
+                            reaped += 1;
+                        }
+                    }
+                })
+            },
+        );
+        drop(ring); // Cancels the polls.
+        let mut io_uring = io_uring_with_pending(pending, fd);
+        group.bench_with_input(BenchmarkId::new("io-uring", pending), &pending, |b, _| {
+            b.iter(|| {
+                {
+                    let mut sq = io_uring.submission();
+                    for user_data in 0..BATCH as u64 {
+                        let nop = opcode::Nop::new().build().user_data(user_data);
+                        // SAFETY: a nop references no memory.
+                        unsafe { sq.push(&nop) }.unwrap();
+                    }
+                }
+                io_uring.submit_and_wait(BATCH).unwrap();
+                let mut reaped = 0;
+                while reaped < BATCH {
+                    for cqe in io_uring.completion() {
+                        black_box((cqe.user_data(), cqe.result()));
+                        reaped += 1;
+                    }
+                }
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group! {
+    name = benches;
+    config = common::criterion();
+    targets = in_flight
+}
+criterion_main!(benches);
