@@ -3,9 +3,12 @@
 chart: ns per operation (median of the samples, divided by the operations
 per iteration) and ratios against the comparator measured in the same run.
 
-    python3 benches/report.py                 # print the tables
-    python3 benches/report.py --svg FILE      # also write the chart
+    python3 benches/report.py                      # tables of the last run
+    python3 benches/report.py --save run1.json     # keep the last run's figures
+    python3 benches/report.py --runs run*.json --svg benches/chart.svg
+                                                   # median of several runs
 
+Ratios are taken within each run, then their median across runs is shown.
 Standard library only.
 """
 import argparse
@@ -108,11 +111,41 @@ def svg_chart(results):
             f'<rect width="100%" height="100%" fill="white"/>\n{body}\n</svg>\n')
 
 
+# The comparator of each group, for the ratio columns.
+COMPARATOR = {"nop": "io-uring", "readv": "io-uring", "in_flight": "io-uring",
+              "threads": "io-uring-mutex"}
+
+
+def median(values):
+    values = sorted(values)
+    mid = len(values) // 2
+    return values[mid] if len(values) % 2 else (values[mid - 1] + values[mid]) / 2
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--svg")
+    parser.add_argument("--save")
+    parser.add_argument("--runs", nargs="*")
     args = parser.parse_args()
-    results = medians()
+    if args.runs:
+        runs = [{tuple(k.split("/")): v for k, v in json.loads(pathlib.Path(f).read_text()).items()}
+                for f in args.runs]
+    else:
+        runs = [medians()]
+    if args.save:
+        pathlib.Path(args.save).write_text(json.dumps({"/".join(k): v for k, v in runs[0].items()}))
+    keys = set().union(*runs)
+    results = {k: median([r[k] for r in runs if k in r]) for k in keys}
+    ratios = {}
+    for (g, f, p) in keys:
+        base = COMPARATOR.get(g)
+        if base and f != base:
+            per_run = [r[(g, f, p)] / r[(g, base, p)] for r in runs
+                       if (g, f, p) in r and (g, base, p) in r]
+            if per_run:
+                ratios[(g, f, p)] = median(per_run)
+    print(f"median of {len(runs)} run(s); ratio = ns/op over the {'/'.join(sorted(set(COMPARATOR.values())))} figure of the same run")
     groups = sorted({g for g, _, _ in results})
     for group in groups:
         functions = sorted({f for g, f, _ in results if g == group})
@@ -124,7 +157,11 @@ def main():
             cells = []
             for f in functions:
                 v = results.get((group, f, p))
-                cells.append("" if v is None else f"{v:.1f}")
+                ratio = ratios.get((group, f, p))
+                cell = "" if v is None else f"{v:.1f}"
+                if ratio is not None:
+                    cell += f" ({ratio:.2f}×)"
+                cells.append(cell)
             print(f"| {p} | " + " | ".join(cells) + " |")
     if args.svg:
         pathlib.Path(args.svg).write_text(svg_chart(results))
