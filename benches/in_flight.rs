@@ -5,9 +5,9 @@
 mod common;
 
 use std::fs::File;
-use std::hint::black_box;
 use std::os::fd::{AsRawFd, FromRawFd};
 
+use common::{io_uring_round, ringfence_batch_round};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use io_uring::{opcode, types, IoUring};
 use ringfence::{EventType, OpBatch, URingContext};
@@ -66,43 +66,12 @@ fn in_flight(c: &mut Criterion) {
         group.bench_with_input(
             BenchmarkId::new("ringfence-batch", pending),
             &pending,
-            |b, _| {
-                b.iter(|| {
-                    for user_data in 0..BATCH as u64 {
-                        ops.add_nop(user_data);
-                    }
-                    ring.add_batch(&mut ops).unwrap();
-                    let mut reaped = 0;
-                    while reaped < BATCH {
-                        for (user_data, result) in ring.wait().unwrap() {
-                            black_box((user_data, result.unwrap()));
-                            reaped += 1;
-                        }
-                    }
-                })
-            },
+            |b, _| b.iter(|| ringfence_batch_round(&ring, &mut ops, BATCH)),
         );
         drop(ring); // Cancels the polls.
         let mut io_uring = io_uring_with_pending(pending, fd);
         group.bench_with_input(BenchmarkId::new("io-uring", pending), &pending, |b, _| {
-            b.iter(|| {
-                {
-                    let mut sq = io_uring.submission();
-                    for user_data in 0..BATCH as u64 {
-                        let nop = opcode::Nop::new().build().user_data(user_data);
-                        // SAFETY: a nop references no memory.
-                        unsafe { sq.push(&nop) }.unwrap();
-                    }
-                }
-                io_uring.submit_and_wait(BATCH).unwrap();
-                let mut reaped = 0;
-                while reaped < BATCH {
-                    for cqe in io_uring.completion() {
-                        black_box((cqe.user_data(), cqe.result()));
-                        reaped += 1;
-                    }
-                }
-            })
+            b.iter(|| io_uring_round(&mut io_uring, BATCH))
         });
     }
     group.finish();

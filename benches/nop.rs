@@ -8,8 +8,9 @@ mod common;
 
 use std::hint::black_box;
 
+use common::{drain, io_uring_round, ringfence_batch_round};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use io_uring::{opcode, IoUring};
+use io_uring::IoUring;
 use ringfence::{OpBatch, URingAllowlist, URingContext, URingOperation};
 
 fn ringfence_round(ring: &URingContext, batch: usize) {
@@ -17,43 +18,6 @@ fn ringfence_round(ring: &URingContext, batch: usize) {
         ring.add_nop(user_data).unwrap();
     }
     drain(ring, batch);
-}
-
-fn drain(ring: &URingContext, batch: usize) {
-    let mut reaped = 0;
-    while reaped < batch {
-        for (user_data, result) in ring.wait().unwrap() {
-            black_box((user_data, result.unwrap()));
-            reaped += 1;
-        }
-    }
-}
-
-fn ringfence_batch_round(ring: &URingContext, ops: &mut OpBatch, batch: usize) {
-    for user_data in 0..batch as u64 {
-        ops.add_nop(user_data);
-    }
-    ring.add_batch(ops).unwrap();
-    drain(ring, batch);
-}
-
-fn io_uring_round(ring: &mut IoUring, batch: usize) {
-    {
-        let mut sq = ring.submission();
-        for user_data in 0..batch as u64 {
-            let nop = opcode::Nop::new().build().user_data(user_data);
-            // SAFETY: a nop references no memory.
-            unsafe { sq.push(&nop) }.unwrap();
-        }
-    }
-    ring.submit_and_wait(batch).unwrap();
-    let mut reaped = 0;
-    while reaped < batch {
-        for cqe in ring.completion() {
-            black_box((cqe.user_data(), cqe.result()));
-            reaped += 1;
-        }
-    }
 }
 
 fn nop(c: &mut Criterion) {

@@ -216,20 +216,6 @@ fn op_batch_rounds(
     counts().since(before)
 }
 
-/// `len` pseudo-random bytes, so that a read of the wrong bytes (or none)
-/// never matches by accident.
-fn pattern(len: usize) -> Vec<u8> {
-    let mut state = 0x2545_f491_4f6c_dd1d_u64;
-    (0..len)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            (state >> 24) as u8
-        })
-        .collect()
-}
-
 /// Bytes each readv reads.
 const READ_LEN: usize = 4096;
 
@@ -390,7 +376,7 @@ unsafe fn readv_rounds(
 #[test]
 fn readv_allocates_only_the_callers_box_in_steady_state() {
     let ring = ring!(RING_ENTRIES);
-    let expected = pattern(READ_LEN);
+    let expected = common::pattern(READ_LEN, 1);
     let file = file_with(&expected);
     let buf = common::leak(vec![0; READ_LEN]).as_mut_ptr();
     // SAFETY: `buf` is leaked, so it lives for the rest of the
@@ -493,7 +479,7 @@ unsafe fn readv_iter_rounds(
 #[test]
 fn readv_iter_allocates_one_iovec_array_per_op_in_steady_state() {
     let ring = ring!(RING_ENTRIES);
-    let expected = pattern(READ_LEN);
+    let expected = common::pattern(READ_LEN, 1);
     let file = file_with(&expected);
     let buf = common::leak(vec![0; READ_LEN]).as_mut_ptr();
     // SAFETY: `buf` is leaked, so it lives for the rest of the

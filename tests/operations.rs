@@ -18,25 +18,11 @@ use std::sync::{mpsc, Arc};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::{eventfd, eventfd_count, leaked_buf, pinned, pipe, reap, reap_by_user_data};
+use common::{eventfd, eventfd_count, leaked_buf, pattern, pinned, pipe, reap, reap_by_user_data};
 use ringfence::{Error, EventType, IoBufMut, URingContext};
 
 /// How long a test waits for something that should happen promptly.
 const PROMPTLY: Duration = Duration::from_secs(5);
-
-/// `len` pseudo-random bytes, different for each `seed`, so a misplaced
-/// block or a short transfer never matches by accident.
-fn pattern(len: usize, seed: u64) -> Vec<u8> {
-    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            (state >> 24) as u8
-        })
-        .collect()
-}
 
 /// A copy of `data` that lives for the rest of the process, as the iovec of
 /// a writev must.

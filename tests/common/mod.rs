@@ -199,3 +199,17 @@ pub fn kernel_version() -> (u32, u32) {
         .expect("kernel minor");
     (major, minor)
 }
+
+/// `len` pseudo-random bytes, different for each `seed`, so a misplaced
+/// block or a short transfer never matches by accident.
+pub fn pattern(len: usize, seed: u64) -> Vec<u8> {
+    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state >> 24) as u8
+        })
+        .collect()
+}
