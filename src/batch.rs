@@ -104,14 +104,14 @@ impl OpBatch {
         self.push(cancel_sqe(target, user_data), None)
     }
 
-    /// See [`URingContext::add_readv`](crate::URingContext::add_readv). Fails only with
-    /// [`Error::TooManyIovecs`](crate::Error::TooManyIovecs).
+    /// See [`URingContext::add_readv`](crate::URingContext::add_readv).
+    /// Fails only with [`Error::TooManyIovecs`](crate::Error::TooManyIovecs).
     ///
     /// # Safety
     ///
-    /// As for [`URingContext::add_readv`](crate::URingContext::add_readv), from the moment `add_batch`
-    /// queues it. A read that never gets queued (the batch is cleared or
-    /// dropped first) never touches its iovecs.
+    /// As for [`URingContext::add_readv`](crate::URingContext::add_readv),
+    /// from the moment `add_batch` queues it. A read that never gets queued
+    /// (the batch is cleared or dropped first) never touches its iovecs.
     pub unsafe fn add_readv(
         &mut self,
         iovecs: Pin<Box<[IoBufMut<'static>]>>,
@@ -123,13 +123,13 @@ impl OpBatch {
         Ok(self.push(sqe, state))
     }
 
-    /// See [`URingContext::add_writev`](crate::URingContext::add_writev). Fails only with
-    /// [`Error::TooManyIovecs`](crate::Error::TooManyIovecs).
+    /// See [`URingContext::add_writev`](crate::URingContext::add_writev).
+    /// Fails only with [`Error::TooManyIovecs`](crate::Error::TooManyIovecs).
     ///
     /// # Safety
     ///
-    /// As for [`URingContext::add_writev`](crate::URingContext::add_writev), from the moment `add_batch`
-    /// queues it.
+    /// As for [`URingContext::add_writev`](crate::URingContext::add_writev),
+    /// from the moment `add_batch` queues it.
     pub unsafe fn add_writev(
         &mut self,
         iovecs: Pin<Box<[IoBufMut<'static>]>>,

@@ -131,7 +131,8 @@ impl EventType {
 ///
 /// Dropping the context with operations in flight turns what was queued but
 /// never submitted into nops, cancels every operation in the kernel with
-/// `IORING_OP_ASYNC_CANCEL` and waits for all of them to complete, for up to 5 seconds, before it frees their iovec arrays.
+/// `IORING_OP_ASYNC_CANCEL` and waits for all of them to complete, for up
+/// to 5 seconds, before it frees their iovec arrays.
 /// If they do not all complete in time (for example on a restricted ring
 /// whose allowlist lacks `AsyncCancel`, with a poll that never fires), it
 /// leaks their iovec arrays rather than free memory the kernel may still
@@ -419,24 +420,36 @@ impl URingContext {
     }
 
     /// Queues `sqe`, keeping `state` alive until its completion is reaped.
-    ///
-    /// The operation is recorded as in flight before its SQE is published,
-    /// so its completion always finds it, and both happen under the submit
-    /// lock, so a refusal leaves nothing behind.
-    fn queue(&self, sqe: &io_uring_sqe, state: OpState) -> Result<()> {
-        self.queue_within(sqe, state, self.in_flight_cap)
+    fn queue(&self, sqe: io_uring_sqe, state: OpState) -> Result<()> {
+        self.queue_all(&mut [(sqe, state)], self.in_flight_cap)
     }
 
-    /// [`queue`](Self::queue), refusing with [`Error::NoSpace`] if `cap`
-    /// operations are already in flight.
-    fn queue_within(&self, sqe: &io_uring_sqe, state: OpState, cap: usize) -> Result<()> {
-        let user_data = sqe.user_data;
+    /// Queues every operation in `ops`, or none, refusing with
+    /// [`Error::NoSpace`] past `cap` operations in flight. Queued ones are
+    /// left with no state (the context keeps it); refused ones keep theirs.
+    ///
+    /// Operations are recorded as in flight before their SQEs are published,
+    /// so a completion always finds its record, and both happen under the
+    /// submit lock, so a refusal leaves nothing behind.
+    fn queue_all(&self, ops: &mut [(io_uring_sqe, OpState)], cap: usize) -> Result<()> {
+        let count = u32::try_from(ops.len()).map_err(|_| Error::NoSpace)?;
         let mut submit = lock(&self.submit);
-        let slots = submit.free_slots(1).ok_or(Error::NoSpace)?;
-        lock(&self.complete)
-            .register(user_data, state, cap)
-            .map_err(|(refusal, _)| refusal_error(refusal, user_data))?;
-        submit.publish(slots, std::iter::once(sqe));
+        let slots = submit.free_slots(count).ok_or(Error::NoSpace)?;
+        let mut complete = lock(&self.complete);
+        for i in 0..ops.len() {
+            let user_data = ops[i].0.user_data;
+            let state = ops[i].1.take();
+            if let Err((refusal, state)) = complete.register(user_data, state, cap) {
+                ops[i].1 = state;
+                // Undo this call's registrations: none of `ops` goes.
+                for (sqe, state) in &mut ops[..i] {
+                    *state = complete.unregister(sqe.user_data).flatten();
+                }
+                return Err(refusal_error(refusal, user_data));
+            }
+        }
+        drop(complete);
+        submit.publish(slots, ops.iter().map(|(sqe, _)| sqe));
         Ok(())
     }
 
@@ -469,29 +482,7 @@ impl URingContext {
     /// # Ok::<(), ringfence::Error>(())
     /// ```
     pub fn add_batch(&self, batch: &mut OpBatch) -> Result<()> {
-        let ops = batch.ops_mut();
-        let count = u32::try_from(ops.len()).map_err(|_| Error::NoSpace)?;
-        if count == 0 {
-            return Ok(());
-        }
-        let mut submit = lock(&self.submit);
-        let slots = submit.free_slots(count).ok_or(Error::NoSpace)?;
-        let mut complete = lock(&self.complete);
-        for i in 0..ops.len() {
-            let user_data = ops[i].0.user_data;
-            let state = ops[i].1.take();
-            if let Err((refusal, state)) = complete.register(user_data, state, self.in_flight_cap) {
-                ops[i].1 = state;
-                // Undo this call's registrations: none of the batch goes.
-                for (sqe, state) in &mut ops[..i] {
-                    *state = complete.unregister(sqe.user_data).flatten();
-                }
-                return Err(refusal_error(refusal, user_data));
-            }
-        }
-        drop(complete);
-        submit.publish(slots, ops.iter().map(|(sqe, _)| sqe));
-        drop(submit);
+        self.queue_all(batch.ops_mut(), self.in_flight_cap)?;
         batch.clear();
         Ok(())
     }
@@ -509,11 +500,11 @@ impl URingContext {
         user_data: UserData,
     ) -> Result<()> {
         let (sqe, state) = rw_op(opcode, iovecs, fd, offset, user_data)?;
-        self.queue(&sqe, state)
+        self.queue(sqe, state)
     }
 
     /// Collects raw iovecs into the pinned form the in-flight state keeps.
-    pub(crate) fn pin_iovecs<I: Iterator<Item = libc::iovec>>(
+    fn pin_iovecs<I: Iterator<Item = libc::iovec>>(
         iovecs: I,
     ) -> Result<Pin<Box<[IoBufMut<'static>]>>> {
         let iovecs: Vec<IoBufMut<'static>> = iovecs
@@ -623,12 +614,12 @@ impl URingContext {
     /// nop to whichever operation is queued next, by any thread, and a
     /// submit between the two ends the chain: link from one thread only.
     pub fn add_nop_with_flags(&self, flags: SqeFlags, user_data: UserData) -> Result<()> {
-        self.queue(&nop_sqe(flags, user_data), None)
+        self.queue(nop_sqe(flags, user_data), None)
     }
 
     /// Queues an `fsync` of `fd`. Completes with 0.
     pub fn add_fsync(&self, fd: RawFd, user_data: UserData) -> Result<()> {
-        self.queue(&fsync_sqe(fd, user_data), None)
+        self.queue(fsync_sqe(fd, user_data), None)
     }
 
     /// Queues `fallocate(fd, mode, offset, len)`: `mode` 0 allocates, and
@@ -642,13 +633,13 @@ impl URingContext {
         mode: u32,
         user_data: UserData,
     ) -> Result<()> {
-        self.queue(&fallocate_sqe(fd, offset, len, mode, user_data), None)
+        self.queue(fallocate_sqe(fd, offset, len, mode, user_data), None)
     }
 
     /// Queues a one-shot poll of `fd`. Completes with the `POLL*` events that
     /// are ready, once one of `events` is.
     pub fn add_poll_fd(&self, fd: RawFd, events: EventType, user_data: UserData) -> Result<()> {
-        self.queue(&poll_add_sqe(fd, events, user_data), None)
+        self.queue(poll_add_sqe(fd, events, user_data), None)
     }
 
     /// Queues the removal of the poll added with user_data `target`.
@@ -657,7 +648,7 @@ impl URingContext {
     /// completes with `ECANCELED`), `ENOENT` if no poll with that user_data
     /// is pending, or `EALREADY` if it is already completing.
     pub fn remove_poll_fd(&self, target: UserData, user_data: UserData) -> Result<()> {
-        self.queue(&poll_remove_sqe(target, user_data), None)
+        self.queue(poll_remove_sqe(target, user_data), None)
     }
 
     /// Queues the cancellation of the operation added with user_data
@@ -668,7 +659,7 @@ impl URingContext {
     /// user_data is in the kernel, or `EALREADY` if it is already running
     /// and cannot be stopped (it then completes normally).
     pub fn async_cancel(&self, target: UserData, user_data: UserData) -> Result<()> {
-        self.queue(&cancel_sqe(target, user_data), None)
+        self.queue(cancel_sqe(target, user_data), None)
     }
 
     /// Sends every queued operation to the kernel, without waiting for any
@@ -998,14 +989,19 @@ impl URingContext {
                 // Other failures are not fatal here: the deadline bounds us.
                 _ => {}
             }
-            // What already completed needs no cancellation.
+            // Reap what completed (cancellations, their targets, and what
+            // needs no cancellation), then see whether anything is left.
             for (user_data, _) in self.completions_ready() {
                 cancels.remove(&user_data);
             }
+            let left = deadline.left();
             let targets: Vec<u64> = {
                 let complete = lock(&self.complete);
                 if complete.in_flight() == 0 {
                     return true;
+                }
+                if left.is_zero() {
+                    return false;
                 }
                 let targeted: HashSet<u64> = cancels.values().copied().collect();
                 complete
@@ -1016,26 +1012,14 @@ impl URingContext {
             for target in targets {
                 let user_data = Self::unused_user_data(&lock(&self.complete), &mut next_user_data);
                 // May use the slot `add_*` leave free (see `in_flight_cap`).
-                let sqe = cancel_sqe(target, user_data);
-                if self
-                    .queue_within(&sqe, None, self.in_flight_cap + 1)
-                    .is_err()
-                {
+                let mut cancel = [(cancel_sqe(target, user_data), None)];
+                if self.queue_all(&mut cancel, self.in_flight_cap + 1).is_err() {
                     break; // No room: the next round submits and retries.
                 }
                 cancels.insert(user_data, target);
             }
+            // Send the cancellations now; the next round reaps them.
             let _ = self.submit();
-            for (user_data, _) in self.completions_ready() {
-                cancels.remove(&user_data);
-            }
-            if lock(&self.complete).in_flight() == 0 {
-                return true;
-            }
-            let left = deadline.left();
-            if left.is_zero() {
-                return false;
-            }
             let _ = self.poll_ring(left.min(ROUND));
         }
     }

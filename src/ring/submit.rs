@@ -15,8 +15,8 @@ use crate::bindings::{io_uring_params, io_uring_sqe, IORING_OP_NOP};
 /// - the slots from the kernel's head up to `tail` belong to the kernel until
 ///   it advances its head past them; we only write slots outside that range.
 pub(crate) struct SubmitQueue {
-    head: *const AtomicU32,
-    tail_ptr: *const AtomicU32,
+    /// The shared head and tail.
+    indices: SubmitProbe,
     sqes: *mut io_uring_sqe,
     mask: u32,
     entries: u32,
@@ -67,8 +67,10 @@ impl SubmitQueue {
         // published yet, so the kernel does not touch the tail.
         let tail = unsafe { (*tail_ptr).load(Ordering::Relaxed) };
         Ok(SubmitQueue {
-            head,
-            tail_ptr,
+            indices: SubmitProbe {
+                head,
+                tail: tail_ptr,
+            },
             sqes: QueuePointers::new(&memory.sqes).array(0, entries)?,
             mask,
             entries,
@@ -79,19 +81,12 @@ impl SubmitQueue {
 
     /// A reader of the queue's indices that needs no lock.
     pub(crate) fn probe(&self) -> SubmitProbe {
-        SubmitProbe {
-            head: self.head,
-            tail: self.tail_ptr,
-        }
+        self.indices
     }
 
     /// The kernel's SQ head: every slot before it has been consumed.
-    pub(crate) fn kernel_head(&self) -> u32 {
-        // SAFETY: `head` points into live ring memory (type invariant).
-        // Acquire pairs with the kernel's `smp_store_release` of the head in
-        // `io_commit_sqring`: its reads of the slots it consumed happen before
-        // we overwrite them.
-        unsafe { (*self.head).load(Ordering::Acquire) }
+    fn kernel_head(&self) -> u32 {
+        self.indices.kernel_head()
     }
 
     /// The next `count` free slots, or `None` when fewer than `count` are
@@ -163,11 +158,11 @@ impl SubmitQueue {
             "fewer SQEs than FreeSlots"
         );
         self.tail = tail;
-        // SAFETY: `tail_ptr` points into live ring memory (type invariant).
+        // SAFETY: the tail points into live ring memory (type invariant).
         // Release pairs with the kernel's `smp_load_acquire` of the tail in
         // `io_sqring_entries`: the SQEs written above are visible to it
         // before the new tail is.
-        unsafe { (*self.tail_ptr).store(self.tail, Ordering::Release) };
+        unsafe { (*self.indices.tail).store(self.tail, Ordering::Release) };
     }
 }
 
@@ -177,16 +172,19 @@ impl SubmitQueue {
 /// Invariant: both pointers point into the ring memory of the
 /// [`SubmitQueue`] it came from, and it is used only while that memory
 /// lives (the context drops the memory last).
+#[derive(Clone, Copy)]
 pub(crate) struct SubmitProbe {
     head: *const AtomicU32,
     tail: *const AtomicU32,
 }
 
 impl SubmitProbe {
-    /// The kernel's SQ head.
+    /// The kernel's SQ head: every slot before it has been consumed.
     pub(crate) fn kernel_head(&self) -> u32 {
         // SAFETY: `head` points into live ring memory (type invariant).
-        // Acquire as in `SubmitQueue::kernel_head`.
+        // Acquire pairs with the kernel's `smp_store_release` of the head in
+        // `io_commit_sqring`: its reads of the slots it consumed happen
+        // before we overwrite them.
         unsafe { (*self.head).load(Ordering::Acquire) }
     }
 

@@ -149,6 +149,14 @@ struct Shared {
     posted: Condvar,
 }
 
+impl Shared {
+    /// Locks the kernel's state, ignoring poisoning: a test that panicked
+    /// mid-call has already failed.
+    fn world(&self) -> MutexGuard<'_, World> {
+        self.world.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
 /// An in-memory file.
 #[derive(Default)]
 struct SimFile {
@@ -221,13 +229,6 @@ impl SimKernel {
         }
     }
 
-    fn world(&self) -> MutexGuard<'_, World> {
-        self.shared
-            .world
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-    }
-
     /// [`URingContext::new`] in this kernel.
     pub fn new_context(
         &self,
@@ -252,7 +253,7 @@ impl SimKernel {
 
     /// `io_uring_setup` in this kernel.
     fn setup(&self, entries: u32, params: &mut io_uring_params) -> io::Result<crate::sys::Ring> {
-        let mut world = self.world();
+        let mut world = self.shared.world();
         let ring = RingModel::new(entries, params, world.config.nodrop)?;
         world.rings.push(Some(ring));
         let id = world.rings.len() - 1;
@@ -265,7 +266,7 @@ impl SimKernel {
     /// Creates an in-memory file holding `contents`, positioned at 0, and
     /// returns its descriptor (valid in this kernel only).
     pub fn create_file(&self, contents: Vec<u8>) -> RawFd {
-        let mut world = self.world();
+        let mut world = self.shared.world();
         let fd = world.new_fd();
         let file = SimFile {
             data: contents,
@@ -277,13 +278,17 @@ impl SimKernel {
 
     /// A copy of the contents of the file `fd`, or `None` if there is none.
     pub fn file_contents(&self, fd: RawFd) -> Option<Vec<u8>> {
-        self.world().files.get(&fd).map(|file| file.data.clone())
+        self.shared
+            .world()
+            .files
+            .get(&fd)
+            .map(|file| file.data.clone())
     }
 
     /// Creates a pollable, ready for nothing, and returns its descriptor
     /// (valid in this kernel only).
     pub fn create_pollable(&self) -> RawFd {
-        let mut world = self.world();
+        let mut world = self.shared.world();
         let fd = world.new_fd();
         world.pollables.insert(fd, 0);
         fd
@@ -293,7 +298,7 @@ impl SimKernel {
     /// level-triggered: it stays so until set otherwise), completing every
     /// pending poll on it that waits for one of them.
     pub fn set_ready(&self, fd: RawFd, events: u32) {
-        let mut world = self.world();
+        let mut world = self.shared.world();
         let Some(ready) = world.pollables.get_mut(&fd) else {
             panic!("set_ready: {fd} is not a pollable of this kernel");
         };
@@ -306,7 +311,7 @@ impl SimKernel {
 
     /// Queues `fault` for injection (see [`Fault`] for when each is taken).
     pub fn inject(&self, fault: Fault) {
-        let mut world = self.world();
+        let mut world = self.shared.world();
         match fault {
             Fault::DropOverflow => world.overflow_drops += 1,
             _ => world.enter_faults.push_back(fault),
@@ -316,7 +321,7 @@ impl SimKernel {
     /// Forgets the faults queued by [`inject`](Self::inject) and not yet
     /// injected.
     pub fn clear_faults(&self) {
-        let mut world = self.world();
+        let mut world = self.shared.world();
         world.enter_faults.clear();
         world.overflow_drops = 0;
     }
@@ -324,7 +329,7 @@ impl SimKernel {
     /// Releases up to `max` held-back completions, across all rings, in a
     /// random order; returns how many it released.
     pub fn complete_deferred(&self, max: usize) -> usize {
-        let mut world = self.world();
+        let mut world = self.shared.world();
         let mut released = 0;
         for id in 0..world.rings.len() {
             released += model::release_deferred(&mut world, id, max - released);
@@ -336,13 +341,13 @@ impl SimKernel {
     /// Operations the kernel holds: pending polls and held-back work, in
     /// all rings.
     pub fn pending(&self) -> usize {
-        let world = self.world();
+        let world = self.shared.world();
         world.rings.iter().flatten().map(RingModel::pending).sum()
     }
 
     /// What the kernel has done so far.
     pub fn stats(&self) -> SimStats {
-        self.world().stats
+        self.shared.world().stats
     }
 }
 

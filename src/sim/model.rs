@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use super::{Fault, Region, Shared, World};
 use crate::bindings::*;
-use crate::context::MAX_ENTRIES;
+use crate::context::{MAX_ENTRIES, MAX_IOVECS};
 use crate::sys::Mapping;
 
 /// How long a simulated `io_uring_enter` or poll may block before the
@@ -39,9 +39,6 @@ const CQES: u32 = 192;
 /// The SQE flags the kernel knows (`IOSQE_FIXED_FILE` to
 /// `IOSQE_CQE_SKIP_SUCCESS`).
 const KNOWN_SQE_FLAGS: u8 = (1 << (IOSQE_CQE_SKIP_SUCCESS_BIT + 1)) - 1;
-
-/// The most iovecs one readv or writev takes (`UIO_MAXIOV`).
-const MAX_IOVECS: u32 = 1024;
 
 /// Restrictions registered on a ring (`IORING_REGISTER_RESTRICTIONS`).
 #[derive(Default)]
@@ -498,7 +495,7 @@ fn run(world: &mut World, sqe: &io_uring_sqe) -> Result<i32, i32> {
             Ok(0)
         }
         opcode => {
-            if sqe.len > MAX_IOVECS {
+            if sqe.len as usize > MAX_IOVECS {
                 return Err(libc::EINVAL);
             }
             let at_position = offset == u64::MAX;
@@ -566,13 +563,6 @@ impl SimRing {
         SimRing { shared, id }
     }
 
-    fn world(&self) -> MutexGuard<'_, World> {
-        self.shared
-            .world
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-    }
-
     /// Blocks on the kernel's condition variable until `deadline`; panics
     /// past the watchdog, which only a test waiting for the impossible
     /// reaches.
@@ -599,7 +589,7 @@ impl SimRing {
 
     /// `mmap` of the ring at one of the magic offsets.
     pub(crate) fn map(&self, offset: u64, len: usize) -> io::Result<Mapping> {
-        let mut world = self.world();
+        let mut world = self.shared.world();
         let ring = ring_mut(&mut world, self.id);
         let region = match u32::try_from(offset) {
             Ok(IORING_OFF_SQ_RING) => &ring.sq_ring,
@@ -616,7 +606,7 @@ impl SimRing {
     /// `io_uring_enter`.
     pub(crate) fn enter(&self, to_submit: u32, min_complete: u32, flags: u32) -> io::Result<u32> {
         let errno = |e| Err(io::Error::from_raw_os_error(e));
-        let mut world = self.world();
+        let mut world = self.shared.world();
         world.stats.enters += 1;
         if ring_mut(&mut world, self.id).disabled {
             return errno(libc::EBADFD);
@@ -670,7 +660,7 @@ impl SimRing {
         let deadline = u64::try_from(timeout_ms)
             .ok()
             .map(|ms| started + Duration::from_millis(ms));
-        let mut world = self.world();
+        let mut world = self.shared.world();
         loop {
             if ring_mut(&mut world, self.id).readable() {
                 return true;
@@ -698,7 +688,7 @@ impl SimRing {
         nr_args: u32,
     ) -> io::Result<i32> {
         let errno = |e| Err(io::Error::from_raw_os_error(e));
-        let mut world = self.world();
+        let mut world = self.shared.world();
         let ring = ring_mut(&mut world, self.id);
         if ring.restricted {
             let allowed = ring
@@ -787,7 +777,7 @@ impl Drop for SimRing {
     fn drop(&mut self) {
         // Closing the ring: the kernel tears down what is pending without
         // posting anything, and frees the rings once unmapped.
-        self.world().rings[self.id] = None;
+        self.shared.world().rings[self.id] = None;
         self.shared.posted.notify_all();
     }
 }
