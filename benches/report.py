@@ -8,7 +8,8 @@ per iteration) and ratios against the comparator measured in the same run.
     python3 benches/report.py --runs run*.json --svg benches/chart.svg
                                                    # median of several runs
 
-Ratios are taken within each run, then their median across runs is shown.
+Each ratio is the quotient of the two medians shown, with the range of
+the per-run ratios beside it.
 Standard library only.
 """
 import argparse
@@ -137,15 +138,16 @@ def main():
         pathlib.Path(args.save).write_text(json.dumps({"/".join(k): v for k, v in runs[0].items()}))
     keys = set().union(*runs)
     results = {k: median([r[k] for r in runs if k in r]) for k in keys}
+    # Ratios of the medians shown, and the range of the per-run ratios.
     ratios = {}
     for (g, f, p) in keys:
         base = COMPARATOR.get(g)
-        if base and f != base:
+        if base and f != base and (g, base, p) in results:
             per_run = [r[(g, f, p)] / r[(g, base, p)] for r in runs
                        if (g, f, p) in r and (g, base, p) in r]
-            if per_run:
-                ratios[(g, f, p)] = median(per_run)
-    print(f"median of {len(runs)} run(s); ratio = ns/op over the {'/'.join(sorted(set(COMPARATOR.values())))} figure of the same run")
+            ratios[(g, f, p)] = (results[(g, f, p)] / results[(g, base, p)],
+                                 min(per_run), max(per_run))
+    print(f"median of {len(runs)} run(s); ratio = median over the {'/'.join(sorted(set(COMPARATOR.values())))} median, [per-run range]")
     groups = sorted({g for g, _, _ in results})
     for group in groups:
         functions = sorted({f for g, f, _ in results if g == group})
@@ -160,7 +162,7 @@ def main():
                 ratio = ratios.get((group, f, p))
                 cell = "" if v is None else f"{v:.1f}"
                 if ratio is not None:
-                    cell += f" ({ratio:.2f}×)"
+                    cell += f" ({ratio[0]:.2f}× [{ratio[1]:.2f}–{ratio[2]:.2f}])"
                 cells.append(cell)
             print(f"| {p} | " + " | ".join(cells) + " |")
     if args.svg:

@@ -50,6 +50,11 @@ fn max_entries_is_accepted() {
             assert_eq!(reap(&ring, 1)[0].0, 1);
         }
         Err(Error::OutOfLockedMemory) => {
+            // Under CI a green run must mean the ring was created.
+            assert!(
+                std::env::var("CI").as_deref() != Ok("true"),
+                "{MAX_ENTRIES} entries: not enough locked memory under CI"
+            );
             eprintln!("{MAX_ENTRIES} entries: not enough locked memory")
         }
         Err(e) => panic!("{MAX_ENTRIES} entries refused: {e}"),

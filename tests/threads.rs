@@ -9,13 +9,14 @@ mod common;
 
 use std::collections::HashMap;
 use std::fs::File;
+use std::io::{self, Write};
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use common::{add_and_submit_without_reaping, leaked_buf, pinned, reap};
-use ringfence::{Error, IoBufMut, URingContext};
+use ringfence::{Error, EventType, IoBufMut, URingContext};
 
 const SUBMITTERS: u64 = 4;
 const REAPERS: usize = 4;
@@ -255,7 +256,7 @@ fn assert_each_once(completions: &[(u64, std::io::Result<u32>)], uds: std::ops::
 }
 
 #[test]
-fn twice_the_completion_ring_in_flight_are_all_delivered() {
+fn two_and_a_half_completion_rings_in_flight_are_all_delivered() {
     let ring = ring!(8);
     assert_eq!(ring.sq_entries(), 8);
     assert_eq!(ring.cq_entries(), 16);
@@ -344,4 +345,30 @@ fn concurrent_submitters_never_report_a_busy_kernel() {
         }
     });
     assert_eq!(reaped as u64, THREADS * OPS);
+}
+
+#[test]
+fn a_poll_that_fires_after_the_thread_that_submitted_it_exited_completes_with_ecanceled() {
+    // Why threads that submit must outlive what they submit: the
+    // kernel runs a poll's completion as task work of the thread whose
+    // io_uring_enter consumed it, and cancels it if that thread is gone.
+    let ring = ring!(8);
+    let (reader, writer) = common::pipe();
+    thread::scope(|s| {
+        let submitter = s.spawn(|| {
+            ring.add_poll_fd(reader.as_raw_fd(), EventType::Read, 1)
+                .expect("poll");
+            ring.submit().expect("submit");
+        });
+        // An explicit join waits for the thread itself to end; the end of
+        // the scope only waits for its closure to return.
+        submitter.join().expect("submitter panicked");
+    });
+    // The submitting thread is gone; the poll is still pending.
+    assert_eq!(ring.in_flight(), 1);
+    (&writer).write_all(b"x").expect("write to the pipe");
+    let (ud, result) = reap(&ring, 1).pop().unwrap();
+    assert_eq!(ud, 1);
+    let errno = result.as_ref().err().and_then(io::Error::raw_os_error);
+    assert_eq!(errno, Some(libc::ECANCELED), "{result:?}");
 }

@@ -131,6 +131,11 @@ fuzz_target!(|data: &[u8]| {
         let arg = pair.get(1).copied().unwrap_or(0);
         let user_data = u64::from(arg) % USER_DATA_SPACE;
         let target = (user_data + 1) % USER_DATA_SPACE;
+        if !h.in_flight.contains_key(&user_data) {
+            // A sentinel, so a read whose data never lands cannot pass for
+            // one that did (no operation uses this buffer now).
+            bufs[user_data as usize].fill(0xee);
+        }
         let buf = bufs[user_data as usize].as_mut_ptr();
         // SAFETY: the buffer of this user_data is used by no other
         // operation in flight (the context refuses a duplicate user_data),

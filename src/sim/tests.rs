@@ -278,6 +278,15 @@ fn a_batch_is_queued_whole_or_not_at_all() {
 }
 
 #[test]
+fn wait_with_nothing_in_flight_returns_an_empty_iterator_without_entering_the_kernel() {
+    let kernel = SimKernel::new();
+    let ring = kernel.new_context(4, None).unwrap();
+    // Blocking here would hit the simulated kernel's watchdog and panic.
+    assert_eq!(ring.wait().unwrap().count(), 0);
+    assert_eq!(kernel.stats().enters, 0);
+}
+
+#[test]
 fn interrupted_enters_are_retried_by_submit_and_wait() {
     let kernel = SimKernel::new();
     let ring = kernel.new_context(8, None).unwrap();

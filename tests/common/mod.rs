@@ -148,7 +148,10 @@ pub fn reap(ring: &URingContext, count: usize) -> Vec<(u64, std::io::Result<u32>
             "timed out with {} of {count} completions",
             out.len()
         );
-        out.extend(ring.wait().expect("wait failed"));
+        // `wait` could block for good on a completion that never comes;
+        // `wait_timeout` keeps the deadline.
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        out.extend(ring.wait_timeout(left).expect("wait failed"));
     }
     out
 }
