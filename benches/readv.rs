@@ -12,6 +12,7 @@ use std::os::fd::AsRawFd;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use io_uring::{opcode, types, IoUring};
+use ringfence::op::{Readv, Target};
 use ringfence::{IoBufMut, OpBatch, URingContext};
 
 const BLOCK: usize = 4096;
@@ -102,9 +103,11 @@ fn readv(c: &mut Criterion) {
                 b.iter(|| {
                     for i in 0..n {
                         let iovecs = bufs.pinned(i);
-                        // SAFETY: see `Buffers::pinned`.
-                        unsafe { ops.add_readv(iovecs, fd, Some(offsets.next()), i as u64) }
-                            .unwrap();
+                        // SAFETY: see `Buffers::pinned`; the file outlives
+                        // the ring.
+                        let target = unsafe { Target::from_raw_fd(fd) };
+                        let read = Readv::new(iovecs, target, Some(offsets.next()));
+                        ops.add(read, i as u64).unwrap();
                     }
                     ring.add_batch(&mut ops).unwrap();
                     drain(&ring, n);

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use io_uring::{opcode, IoUring};
+use ringfence::op::Nop;
 use ringfence::{Error, OpBatch, URingContext};
 
 const PRODUCERS: u64 = 2;
@@ -83,7 +84,7 @@ fn ringfence_run(credits: &Credits) -> Duration {
                 for first in (0..PER_PRODUCER).step_by(BATCH as usize) {
                     credits.take(BATCH as usize);
                     for i in first..first + BATCH {
-                        ops.add_nop(producer << 32 | i);
+                        ops.add(Nop::new(), producer << 32 | i).unwrap();
                     }
                     loop {
                         match ring.add_batch(&mut ops) {

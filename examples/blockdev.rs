@@ -109,15 +109,16 @@ fn run() -> Result<(), BoxError> {
         config.seed
     );
 
-    // The ring: the kernel will refuse anything not on this list.
+    // The ring: the kernel will refuse anything not on this list. The
+    // housekeeping pair (Nop to wake a blocked thread, AsyncCancel for drop
+    // to stop what is in flight) comes first.
     let mut allowlist = URingAllowlist::new();
+    allowlist.allow_housekeeping();
     for op in [
         URingOperation::Readv,
         URingOperation::Writev,
         URingOperation::Fsync,
-        URingOperation::Nop,
         URingOperation::PollAdd,
-        URingOperation::AsyncCancel,
     ] {
         allowlist.allow_submit_operation(op);
     }

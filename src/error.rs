@@ -2,12 +2,27 @@
 
 use std::io;
 
-use crate::allowlist::RegisterOperation;
+use crate::abi::{RegisterOperation, MAX_ENTRIES, MAX_FILE_OFFSET, MAX_IOVECS};
 
 /// Everything that can go wrong in ringfence.
 #[remain::sorted]
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum Error {
+    /// [`URingContext::close`](crate::URingContext::close) found operations
+    /// still in flight on a ring whose allowlist lacks
+    /// [`URingOperation::AsyncCancel`](crate::URingOperation::AsyncCancel):
+    /// nothing can stop them, so their state was leaked at once (the
+    /// memory their buffers point to must stay valid for the life of the
+    /// process). Allow the housekeeping pair with
+    /// [`URingAllowlist::allow_housekeeping`](crate::URingAllowlist::allow_housekeeping).
+    #[error(
+        "{0} operations were still in flight on a ring whose allowlist does not allow \
+         AsyncCancel: they cannot be cancelled, so their state was leaked and the memory \
+         their buffers point to must stay valid for the life of the process; allow \
+         AsyncCancel (URingAllowlist::allow_housekeeping) to let close and drop cancel them"
+    )]
+    CancelNotAllowed(usize),
     /// The kernel dropped completions it had no memory to keep (its CQ
     /// overflow counter rose; a waiting `io_uring_enter` fails with
     /// `EBADR`): the operations they belonged to stay in flight forever,
@@ -19,18 +34,22 @@ pub enum Error {
     )]
     CompletionsLost,
     /// [`URingContext::close`](crate::URingContext::close) gave up waiting:
-    /// this many operations were still in the kernel, and their iovec
-    /// arrays were leaked.
+    /// this many operations were still in the kernel, and what they keep
+    /// alive (iovec arrays, files) was leaked.
     #[error(
-        "{0} operations were still in the kernel when close gave up waiting: their iovec \
-         arrays were leaked, and the memory they point to must stay valid for the life of \
+        "{0} operations were still in the kernel when close gave up waiting: their state \
+         was leaked, and the memory their buffers point to must stay valid for the life of \
          the process"
     )]
     DrainTimedOut(usize),
-    /// An operation with this user_data is still in flight.
+    /// The add was refused because an operation that pins caller memory
+    /// would share this user_data with another operation in flight (either
+    /// the new one pins memory, or one in flight with this user_data does):
+    /// the caller could not tell their completions apart.
     #[error(
-        "user_data {0} is already used by an operation in flight: wait for its completion \
-         or use another user_data"
+        "user_data {0} is already used by an operation in flight, and one of the two pins \
+         caller memory (iovecs, buffers), so their completions could not be told apart: wait \
+         for its completion or use another user_data"
     )]
     DuplicateUserData(u64),
     /// `io_uring_enter` failed with an error other than the transient ones.
@@ -40,9 +59,19 @@ pub enum Error {
     /// is 0 or above the kernel's limit.
     #[error(
         "a ring of {0} entries is out of range: io_uring takes 1 to {max} entries",
-        max = crate::context::MAX_ENTRIES
+        max = MAX_ENTRIES
     )]
     EntriesOutOfRange(usize),
+    /// A file offset the kernel cannot take: above
+    /// [`MAX_FILE_OFFSET`](crate::MAX_FILE_OFFSET) (`i64::MAX`), it would be
+    /// negative to the kernel, and `u64::MAX` would mean "the current file
+    /// position". Pass `None` for the current position.
+    #[error(
+        "file offset {0} is out of range: offsets go up to {max} (i64::MAX); \
+         pass None to use the file's current position",
+        max = MAX_FILE_OFFSET
+    )]
+    InvalidOffset(u64),
     /// The kernel refuses io_uring to this process (EPERM).
     #[error(
         "io_uring is disabled for this process (EPERM): the sysctl kernel.io_uring_disabled \
@@ -94,7 +123,7 @@ pub enum Error {
     #[error("io_uring_setup failed: {0}")]
     Setup(io::Error),
     /// More iovecs than one readv or writev takes.
-    #[error("{0} iovecs is more than one operation takes (at most {max})", max = crate::context::MAX_IOVECS)]
+    #[error("{0} iovecs is more than one operation takes (at most {max})", max = MAX_IOVECS)]
     TooManyIovecs(usize),
 }
 
@@ -130,11 +159,13 @@ impl From<Error> for io::Error {
     fn from(err: Error) -> io::Error {
         #[remain::sorted]
         match err {
+            Error::CancelNotAllowed(_) => io::Error::other(err),
             Error::CompletionsLost => io::Error::from_raw_os_error(libc::EBADR),
             Error::DrainTimedOut(_) => io::Error::new(io::ErrorKind::TimedOut, err),
             Error::DuplicateUserData(_) => io::Error::new(io::ErrorKind::AlreadyExists, err),
             Error::Enter(e) => e,
             Error::EntriesOutOfRange(_) => io::Error::new(io::ErrorKind::InvalidInput, err),
+            Error::InvalidOffset(_) => io::Error::new(io::ErrorKind::InvalidInput, err),
             Error::IoUringDisabled => io::Error::from_raw_os_error(libc::EPERM),
             Error::IoUringUnavailable => io::Error::from_raw_os_error(libc::ENOSYS),
             Error::KernelBusy(e) => e,

@@ -13,8 +13,8 @@
 //!
 //! let mut allowlist = URingAllowlist::new();
 //! allowlist
-//!     .allow_submit_operation(URingOperation::Readv)
-//!     .allow_submit_operation(URingOperation::Nop);
+//!     .allow_housekeeping() // Nop and AsyncCancel, which the context uses.
+//!     .allow_submit_operation(URingOperation::Readv);
 //! let ring = URingContext::new(32, Some(&allowlist))?;
 //!
 //! let file = File::open("/dev/zero")?;
@@ -33,46 +33,165 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 //!
+//! # Kernel versions
+//!
+//! | feature | Linux |
+//! |---|---|
+//! | io_uring, nop, readv, writev, fsync, poll, [`URingContext::new`] without an allowlist | 5.1 |
+//! | [`register_eventfd`](URingContext::register_eventfd) | 5.2 |
+//! | `IORING_FEAT_NODROP` (completions kept when the ring is full), async cancel | 5.5 |
+//! | fallocate | 5.6 |
+//! | allowlists (`IORING_REGISTER_RESTRICTIONS`), disabled rings ([`URingContext::new_disabled`]) | 5.10 |
+//! | register calls left open by an allowlist with only operation entries | 7.0 (see [`URingAllowlist`]) |
+//!
+//! # Waiting
+//!
+//! [`URingContext::wait`] blocks until a completion is ready, also when
+//! nothing is in flight, as crosvm's does: another thread's nop (or any
+//! operation it submits) wakes it. A thread alone with a ring must not wait
+//! with nothing in flight; [`URingContext::wait_timeout`] bounds the wait
+//! (`Duration::ZERO` only looks). A worker loop with a clean shutdown:
+//!
+//! ```
+//! use std::time::Duration;
+//! use ringfence::URingContext;
+//!
+//! const STOP: u64 = u64::MAX;
+//! let ring = URingContext::new(16, None)?;
+//! std::thread::scope(|s| {
+//!     let worker = s.spawn(|| -> ringfence::Result<u64> {
+//!         let mut handled = 0;
+//!         loop {
+//!             for (user_data, _result) in ring.wait()? {
+//!                 if user_data == STOP {
+//!                     return Ok(handled);
+//!                 }
+//!                 handled += 1;
+//!             }
+//!         }
+//!     });
+//!     ring.add_nop(1)?;
+//!     ring.submit()?;
+//!     ring.add_nop(STOP)?; // Wakes the worker, which is blocked in wait().
+//!     ring.submit()?;
+//!     assert!(worker.join().unwrap()? <= 1);
+//!     Ok::<_, ringfence::Error>(())
+//! })?;
+//! ring.close(Duration::from_secs(1))?;
+//! # Ok::<(), ringfence::Error>(())
+//! ```
+//!
+//! # Owning buffers
+//!
+//! Readv and writev point the kernel at memory the caller owns. The rule
+//! ([`IoBufMut::from_raw_parts`], [`URingContext::add_readv`]): each buffer
+//! stays valid, and untouched by anything else, until its operation's
+//! completion has been returned by `wait` or [`URingContext::close`] has
+//! returned `Ok`. A plain drop cannot report whether it drained, so memory
+//! that must outlive a drop with operations in flight should outlive the
+//! process. The simplest way to keep the rule is a pool of buffers that
+//! outlives the ring, one buffer per user_data in flight: the context
+//! refuses a second readv or writev with a user_data still in flight, so no
+//! two operations ever share a buffer. `examples/blockdev.rs` works this
+//! way.
+//!
 //! # Safety model
 //!
-//! The unsafe code lives in two places: `sys` (the three io_uring syscalls
-//! and the ring mappings) and `ring` (the only code that reads or writes ring
-//! memory). The context above them keeps these invariants:
+//! The context keeps these invariants:
 //!
 //! - **Ring memory outlives every pointer into it.** The mappings are owned
 //!   by the context, declared after the queues that point into them, and
 //!   unmapped only when the context is dropped.
-//! - **Pinned iovecs live until their completion.** Each readv/writev keeps
-//!   its iovec array in the completion state, keyed by user_data, until its
-//!   completion is popped; a failed `io_uring_enter` never frees it. The
-//!   record is made before the SQE is published, so a completion always
-//!   finds it.
-//! - **No two operations in flight share a user_data.** An add that would
-//!   reuse one fails with [`Error::DuplicateUserData`], so one completion can
-//!   never free another operation's iovecs.
-//! - **One writer per ring index.** Only the holder of the submit lock writes
-//!   SQEs and the SQ tail, and never a slot the kernel has not consumed;
-//!   only the holder of the completion lock reads CQEs and moves the CQ head.
-//!   The kernel's indices (SQ head, CQ tail) are loaded with Acquire and
-//!   ours (SQ tail, CQ head) stored with Release, pairing with the kernel's
-//!   barriers.
+//! - **What an operation keeps alive lives until its completion.** Each
+//!   operation's state (its iovec array, a file held open) is recorded in
+//!   the context's table under an identity of the context's own before its
+//!   SQE is published, and released only once the caller has its
+//!   completion (or drain has seen it, or leaks it); a failed
+//!   `io_uring_enter` never frees it.
+//! - **A completion releases only its own operation.** The SQE carries
+//!   the context's identity (tag, generation, slot), not the caller's
+//!   user_data, which is only a label. A completion the context did not
+//!   issue releases nothing. Labels may be shared by operations that pin no
+//!   caller memory; one that pins memory shares its label with nothing in
+//!   flight, so the caller can always tell which buffer a completion frees.
+//! - **One writer per ring index.** Only the holder of the submit lock
+//!   writes SQEs and the SQ tail, and never a slot the kernel has not
+//!   consumed; only the holder of the completion lock reads CQEs and moves
+//!   the CQ head. The kernel's indices (SQ head, CQ tail) are loaded with
+//!   Acquire and ours (SQ tail, CQ head) stored with Release, pairing with
+//!   the kernel's barriers.
 //! - **Drop drains.** Dropping the context cancels what is in flight and
-//!   waits for the kernel to finish with it; if it cannot, it leaks the
-//!   pinned memory rather than free memory the kernel may still use.
+//!   waits for the kernel to finish with it; if it cannot, it leaks that
+//!   state rather than free memory the kernel may still use.
 //!
-//! The `unsafe` in the public API is the caller's half of the bargain: the
-//! buffers handed to [`URingContext::add_readv`] and friends must stay valid
-//! until their completion is returned by `wait`, or
-//! [`URingContext::close`] has returned `Ok`. A plain drop cannot report
-//! whether it drained the ring, so after a drop with operations in flight
-//! their buffers must live for the rest of the process.
+//! Where the unsafe code lives, each block with its `SAFETY` argument:
+//!
+//! - `sys`: the three io_uring syscalls, `poll(2)` and the ring mappings.
+//!   `io_uring_enter` is an `unsafe fn` whose obligation is that every
+//!   published SQE points only at memory valid until its completion;
+//!   `context/submit.rs` is the one caller, and argues it from the table.
+//! - `ring`: the only code that reads or writes ring memory (SQEs, CQEs,
+//!   the indices).
+//! - `abi`: the SQE and restriction newtypes, the only code that names
+//!   bindgen's unions.
+//! - `iobuf`: the iovec array the kernel reads, owned by raw pointer while
+//!   it is in flight.
+//! - `context/setup.rs`: the register calls and the pointers they pass.
+//! - `op`: turning raw iovecs into [`IoBufMut`]s, an `unsafe fn`.
+//! - `sim` (tests and the `sim` feature): the simulated kernel's memory.
+//!
+//! The `unsafe` in the public API is the caller's half of the bargain:
+//! [`IoBufMut::from_raw_parts`], [`op::Target::from_raw_fd`] and the
+//! crosvm-named readv/writev methods, which keep crosvm's `unsafe`
+//! signatures (see their `# Safety` sections).
 //!
 //! A context belongs to the process that created it: a child after `fork`
 //! must not use it, and dropping it there leaks the child's copy without
 //! touching the parent's operations.
+//!
+//! # Porting from crosvm
+//!
+//! The `io_uring` crate in crosvm is this crate's model; a loop written for
+//! it runs unchanged, with these differences (each a hole closed):
+//!
+//! - **User data is a label.** crosvm puts the caller's user_data in the
+//!   SQE and frees an operation's iovecs by it, so two operations with one
+//!   user_data can free each other's memory. Here operations that pin
+//!   memory (readv, writev) get [`Error::DuplicateUserData`] for a label in
+//!   flight; others (nops, polls) may share one, as crosvm's tests do.
+//! - **In flight until the caller has the completion.** crosvm counts an
+//!   operation done once its CQE is off the ring; here it stays in flight
+//!   (and its label taken) while the completion waits in an iterator or was
+//!   handed back by one dropped early, and the ring fd polls readable for
+//!   completions handed back.
+//! - **Offsets.** `Some(u64::MAX)` reads at the current position in crosvm
+//!   (it is the kernel's -1); here `Some(offset)` is always absolute and an
+//!   offset above [`MAX_FILE_OFFSET`] is refused with
+//!   [`Error::InvalidOffset`]. Pass `None` for the current position.
+//! - **`remove_poll_fd(target, user_data)`** names the poll to remove by its
+//!   user_data; crosvm's takes `(fd, events, user_data)` and, leaving the
+//!   SQE's address 0, removes the poll whose user_data is 0.
+//! - **Short submits and busy kernels.** crosvm counts a short submit as
+//!   complete; here the rest stay queued and are offered again, and
+//!   `EAGAIN`/`EBUSY` from `submit` are [`Error::KernelBusy`] with nothing
+//!   lost.
+//! - **Drop drains.** crosvm frees the iovecs with the context while the
+//!   kernel may still use them; here drop cancels and waits, or leaks.
+//! - **Errors** are one [`Error`] enum (`Error::RingEnter(errno)` in
+//!   crosvm is [`Error::Enter`] or [`Error::KernelBusy`] here).
+//! - **More than crosvm:** allowlists can also restrict register calls and
+//!   SQE flags; [`URingContext::add`] and [`OpBatch`] take operations as
+//!   values ([`op`]); [`URingContext::wait_timeout`] and
+//!   [`URingContext::close`].
 
+#[cfg(not(target_os = "linux"))]
+compile_error!(
+    "ringfence drives Linux io_uring (io_uring_setup, io_uring_enter, io_uring_register): \
+     it builds for Linux targets only"
+);
+
+mod abi;
 mod allowlist;
-mod batch;
 #[rustfmt::skip]
 #[allow(
     dead_code,
@@ -89,6 +208,7 @@ mod bindings;
 mod context;
 mod error;
 mod iobuf;
+pub mod op;
 mod ring;
 #[cfg(any(test, feature = "sim"))]
 pub mod sim;
@@ -99,8 +219,12 @@ mod sys;
 #[doc = include_str!("../README.md")]
 struct ReadmeDoctests;
 
-pub use allowlist::{RegisterOperation, SqeFlags, URingAllowlist, URingOperation};
-pub use batch::OpBatch;
-pub use context::{EventType, URingContext, UserData, MAX_ENTRIES, MAX_IOVECS};
+pub use abi::{
+    FsyncFlags, IosqeFlags, RegisterOperation, SqeFlags, URingOperation, UserData, MAX_ENTRIES,
+    MAX_FILE_OFFSET, MAX_IOVECS,
+};
+pub use allowlist::URingAllowlist;
+pub use context::URingContext;
 pub use error::{Error, Result};
 pub use iobuf::IoBufMut;
+pub use op::{EventType, OpBatch};

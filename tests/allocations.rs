@@ -203,7 +203,8 @@ fn op_batch_rounds(
     for _ in 0..rounds {
         let first = *next;
         for _ in 0..batch {
-            ops.add_nop(*next);
+            ops.add(ringfence::op::Nop::new(), *next)
+                .expect("a nop is valid");
             *next += 1;
         }
         ring.add_batch(ops).expect("add_batch failed");

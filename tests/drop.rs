@@ -179,28 +179,82 @@ fn close_cancels_pending_operations_and_reports_success() {
     assert_eq!(&got, b"after close");
 }
 
-#[test]
-fn close_reports_operations_it_could_not_cancel() {
-    // Without AsyncCancel in the allowlist, nothing can stop the poll.
+/// An allowlist for pipe reads, with or without the housekeeping pair.
+fn pipe_read_allowlist(housekeeping: bool) -> ringfence::URingAllowlist {
     let mut allowlist = ringfence::URingAllowlist::new();
-    allowlist.allow_submit_operation(ringfence::URingOperation::PollAdd);
-    let (reader, writer) = pipe();
-    let ring = ring!(8, Some(&allowlist));
-    ring.add_poll_fd(reader.as_raw_fd(), EventType::Read, 1)
-        .unwrap();
-    ring.submit().unwrap();
+    allowlist.allow_submit_operation(ringfence::URingOperation::Readv);
+    if housekeeping {
+        allowlist.allow_housekeeping();
+    }
+    allowlist
+}
 
-    let timeout = Duration::from_millis(300);
+/// Queues and submits a read from an empty pipe that only a write (or a
+/// cancellation) can complete; returns the pipe and a view of the buffer.
+fn pending_pipe_read(ring: &URingContext) -> ((std::fs::File, std::fs::File), &'static [u8]) {
+    let (r, w) = pipe();
+    let (buf, view) = leaked_buf(16, 0xab);
+    // SAFETY: the buffer is leaked, so it outlives the operation (even if
+    // drop leaks it), and the test only reads it.
+    unsafe { ring.add_readv(pinned(vec![buf]), r.as_raw_fd(), None, 1) }.expect("readv");
+    ring.submit().expect("submit");
+    ((r, w), view)
+}
+
+#[test]
+fn close_on_a_ring_that_cannot_cancel_leaks_at_once_and_says_why() {
+    let ring = ring!(8, Some(&pipe_read_allowlist(false)));
+    let ((_r, mut w), view) = pending_pipe_read(&ring);
+
+    let timeout = Duration::from_secs(3);
     let start = Instant::now();
     let err = ring
         .close(timeout)
-        .expect_err("the poll cannot have been cancelled");
+        .expect_err("the read cannot have been cancelled");
     let took = start.elapsed();
-    assert!(matches!(err, ringfence::Error::DrainTimedOut(1)), "{err}");
-    assert!(err.to_string().contains("leaked"), "{err}");
-    assert!(took >= timeout, "gave up early, after {took:?}");
-    assert!(took < PROMPT, "overran its timeout: {took:?}");
-    drop(writer);
+    assert!(
+        matches!(err, ringfence::Error::CancelNotAllowed(1)),
+        "{err}"
+    );
+    assert!(err.to_string().contains("AsyncCancel"), "{err}");
+    assert!(took < PROMPT, "waited for what cannot come: {took:?}");
+    // The leaked read is still in the kernel: the buffer it was given
+    // stays valid (leaked), and the kernel may still fill it.
+    w.write_all(b"0123456789abcdef").expect("write");
+    std::thread::sleep(Duration::from_millis(50));
+    assert!(view == [0xab; 16] || view == b"0123456789abcdef");
+}
+
+#[test]
+fn drop_of_a_ring_that_cannot_cancel_is_prompt() {
+    let ring = ring!(8, Some(&pipe_read_allowlist(false)));
+    let (_pipe, _view) = pending_pipe_read(&ring);
+    let took = timed_drop(ring);
+    assert!(took < PROMPT, "drop without AsyncCancel took {took:?}");
+}
+
+#[test]
+fn drop_of_a_ring_with_the_housekeeping_pair_cancels_a_pending_read() {
+    let ring = ring!(8, Some(&pipe_read_allowlist(true)));
+    let ((r, mut w), view) = pending_pipe_read(&ring);
+    let took = timed_drop(ring);
+    assert!(took < PROMPT, "drop with a pending read took {took:?}");
+    w.write_all(b"after the drop!!").expect("write");
+    std::thread::sleep(Duration::from_millis(50));
+    assert_eq!(view, [0xab; 16], "the cancelled read wrote the buffer");
+    set_nonblocking(r.as_raw_fd());
+    let mut got = [0u8; 16];
+    (&r).read_exact(&mut got)
+        .expect("the data stays in the pipe");
+}
+
+#[test]
+fn close_of_a_ring_with_the_housekeeping_pair_drains_a_pending_read() {
+    let ring = ring!(8, Some(&pipe_read_allowlist(true)));
+    let (_pipe, view) = pending_pipe_read(&ring);
+    ring.close(Duration::from_secs(2))
+        .expect("AsyncCancel is allowed, so close drains");
+    assert_eq!(view, [0xab; 16]);
 }
 
 #[test]

@@ -202,41 +202,51 @@ mod seccomp {
     }
 }
 
-/// Tries to add every kind of operation with `ud` and asserts each is
-/// refused as a duplicate, leaving `in_flight` unchanged.
-fn assert_every_kind_refused(ring: &URingContext, ud: u64, pipe_fd: RawFd, file_fd: RawFd) {
+/// Tries to add every kind of operation with `ud`, and asserts that those
+/// that pin caller memory (readv, writev) are refused as sharing a label,
+/// and, when `pinned_in_flight`, every other kind too; refusals leave
+/// `in_flight` unchanged.
+fn assert_label_rule(
+    ring: &URingContext,
+    ud: u64,
+    pinned_in_flight: bool,
+    pipe_fd: RawFd,
+    file_fd: RawFd,
+) {
     let before = ring.in_flight();
-    let check = |what: &str, result: ringfence::Result<()>| match result {
+    let refused = |what: &str, result: ringfence::Result<()>| match result {
         Err(Error::DuplicateUserData(got)) => assert_eq!(got, ud, "{what}"),
         other => panic!(
             "{what} with in-flight user_data {ud}: expected DuplicateUserData, got {other:?}"
         ),
     };
     let buf = || leaked_buf(8, 0x5a);
-    check("nop", ring.add_nop(ud));
     // SAFETY: the buffer is leaked, so it outlives any operation using it;
     // a refused add never reaches the kernel.
-    check("readv", unsafe {
+    refused("readv", unsafe {
         ring.add_readv(pinned(vec![buf().0]), pipe_fd, None, ud)
     });
     // SAFETY: as above.
-    check("writev", unsafe {
+    refused("writev", unsafe {
         ring.add_writev(pinned(vec![buf().0]), pipe_fd, None, ud)
     });
-    check("fsync", ring.add_fsync(file_fd, ud));
-    check("fallocate", ring.add_fallocate(file_fd, 0, 4096, 0, ud));
-    check("poll", ring.add_poll_fd(pipe_fd, EventType::Read, ud));
-    check("remove_poll_fd", ring.remove_poll_fd(ud, ud));
-    check("async_cancel", ring.async_cancel(ud, ud));
     let iov = buf().0.as_iovec();
     // SAFETY: the iovec describes a leaked buffer.
-    check("readv_iter", unsafe {
+    refused("readv_iter", unsafe {
         ring.add_readv_iter(std::iter::once(iov), pipe_fd, None, ud)
     });
     // SAFETY: as above.
-    check("writev_iter", unsafe {
+    refused("writev_iter", unsafe {
         ring.add_writev_iter(std::iter::once(iov), pipe_fd, None, ud)
     });
+    if pinned_in_flight {
+        refused("nop", ring.add_nop(ud));
+        refused("fsync", ring.add_fsync(file_fd, ud));
+        refused("fallocate", ring.add_fallocate(file_fd, 0, 4096, 0, ud));
+        refused("poll", ring.add_poll_fd(pipe_fd, EventType::Read, ud));
+        refused("remove_poll_fd", ring.remove_poll_fd(ud, ud));
+        refused("async_cancel", ring.async_cancel(ud, ud));
+    }
     assert_eq!(
         ring.in_flight(),
         before,
@@ -245,7 +255,7 @@ fn assert_every_kind_refused(ring: &URingContext, ud: u64, pipe_fd: RawFd, file_
 }
 
 #[test]
-fn duplicate_user_data_is_refused_for_every_kind_and_disturbs_nothing() {
+fn sharing_a_label_with_memory_pinned_is_refused_for_every_kind_and_disturbs_nothing() {
     let ring = ring!(32);
     let file = tempfile::tempfile().expect("tempfile");
     let (poll_r, mut poll_w) = pipe();
@@ -270,7 +280,14 @@ fn duplicate_user_data_is_refused_for_every_kind_and_disturbs_nothing() {
     assert_eq!(ring.in_flight(), 4);
 
     for ud in [POLL, READ, QUEUED, POSTED] {
-        assert_every_kind_refused(&ring, ud, read_r.as_raw_fd(), file.as_raw_fd());
+        let pinned_in_flight = ud == READ;
+        assert_label_rule(
+            &ring,
+            ud,
+            pinned_in_flight,
+            read_r.as_raw_fd(),
+            file.as_raw_fd(),
+        );
     }
 
     // Only the nops can complete yet, once each: the refused adds queued
@@ -302,9 +319,12 @@ fn duplicate_user_data_is_refused_for_every_kind_and_disturbs_nothing() {
     assert_eq!(view, b"for the original");
     assert_eq!(ring.in_flight(), 0);
 
-    // Once completed, a user_data is free again, for any kind.
+    // Once completed, a user_data is free again, for any kind, pinning
+    // memory or not.
     ring.add_nop(POLL).expect("reuse after completion");
-    ring.add_poll_fd(poll_r.as_raw_fd(), EventType::Read, READ)
+    let (buf, _) = leaked_buf(4, 0);
+    // SAFETY: the buffer is leaked.
+    unsafe { ring.add_readv(pinned(vec![buf]), file.as_raw_fd(), Some(0), READ) }
         .expect("reuse after completion");
     ring.add_fsync(file.as_raw_fd(), QUEUED)
         .expect("reuse after completion");
@@ -317,6 +337,36 @@ fn duplicate_user_data_is_refused_for_every_kind_and_disturbs_nothing() {
     for (ud, result) in &reused {
         assert!(result.is_ok(), "reused user_data {ud}: {result:?}");
     }
+}
+
+#[test]
+fn operations_that_pin_nothing_share_a_label_and_each_completes() {
+    let ring = ring!(32);
+    let file = tempfile::tempfile().expect("tempfile");
+    let (r, mut w) = pipe();
+    const SHARED: u64 = 3;
+    ring.add_nop(SHARED).expect("nop");
+    ring.add_nop(SHARED)
+        .expect("a second nop with the same label");
+    ring.add_fsync(file.as_raw_fd(), SHARED).expect("fsync");
+    ring.add_fallocate(file.as_raw_fd(), 0, 4096, 0, SHARED)
+        .expect("fallocate");
+    ring.add_poll_fd(r.as_raw_fd(), EventType::Read, SHARED)
+        .expect("poll");
+    ring.add_poll_fd(r.as_raw_fd(), EventType::Read, SHARED)
+        .expect("a second poll");
+    ring.submit().expect("submit");
+    assert_eq!(ring.in_flight(), 6);
+    // Nothing that pins memory may join them.
+    assert_label_rule(&ring, SHARED, false, r.as_raw_fd(), file.as_raw_fd());
+    w.write_all(b"x").expect("write");
+    let done = reap(&ring, 6);
+    assert!(
+        done.iter()
+            .all(|(ud, result)| *ud == SHARED && result.is_ok()),
+        "{done:?}"
+    );
+    assert_eq!(ring.in_flight(), 0);
 }
 
 /// `count` one-byte iovecs into one leaked buffer, and a view of it.
@@ -455,4 +505,65 @@ fn refused_duplicate_readv_never_reaches_the_kernel() {
     let mut rest = [0u8; 4];
     r.read_exact(&mut rest).expect("plain read");
     assert_eq!(&rest, b"EFGH");
+}
+
+#[test]
+fn an_offset_the_kernel_cannot_take_is_refused_at_add_time_and_never_read_as_none() {
+    let ring = ring!(8);
+    let file = tempfile::tempfile().expect("tempfile");
+    (&file).write_all(b"0123456789").expect("write");
+    // The file position is now 10: a read at the current position would
+    // find end of file; an absolute read at 0 finds the data.
+    for offset in [
+        u64::MAX,
+        u64::MAX - 1,
+        1 << 63,
+        ringfence::MAX_FILE_OFFSET + 1,
+    ] {
+        let (buf, view) = leaked_buf(4, 0xcc);
+        // SAFETY: the buffer is leaked; a refused add never reaches the
+        // kernel.
+        let added = unsafe { ring.add_readv(pinned(vec![buf]), file.as_raw_fd(), Some(offset), 1) };
+        match added {
+            Err(err @ Error::InvalidOffset(got)) => {
+                assert_eq!(got, offset);
+                assert!(err.to_string().contains("None"), "{err}");
+                assert_eq!(io::Error::from(err).kind(), io::ErrorKind::InvalidInput);
+            }
+            other => panic!("readv at {offset:#x}: {other:?}"),
+        }
+        let (buf, _) = leaked_buf(4, 0xcc);
+        // SAFETY: as above.
+        let added =
+            unsafe { ring.add_writev(pinned(vec![buf]), file.as_raw_fd(), Some(offset), 2) };
+        assert!(
+            matches!(added, Err(Error::InvalidOffset(_))),
+            "writev at {offset:#x}: {added:?}"
+        );
+        let added = ring.add_fallocate(file.as_raw_fd(), offset, 1, 0, 3);
+        assert!(
+            matches!(added, Err(Error::InvalidOffset(_))),
+            "fallocate at {offset:#x}: {added:?}"
+        );
+        assert_eq!(view, [0xcc; 4]);
+    }
+    assert_eq!(ring.in_flight(), 0);
+    // The largest offset is accepted and is absolute: far past the end.
+    let (buf, _) = leaked_buf(4, 0xcc);
+    // SAFETY: the buffer is leaked.
+    unsafe {
+        ring.add_readv(
+            pinned(vec![buf]),
+            file.as_raw_fd(),
+            Some(ringfence::MAX_FILE_OFFSET - 8),
+            4,
+        )
+    }
+    .expect("the largest offset");
+    let (ud, result) = reap(&ring, 1).pop().unwrap();
+    assert_eq!(
+        (ud, result.ok()),
+        (4, Some(0)),
+        "end of file, not the current position"
+    );
 }

@@ -116,10 +116,6 @@ fn reaper(
         } else {
             ring.wait().expect("wait failed").collect()
         };
-        if batch.is_empty() && !timed {
-            // wait() returns at once when nothing is in flight.
-            thread::yield_now();
-        }
         for (ud, result) in batch {
             if ud >= WAKE_BASE {
                 continue;
@@ -271,7 +267,9 @@ fn two_and_a_half_completion_rings_in_flight_are_all_delivered() {
     assert_eq!(ring.dropped_completions(), 0);
     assert_eq!(ring.in_flight(), 0);
     assert_eq!(
-        ring.wait().expect("wait").count(),
+        ring.wait_timeout(Duration::from_millis(20))
+            .expect("wait_timeout")
+            .count(),
         0,
         "completions after the last one"
     );
@@ -371,4 +369,66 @@ fn a_poll_that_fires_after_the_thread_that_submitted_it_exited_completes_with_ec
     assert_eq!(ud, 1);
     let errno = result.as_ref().err().and_then(io::Error::raw_os_error);
     assert_eq!(errno, Some(libc::ECANCELED), "{result:?}");
+}
+
+/// Submits `add` from a thread that then exits, and waits until it has.
+fn submit_from_a_thread_that_exits(ring: &URingContext, add: impl FnOnce(&URingContext) + Send) {
+    thread::scope(|s| {
+        let submitter = s.spawn(|| {
+            add(ring);
+            ring.submit().expect("submit");
+        });
+        submitter.join().expect("submitter panicked");
+    });
+}
+
+#[test]
+fn a_pipe_read_whose_submitting_thread_exited_stays_in_flight_and_completes_with_ecanceled() {
+    // A read of an empty pipe waits for readiness, like a poll: the thread
+    // exiting does not end it; it completes, cancelled, when data comes.
+    let ring = ring!(8);
+    let (reader, writer) = common::pipe();
+    let (buf, view) = leaked_buf(8, 0x11);
+    submit_from_a_thread_that_exits(&ring, |ring| {
+        // SAFETY: the buffer is leaked; the test reads it only after the
+        // read has completed.
+        unsafe { ring.add_readv(pinned(vec![buf]), reader.as_raw_fd(), None, 1) }.expect("readv");
+    });
+    thread::sleep(Duration::from_millis(100));
+    assert_eq!(
+        ring.wait_timeout(Duration::from_millis(50))
+            .unwrap()
+            .count(),
+        0,
+        "the read ended when its thread exited"
+    );
+    assert_eq!(ring.in_flight(), 1);
+    (&writer).write_all(b"12345678").expect("write");
+    let (ud, result) = reap(&ring, 1).pop().unwrap();
+    assert_eq!(ud, 1);
+    let errno = result.as_ref().err().and_then(io::Error::raw_os_error);
+    assert_eq!(errno, Some(libc::ECANCELED), "{result:?}");
+    assert_eq!(view, [0x11; 8], "a cancelled read wrote its buffer");
+}
+
+#[test]
+fn blocking_work_whose_submitting_thread_exited_completes_normally() {
+    // fallocate cannot be done without blocking, so the kernel runs it on a
+    // worker thread; there it runs to completion although the thread that
+    // submitted it is gone.
+    const LEN: u64 = 32 << 20;
+    let ring = ring!(8);
+    // SAFETY: the name is a NUL-terminated literal; memfd_create returns a
+    // new descriptor or -1.
+    let fd = unsafe { libc::memfd_create(c"ringfence-test".as_ptr(), libc::MFD_CLOEXEC) };
+    assert!(fd >= 0, "memfd_create: {}", io::Error::last_os_error());
+    // SAFETY: `fd` was just created and nothing else owns it.
+    let file = unsafe { <File as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+    submit_from_a_thread_that_exits(&ring, |ring| {
+        ring.add_fallocate(file.as_raw_fd(), 0, LEN, 0, 1)
+            .expect("fallocate");
+    });
+    let (ud, result) = reap(&ring, 1).pop().unwrap();
+    assert_eq!((ud, result.ok()), (1, Some(0)));
+    assert_eq!(file.metadata().expect("metadata").len(), LEN);
 }

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use criterion::Criterion;
 use io_uring::{opcode, IoUring};
+use ringfence::op::Nop;
 use ringfence::{OpBatch, URingContext};
 
 /// Batch sizes every batched benchmark runs.
@@ -39,7 +40,7 @@ pub fn drain(ring: &URingContext, batch: usize) {
 /// one lock, then reap them.
 pub fn ringfence_batch_round(ring: &URingContext, ops: &mut OpBatch, batch: usize) {
     for user_data in 0..batch as u64 {
-        ops.add_nop(user_data);
+        ops.add(Nop::new(), user_data).unwrap();
     }
     ring.add_batch(ops).unwrap();
     drain(ring, batch);

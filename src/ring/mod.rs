@@ -1,17 +1,16 @@
 //! The unsafe core: the only code that reads or writes ring memory.
 //!
-//! [`RingMemory`] owns the three mappings a ring needs. [`SubmitQueue`] and
-//! [`CompleteQueueState`] hold pointers into them, computed once by
-//! [`QueuePointers`] from the offsets the kernel reported and checked against
-//! the mapping lengths. The context owns the memory and both queues, and
-//! drops the memory last.
+//! [`RingMemory`] owns the three mappings a ring needs.
+//! [`SubmissionQueue`] and [`CompletionQueue`] hold pointers into them,
+//! computed once by [`QueuePointers`] from the offsets the kernel reported
+//! and checked against the mapping lengths. The context owns the memory and
+//! both queues, and drops the memory last.
 
 mod complete;
-mod in_flight;
 mod submit;
 
-pub(crate) use complete::{CompleteQueueState, InFlight};
-pub(crate) use submit::{blank_sqe, SubmitProbe, SubmitQueue};
+pub(crate) use complete::{CompletionQueue, CqIndices};
+pub(crate) use submit::{SqIndices, SubmissionQueue};
 
 use std::io;
 use std::mem::{align_of, size_of};
@@ -21,12 +20,6 @@ use crate::bindings::{
     IORING_OFF_SQ_RING,
 };
 use crate::sys::{Mapping, Ring};
-
-// The kernel ABI: an SQE is 64 bytes, a CQE 16 and the setup parameters 120
-// (without IORING_SETUP_SQE128 / CQE32, which we never set).
-const _: () = assert!(size_of::<io_uring_sqe>() == 64);
-const _: () = assert!(size_of::<io_uring_cqe>() == 16);
-const _: () = assert!(size_of::<io_uring_params>() == 120);
 
 /// The ring's three shared mappings: the SQ ring (head, tail, flags, index
 /// array), the CQ ring (head, tail, CQEs) and the SQE array.
@@ -94,5 +87,25 @@ impl<'a> QueuePointers<'a> {
         // value was written by the kernel before `io_uring_setup` returned and
         // is never written again, so a plain read does not race.
         Ok(unsafe { ptr.read() })
+    }
+
+    /// Reads `ring_entries` and `ring_mask` at the given offsets and checks
+    /// that they agree with each other and with `expected` entries.
+    fn ring_size(
+        &self,
+        entries_at: u32,
+        mask_at: u32,
+        expected: u32,
+        what: &str,
+    ) -> io::Result<u32> {
+        let entries = self.constant(entries_at)?;
+        let mask = self.constant(mask_at)?;
+        if !entries.is_power_of_two() || mask != entries - 1 || entries != expected {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("inconsistent {what} ring size"),
+            ));
+        }
+        Ok(entries)
     }
 }

@@ -2,21 +2,22 @@ use std::io;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use super::{QueuePointers, RingMemory};
-use crate::bindings::{io_uring_params, io_uring_sqe, IORING_OP_NOP};
+use crate::abi::{Sqe, URingOperation};
+use crate::bindings::{io_uring_params, io_uring_sqe};
 
 /// The submission side of a ring.
 ///
 /// Invariants:
 /// - every pointer points into the [`RingMemory`] the queue was created from,
-///   which outlives it (see [`SubmitQueue::new`]);
+///   which outlives it (see [`SubmissionQueue::new`]);
 /// - `tail` is the last value stored to the shared SQ tail: this queue is the
 ///   only writer of the tail and of the SQE slots, and the caller serialises
 ///   access through `&mut self`;
 /// - the slots from the kernel's head up to `tail` belong to the kernel until
 ///   it advances its head past them; we only write slots outside that range.
-pub(crate) struct SubmitQueue {
+pub(crate) struct SubmissionQueue {
     /// The shared head and tail.
-    indices: SubmitProbe,
+    indices: SqIndices,
     sqes: *mut io_uring_sqe,
     mask: u32,
     entries: u32,
@@ -29,16 +30,17 @@ pub(crate) struct SubmitQueue {
 }
 
 /// Proof that the `count` SQE slots from `tail` on are free, handed out by
-/// [`SubmitQueue::free_slots`] and consumed by [`SubmitQueue::publish`]. It
-/// stays valid while the submit lock is held: only the kernel moves the
-/// head, and only forward, which frees slots and never takes one back.
+/// [`SubmissionQueue::free_slots`] and consumed by
+/// [`SubmissionQueue::publish`]. It stays valid while the submit lock is
+/// held: only the kernel moves the head, and only forward, which frees slots
+/// and never takes one back.
 #[must_use]
 pub(crate) struct FreeSlots {
     tail: u32,
     count: u32,
 }
 
-impl SubmitQueue {
+impl SubmissionQueue {
     /// # Safety
     ///
     /// `memory` must be the mapping of the ring `params` describes, and the
@@ -46,14 +48,7 @@ impl SubmitQueue {
     pub(crate) unsafe fn new(memory: &RingMemory, params: &io_uring_params) -> io::Result<Self> {
         let ring = QueuePointers::new(&memory.sq_ring);
         let off = &params.sq_off;
-        let entries = ring.constant(off.ring_entries)?;
-        let mask = ring.constant(off.ring_mask)?;
-        if !entries.is_power_of_two() || mask != entries - 1 || entries != params.sq_entries {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                "inconsistent SQ ring size",
-            ));
-        }
+        let entries = ring.ring_size(off.ring_entries, off.ring_mask, params.sq_entries, "SQ")?;
         let array = ring.array::<u32>(off.array, entries)?;
         for i in 0..entries {
             // SAFETY: `array` holds `entries` u32s (checked by `array`). The
@@ -66,13 +61,13 @@ impl SubmitQueue {
         // SAFETY: in bounds and aligned (checked above); nothing is
         // published yet, so the kernel does not touch the tail.
         let tail = unsafe { (*tail_ptr).load(Ordering::Relaxed) };
-        Ok(SubmitQueue {
-            indices: SubmitProbe {
+        Ok(SubmissionQueue {
+            indices: SqIndices {
                 head,
                 tail: tail_ptr,
             },
             sqes: QueuePointers::new(&memory.sqes).array(0, entries)?,
-            mask,
+            mask: entries - 1,
             entries,
             tail,
             cached_head: tail,
@@ -80,13 +75,8 @@ impl SubmitQueue {
     }
 
     /// A reader of the queue's indices that needs no lock.
-    pub(crate) fn probe(&self) -> SubmitProbe {
+    pub(crate) fn indices(&self) -> SqIndices {
         self.indices
-    }
-
-    /// The kernel's SQ head: every slot before it has been consumed.
-    fn kernel_head(&self) -> u32 {
-        self.indices.kernel_head()
     }
 
     /// The next `count` free slots, or `None` when fewer than `count` are
@@ -94,7 +84,7 @@ impl SubmitQueue {
     pub(crate) fn free_slots(&mut self, count: u32) -> Option<FreeSlots> {
         let free = |queue: &Self| queue.entries - queue.tail.wrapping_sub(queue.cached_head);
         if free(self) < count {
-            self.cached_head = self.kernel_head();
+            self.cached_head = self.indices.kernel_head();
         }
         (free(self) >= count).then_some(FreeSlots {
             tail: self.tail,
@@ -107,33 +97,32 @@ impl SubmitQueue {
     ///
     /// # Safety
     ///
-    /// No `io_uring_enter` on this ring may run until this returns: the
-    /// kernel reads published SQEs only inside it, so the caller must have
-    /// the context to itself (drop, or `close`, which takes it by value).
+    /// No `io_uring_enter` on this ring may run until this returns, and the
+    /// ring must not have a kernel thread polling its SQ (SQPOLL): the
+    /// kernel reads published SQEs only inside an enter, and the caller
+    /// must be sure none is in progress (drop and `close` have the context
+    /// to themselves).
     pub(crate) unsafe fn replace_queued_with_nops(&mut self) {
-        let head = self.kernel_head();
+        let head = self.indices.kernel_head();
         for i in 0..self.tail.wrapping_sub(head) {
             let index = (head.wrapping_add(i) & self.mask) as usize;
             // SAFETY: the masked index is inside the SQE array. The slot is
             // published, but the caller guarantees the kernel is not reading
             // it (no enter runs), and `&mut self` that no other thread
-            // writes it. A whole blank SQE is written, because a nop reads
-            // its flags from the union an operation may have set.
+            // writes it. A whole new SQE is written, because a nop reads its
+            // flags from fields an operation may have set.
             unsafe {
                 let slot = self.sqes.add(index);
-                let user_data = (*slot).user_data;
-                slot.write(blank_sqe(IORING_OP_NOP, -1, user_data));
+                let mut nop = Sqe::new(URingOperation::Nop);
+                nop.set_user_data((*slot).user_data);
+                slot.write(nop.into_raw());
             }
         }
     }
 
     /// Writes `sqes` into `slots` and publishes them to the kernel with one
     /// store of the tail.
-    pub(crate) fn publish<'a>(
-        &mut self,
-        slots: FreeSlots,
-        sqes: impl Iterator<Item = &'a io_uring_sqe>,
-    ) {
+    pub(crate) fn publish<'a>(&mut self, slots: FreeSlots, sqes: impl Iterator<Item = &'a Sqe>) {
         assert_eq!(slots.tail, self.tail, "FreeSlots were used twice");
         let mut tail = self.tail;
         for sqe in sqes {
@@ -149,7 +138,7 @@ impl SubmitQueue {
             // range (checked just above) and `&mut self` that no other
             // thread writes it. `sqe` is a valid SQE that cannot overlap
             // ring memory (it is a Rust reference).
-            unsafe { std::ptr::copy_nonoverlapping(sqe, self.sqes.add(index), 1) };
+            unsafe { std::ptr::copy_nonoverlapping(sqe.as_raw(), self.sqes.add(index), 1) };
             tail = tail.wrapping_add(1);
         }
         assert_eq!(
@@ -170,15 +159,15 @@ impl SubmitQueue {
 /// need a recent value: the kernel's head and the tail we published.
 ///
 /// Invariant: both pointers point into the ring memory of the
-/// [`SubmitQueue`] it came from, and it is used only while that memory
+/// [`SubmissionQueue`] it came from, and it is used only while that memory
 /// lives (the context drops the memory last).
 #[derive(Clone, Copy)]
-pub(crate) struct SubmitProbe {
+pub(crate) struct SqIndices {
     head: *const AtomicU32,
     tail: *const AtomicU32,
 }
 
-impl SubmitProbe {
+impl SqIndices {
     /// The kernel's SQ head: every slot before it has been consumed.
     pub(crate) fn kernel_head(&self) -> u32 {
         // SAFETY: `head` points into live ring memory (type invariant).
@@ -194,33 +183,20 @@ impl SubmitProbe {
     pub(crate) fn queued(&self) -> (u32, u32) {
         let head = self.kernel_head();
         // SAFETY: `tail` points into live ring memory (type invariant); only
-        // the submit queue writes it, with Release, so Acquire sees every
-        // publish that happened before this call.
+        // the submission queue writes it, with Release, so Acquire sees
+        // every publish that happened before this call.
         let tail = unsafe { (*self.tail).load(Ordering::Acquire) };
         (tail.wrapping_sub(head), head)
     }
 }
 
-// SAFETY: the probe only loads atomics in ring memory, which has no thread
-// affinity and outlives it (type invariant).
-unsafe impl Send for SubmitProbe {}
-// SAFETY: as above; `&SubmitProbe` only loads.
-unsafe impl Sync for SubmitProbe {}
-
-/// An SQE with every field zero but the opcode, file and user_data; the
-/// operation-specific fields are the caller's to fill in.
-pub(crate) fn blank_sqe(opcode: u32, fd: i32, user_data: u64) -> io_uring_sqe {
-    // SAFETY: `io_uring_sqe` is plain old data (integers, unions of integers
-    // and zero-sized markers), for which all-zero bytes are a valid value,
-    // and the kernel requires unused fields to be zero.
-    let mut sqe: io_uring_sqe = unsafe { std::mem::MaybeUninit::zeroed().assume_init() };
-    sqe.opcode = opcode as u8;
-    sqe.fd = fd;
-    sqe.user_data = user_data;
-    sqe
-}
+// SAFETY: the indices only load atomics in ring memory, which has no thread
+// affinity and outlives them (type invariant).
+unsafe impl Send for SqIndices {}
+// SAFETY: as above; `&SqIndices` only loads.
+unsafe impl Sync for SqIndices {}
 
 // SAFETY: the raw pointers point into ring memory that is not tied to a
 // thread; all mutation goes through `&mut self` (so it is serialised by the
 // owner's lock) or through atomics.
-unsafe impl Send for SubmitQueue {}
+unsafe impl Send for SubmissionQueue {}

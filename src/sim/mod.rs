@@ -3,8 +3,8 @@
 //! and tests can inject the faults a real kernel only produces under
 //! pressure.
 //!
-//! Only the seam in `sys` differs: the three syscalls and the ring
-//! mappings. A [`URingContext`] made by [`SimKernel::new_context`] runs the
+//! Only the seam in `sys` differs: the simulated kernel implements its
+//! backend trait for the three syscalls, waiting and the ring mappings. A [`URingContext`] made by [`SimKernel::new_context`] runs the
 //! same ring code as one made by [`URingContext::new`], over memory the
 //! simulated kernel allocates and lays out with offsets of its own (not the
 //! real kernel's, so code that ignored the reported offsets would break).
@@ -33,8 +33,9 @@
 //! - injected faults ([`Fault`]), and completions held back and released in
 //!   a random order ([`SimConfig::defer_completions`]).
 //!
-//! It does not model links (linked SQEs run independently), fixed files or
-//! buffers, or any other opcode (they complete with `EINVAL`).
+//! It models every operation in [`op::ISSUABLE`](crate::op::ISSUABLE) (a
+//! test checks that), and no other opcode (they complete with `EINVAL`);
+//! nor links (linked SQEs run independently), fixed files or buffers.
 //!
 //! ```
 //! use ringfence::sim::{Fault, SimKernel};
@@ -54,16 +55,18 @@ mod region;
 #[cfg(test)]
 mod tests;
 
-pub(crate) use model::SimRing;
-pub(crate) use region::Region;
+use model::SimRing;
+use region::Region;
 
 use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::os::fd::RawFd;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 
+use crate::abi::SetupFlags;
 use crate::bindings::io_uring_params;
 use crate::context::URingContext;
+use crate::sys::Ring;
 use crate::{Result, URingAllowlist};
 use model::RingModel;
 
@@ -71,6 +74,7 @@ use model::RingModel;
 /// `io_uring_enter` takes the next enter fault, and each completion that
 /// overflows the CQ ring takes the next [`Fault::DropOverflow`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Fault {
     /// `io_uring_enter` fails with `EINTR` before doing anything, as when a
     /// signal arrives first.
@@ -247,20 +251,20 @@ impl SimKernel {
         URingContext::create(
             &|entries, params| self.setup(entries, params),
             num_entries,
-            crate::bindings::IORING_SETUP_R_DISABLED,
+            SetupFlags::R_DISABLED,
         )
     }
 
     /// `io_uring_setup` in this kernel.
-    fn setup(&self, entries: u32, params: &mut io_uring_params) -> io::Result<crate::sys::Ring> {
+    fn setup(&self, entries: u32, params: &mut io_uring_params) -> io::Result<Ring> {
         let mut world = self.shared.world();
         let ring = RingModel::new(entries, params, world.config.nodrop)?;
         world.rings.push(Some(ring));
         let id = world.rings.len() - 1;
-        Ok(crate::sys::Ring::Simulated(SimRing::new(
+        Ok(Ring::Other(Box::new(SimRing::new(
             Arc::clone(&self.shared),
             id,
-        )))
+        ))))
     }
 
     /// Creates an in-memory file holding `contents`, positioned at 0, and

@@ -3,7 +3,7 @@ use std::ptr::NonNull;
 use std::sync::atomic::AtomicU32;
 
 /// Zeroed memory that stands in for one ring mapping, shared by the
-/// simulated kernel and the [`Mapping`](crate::sys::Mapping) that maps it.
+/// simulated kernel and the `sys::Mapping` that maps it.
 ///
 /// Invariant: `ptr` is an allocation of `layout` (at least 1 byte, aligned
 /// to 64), owned by this value until drop. Its contents are only reached

@@ -1,18 +1,13 @@
-// Matches on `Ring` have a second arm in test and `sim` builds only.
-#![allow(clippy::infallible_destructuring_match)]
-
 use std::io;
 use std::os::fd::AsRawFd;
 use std::ptr::NonNull;
 
 use super::Ring;
-#[cfg(any(test, feature = "sim"))]
-use crate::sim::Region;
 
-/// A shared mapping of ring memory, unmapped on drop.
+/// A shared mapping of ring memory, unmapped (or released) on drop.
 ///
-/// Invariant: `ptr..ptr + len` is live ring memory that stays mapped (for a
-/// simulated ring: allocated) at least until this value is dropped.
+/// Invariant: `ptr..ptr + len` is live ring memory that stays mapped (for
+/// another backend: allocated) at least until this value is dropped.
 pub(crate) struct Mapping {
     ptr: NonNull<u8>,
     len: usize,
@@ -23,9 +18,10 @@ pub(crate) struct Mapping {
 enum Backing {
     /// A `MAP_SHARED` mapping of a ring fd, owned by this value alone.
     Mmap,
-    /// Memory of the simulated kernel, shared with it.
-    #[cfg(any(test, feature = "sim"))]
-    Simulated { _region: std::sync::Arc<Region> },
+    /// Memory of another backend, kept alive by this handle (never read:
+    /// it is held for its drop).
+    #[allow(dead_code)]
+    Other(Box<dyn Send + Sync>),
 }
 
 impl Mapping {
@@ -34,8 +30,7 @@ impl Mapping {
     pub(crate) fn new(ring: &Ring, offset: u64, len: usize) -> io::Result<Mapping> {
         let fd = match ring {
             Ring::Linux(fd) => fd,
-            #[cfg(any(test, feature = "sim"))]
-            Ring::Simulated(ring) => return ring.map(offset, len),
+            Ring::Other(backend) => return backend.map(offset, len),
         };
         // SAFETY: a fresh mapping at an address the kernel chooses cannot
         // alias any Rust object; the arguments are plain values.
@@ -61,14 +56,23 @@ impl Mapping {
         })
     }
 
-    /// The first `len` bytes of a simulated kernel's `region`.
-    #[cfg(any(test, feature = "sim"))]
-    pub(crate) fn simulated(region: std::sync::Arc<Region>, len: usize) -> Mapping {
-        assert!(len <= region.len(), "mapping past the end of a region");
+    /// `len` bytes at `ptr` that another backend provides, kept alive by
+    /// `owner`.
+    ///
+    /// # Safety
+    ///
+    /// `ptr..ptr + len` must be one allocation, valid for reads and writes
+    /// through raw pointers and atomics, for as long as `owner` lives.
+    #[cfg_attr(not(any(test, feature = "sim")), allow(dead_code))]
+    pub(crate) unsafe fn from_backend(
+        ptr: NonNull<u8>,
+        len: usize,
+        owner: Box<dyn Send + Sync>,
+    ) -> Mapping {
         Mapping {
-            ptr: region.ptr(),
+            ptr,
             len,
-            backing: Backing::Simulated { _region: region },
+            backing: Backing::Other(owner),
         }
     }
 
@@ -99,7 +103,7 @@ impl Drop for Mapping {
 
 // SAFETY: the mapping is plain memory with no thread affinity; all access to
 // its contents goes through the ring types, which do their own
-// synchronisation.
+// synchronisation; the owner of another backend's memory is `Send + Sync`.
 unsafe impl Send for Mapping {}
 // SAFETY: `&Mapping` only hands out the base pointer and length.
 unsafe impl Sync for Mapping {}

@@ -2,16 +2,13 @@
 //! syscalls, waiting for the ring fd, and the ring mappings. Nothing else in
 //! the crate makes a syscall on a ring or maps ring memory.
 //!
-//! A [`Ring`] is either a real kernel ring or, in tests and with the `sim`
-//! feature, a ring of the [simulated kernel](crate::sim). Everything above
-//! this module is the same code for both.
+//! A [`Ring`] is either a real kernel ring or another [`Backend`] (the
+//! simulated kernel implements it from outside this module, which never
+//! names it). Everything above this module is the same code for both.
 //!
 //! Each function is a thin, typed wrapper: it returns the kernel's errno
 //! unchanged as an [`io::Error`] and leaves deciding what an errno means to
 //! the layers above.
-
-// Matches on `Ring` have a second arm in test and `sim` builds only.
-#![allow(clippy::infallible_destructuring_match)]
 
 mod mapping;
 
@@ -20,35 +17,62 @@ pub(crate) use mapping::Mapping;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
+use crate::abi::RegisterOperation;
 use crate::bindings::io_uring_params;
-#[cfg(any(test, feature = "sim"))]
-use crate::sim;
 
-/// An io_uring instance: the file descriptor of a real ring, or a ring of
-/// the simulated kernel.
-pub(crate) enum Ring {
-    Linux(OwnedFd),
-    #[cfg(any(test, feature = "sim"))]
-    Simulated(sim::SimRing),
+/// A kernel other than the running one: what a [`Ring`] calls instead of
+/// the syscalls. The simulated kernel implements it.
+pub(crate) trait Backend: Send + Sync {
+    /// `io_uring_enter(2)`; see [`enter`].
+    ///
+    /// # Safety
+    ///
+    /// As for [`enter`].
+    unsafe fn enter(&self, to_submit: u32, min_complete: u32, flags: u32) -> io::Result<u32>;
+
+    /// `io_uring_register(2)`; see [`register`].
+    ///
+    /// # Safety
+    ///
+    /// As for [`register`].
+    unsafe fn register(
+        &self,
+        call: RegisterOperation,
+        arg: *const libc::c_void,
+        nr_args: u32,
+    ) -> io::Result<i32>;
+
+    /// `poll(2)` of the ring fd for `POLLIN`; see [`poll_readable`].
+    fn poll_readable(&self, timeout_ms: i32) -> io::Result<bool>;
+
+    /// `mmap(2)` of the ring at one of the magic offsets.
+    fn map(&self, offset: u64, len: usize) -> io::Result<Mapping>;
 }
 
+/// An io_uring instance: the file descriptor of a real ring, or a ring of
+/// another [`Backend`].
+pub(crate) enum Ring {
+    Linux(OwnedFd),
+    #[cfg_attr(not(any(test, feature = "sim")), allow(dead_code))]
+    Other(Box<dyn Backend>),
+}
+
+/// `io_uring_setup(2)`, in the running kernel or another [`Backend`].
+pub(crate) type Setup<'a> = &'a dyn Fn(u32, &mut io_uring_params) -> io::Result<Ring>;
+
 impl Ring {
-    /// The ring's file descriptor; -1 for a simulated ring, which has none.
+    /// The ring's file descriptor; -1 for a ring of another backend, which
+    /// has none.
     pub(crate) fn raw_fd(&self) -> RawFd {
         match self {
             Ring::Linux(fd) => fd.as_raw_fd(),
-            #[cfg(any(test, feature = "sim"))]
-            Ring::Simulated(_) => -1,
+            Ring::Other(_) => -1,
         }
     }
 }
 
 /// `io_uring_setup(2)`: creates a ring in the running kernel.
 pub(crate) fn setup(entries: u32, params: &mut io_uring_params) -> io::Result<Ring> {
-    linux_setup(entries, params).map(Ring::Linux)
-}
-
-fn linux_setup(entries: u32, params: &mut io_uring_params) -> io::Result<OwnedFd> {
     // SAFETY: `params` is a valid, exclusively borrowed `io_uring_params` for
     // the duration of the call; the kernel reads and writes only that struct.
     let ret = unsafe {
@@ -63,21 +87,37 @@ fn linux_setup(entries: u32, params: &mut io_uring_params) -> io::Result<OwnedFd
     }
     // SAFETY: on success the kernel returned a new file descriptor that
     // nothing else owns.
-    Ok(unsafe { OwnedFd::from_raw_fd(ret as libc::c_int) })
+    Ok(Ring::Linux(unsafe {
+        OwnedFd::from_raw_fd(ret as libc::c_int)
+    }))
 }
 
-/// `io_uring_enter(2)` without a signal mask or extended argument. Returns
-/// the number of SQEs the kernel consumed.
-pub(crate) fn enter(ring: &Ring, to_submit: u32, min_complete: u32, flags: u32) -> io::Result<u32> {
+/// `io_uring_enter(2)` without a signal mask or extended argument: submits
+/// up to `to_submit` published SQEs and, with `IORING_ENTER_GETEVENTS`,
+/// waits until `min_complete` completions are ready. Returns the number of
+/// SQEs the kernel consumed.
+///
+/// # Safety
+///
+/// The kernel reads every SQE published on this ring (from its SQ head to
+/// our SQ tail) during this call, and everything those SQEs point at: each
+/// must point only at memory (iovec arrays and the buffers they describe,
+/// and whatever else an operation names by address) that stays valid, and
+/// that nothing else writes while the kernel reads it, until that
+/// operation's completion has been posted.
+pub(crate) unsafe fn enter(
+    ring: &Ring,
+    to_submit: u32,
+    min_complete: u32,
+    flags: u32,
+) -> io::Result<u32> {
     let fd = match ring {
         Ring::Linux(fd) => fd,
-        #[cfg(any(test, feature = "sim"))]
-        Ring::Simulated(ring) => return ring.enter(to_submit, min_complete, flags),
+        // SAFETY: forwarded from the caller.
+        Ring::Other(backend) => return unsafe { backend.enter(to_submit, min_complete, flags) },
     };
-    // SAFETY: the call passes no pointers (the signal mask is null); it only
-    // makes the kernel read the SQ ring and write the CQ ring, memory the
-    // kernel owns and the caller reaches only through atomics and the
-    // published-index protocol.
+    // SAFETY: the only pointer passed is a null signal mask; the memory the
+    // kernel reads through published SQEs is the caller's obligation.
     let ret = unsafe {
         libc::syscall(
             libc::SYS_io_uring_enter,
@@ -99,27 +139,26 @@ pub(crate) fn enter(ring: &Ring, to_submit: u32, min_complete: u32, flags: u32) 
 ///
 /// # Safety
 ///
-/// `arg` must point to whatever `opcode` expects for `nr_args` entries (or be
-/// null where the opcode takes no argument), valid for the duration of the
+/// `arg` must point to whatever `call` expects for `nr_args` entries (or be
+/// null where the call takes no argument), valid for the duration of the
 /// call.
 pub(crate) unsafe fn register(
     ring: &Ring,
-    opcode: u32,
+    call: RegisterOperation,
     arg: *const libc::c_void,
     nr_args: u32,
 ) -> io::Result<i32> {
     let fd = match ring {
         Ring::Linux(fd) => fd,
         // SAFETY: forwarded from the caller.
-        #[cfg(any(test, feature = "sim"))]
-        Ring::Simulated(ring) => return unsafe { ring.register(opcode, arg, nr_args) },
+        Ring::Other(backend) => return unsafe { backend.register(call, arg, nr_args) },
     };
-    // SAFETY: the caller guarantees `arg` is what `opcode` expects.
+    // SAFETY: the caller guarantees `arg` is what `call` expects.
     let ret = unsafe {
         libc::syscall(
             libc::SYS_io_uring_register,
             fd.as_raw_fd(),
-            opcode as libc::c_long,
+            call as u8 as libc::c_long,
             arg,
             nr_args as libc::c_long,
         )
@@ -130,13 +169,13 @@ pub(crate) unsafe fn register(
     Ok(ret as i32)
 }
 
-/// Waits up to `timeout_ms` for the ring to become readable (a completion
-/// is posted or overflowed). Returns whether it did.
+/// Waits up to `timeout_ms` (negative: no limit) for the ring fd to poll
+/// readable (a completion is in the CQ ring or overflowed). Returns whether
+/// it did.
 pub(crate) fn poll_readable(ring: &Ring, timeout_ms: i32) -> io::Result<bool> {
     let fd = match ring {
         Ring::Linux(fd) => fd,
-        #[cfg(any(test, feature = "sim"))]
-        Ring::Simulated(ring) => return Ok(ring.poll_readable(timeout_ms)),
+        Ring::Other(backend) => return backend.poll_readable(timeout_ms),
     };
     let mut pfd = libc::pollfd {
         fd: fd.as_raw_fd(),

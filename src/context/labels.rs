@@ -1,20 +1,18 @@
-//! [`InFlightTable`]: the state of every operation in flight, keyed by
-//! user_data.
+//! [`LabelTable`]: a value per caller label (user_data) in flight.
 //!
 //! An open-addressing table with linear probing and backward-shift
-//! deletion, kept at most half full. It does exactly what the ring needs
-//! (insert unless present, remove, membership) with one hash and a short
-//! probe, where `std`'s map cost about a sixth of a nop's round trip. The
-//! hash is a folded multiply of the user_data with a per-table random key,
-//! so a caller's choice of user_data values cannot line up collisions on
-//! purpose.
+//! deletion, kept at most half full. It does exactly what the label rule
+//! needs (find, insert, remove) with one hash and a short probe, where
+//! `std`'s map cost about a sixth of a nop's round trip. The hash is a
+//! folded multiply of the label with a per-table random key, so a caller's
+//! choice of labels cannot line up collisions on purpose.
 
 use std::hash::BuildHasher;
 
 /// Slots in a new table; it doubles when more than half full.
 const INITIAL_SLOTS: usize = 64;
 
-pub(crate) struct InFlightTable<T> {
+pub(crate) struct LabelTable<T> {
     /// `None` is an empty slot. Every key sits at or after its home slot
     /// (cyclically), with no empty slot in between: what linear probing
     /// needs to find it.
@@ -23,9 +21,9 @@ pub(crate) struct InFlightTable<T> {
     key: u64,
 }
 
-impl<T> InFlightTable<T> {
+impl<T> LabelTable<T> {
     pub(crate) fn new() -> Self {
-        InFlightTable {
+        LabelTable {
             slots: Self::empty_slots(INITIAL_SLOTS),
             len: 0,
             key: std::collections::hash_map::RandomState::new().hash_one(0u64),
@@ -64,12 +62,27 @@ impl<T> InFlightTable<T> {
         }
     }
 
+    #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
         self.len
     }
 
     pub(crate) fn contains(&self, user_data: u64) -> bool {
         self.find(user_data).is_some()
+    }
+
+    /// The value under `user_data`, if any.
+    #[inline]
+    pub(crate) fn get(&self, user_data: u64) -> Option<&T> {
+        let i = self.find(user_data)?;
+        self.slots[i].as_ref().map(|(_, value)| value)
+    }
+
+    /// The value under `user_data`, if any, to change in place.
+    #[inline]
+    pub(crate) fn get_mut(&mut self, user_data: u64) -> Option<&mut T> {
+        let i = self.find(user_data)?;
+        self.slots[i].as_mut().map(|(_, value)| value)
     }
 
     /// Inserts `state` under `user_data`, unless that key is present: then
@@ -131,18 +144,9 @@ impl<T> InFlightTable<T> {
     }
 
     /// Every key, in no particular order.
+    #[cfg(test)]
     pub(crate) fn keys(&self) -> impl Iterator<Item = u64> + '_ {
         self.slots.iter().flatten().map(|(k, _)| *k)
-    }
-
-    /// Empties the table, handing every state to `f`.
-    pub(crate) fn drain(&mut self, mut f: impl FnMut(T)) {
-        for slot in self.slots.iter_mut() {
-            if let Some((_, state)) = slot.take() {
-                f(state);
-            }
-        }
-        self.len = 0;
     }
 }
 
@@ -158,7 +162,7 @@ mod tests {
     fn agrees_with_a_hash_map_under_random_inserts_and_removes() {
         let steps = if cfg!(miri) { 2_000 } else { 200_000 };
         for spread in [16u64, 1 << 20] {
-            let mut table = InFlightTable::new();
+            let mut table = LabelTable::new();
             let mut model = HashMap::new();
             let mut x = 0x2545_f491_4f6c_dd1du64 ^ spread;
             for step in 0..steps {

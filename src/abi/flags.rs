@@ -1,0 +1,119 @@
+//! Flag types over the kernel's bit constants.
+//!
+//! The header defines the `IOSQE_*` masks as shifts of enum values, which
+//! bindgen cannot evaluate, so they are built here from the `_BIT` values.
+
+use bitflags::bitflags;
+
+use crate::bindings::*;
+
+bitflags! {
+    /// SQE flags a caller may set on an operation it adds.
+    ///
+    /// Only flags that cannot break the context's bookkeeping are offered:
+    /// not `IOSQE_CQE_SKIP_SUCCESS` (the operation would never complete,
+    /// and its state would never be released), nor `IOSQE_FIXED_FILE` or
+    /// `IOSQE_BUFFER_SELECT` (an operation sets those itself, from what it
+    /// addresses), nor `IOSQE_IO_DRAIN`, which holds back every later SQE,
+    /// including the cancellations drop relies on, until everything before
+    /// it has completed. [`IosqeFlags`] names every bit, for allowlists.
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+    pub struct SqeFlags: u8 {
+        /// `IOSQE_IO_LINK`: start the next SQE only after this one succeeded.
+        const LINK = 1 << IOSQE_IO_LINK_BIT;
+        /// `IOSQE_IO_HARDLINK`: like `LINK`, whatever this one's result.
+        const HARDLINK = 1 << IOSQE_IO_HARDLINK_BIT;
+        /// `IOSQE_ASYNC`: always run from a kernel worker thread.
+        const ASYNC = 1 << IOSQE_ASYNC_BIT;
+    }
+}
+
+bitflags! {
+    /// Every `IOSQE_*` bit, as a [`URingAllowlist`](crate::URingAllowlist)
+    /// may name it allowed or required (`IORING_RESTRICTION_SQE_FLAGS_*`).
+    ///
+    /// This is wider than [`SqeFlags`]: a ring may require `FIXED_FILE`
+    /// (every operation then addresses a registered file) even though
+    /// callers never set it by hand.
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+    pub struct IosqeFlags: u8 {
+        /// `IOSQE_FIXED_FILE`: the SQE's fd is an index into the
+        /// registered file table (Linux 5.1).
+        const FIXED_FILE = 1 << IOSQE_FIXED_FILE_BIT;
+        /// `IOSQE_IO_DRAIN`: start only after every earlier SQE completed
+        /// (Linux 5.2).
+        const IO_DRAIN = 1 << IOSQE_IO_DRAIN_BIT;
+        /// `IOSQE_IO_LINK` (Linux 5.3).
+        const IO_LINK = 1 << IOSQE_IO_LINK_BIT;
+        /// `IOSQE_IO_HARDLINK` (Linux 5.5).
+        const IO_HARDLINK = 1 << IOSQE_IO_HARDLINK_BIT;
+        /// `IOSQE_ASYNC` (Linux 5.6).
+        const ASYNC = 1 << IOSQE_ASYNC_BIT;
+        /// `IOSQE_BUFFER_SELECT`: pick a buffer from a provided group
+        /// (Linux 5.7).
+        const BUFFER_SELECT = 1 << IOSQE_BUFFER_SELECT_BIT;
+        /// `IOSQE_CQE_SKIP_SUCCESS`: post no completion on success
+        /// (Linux 5.17).
+        const CQE_SKIP_SUCCESS = 1 << IOSQE_CQE_SKIP_SUCCESS_BIT;
+    }
+}
+
+impl From<SqeFlags> for IosqeFlags {
+    fn from(flags: SqeFlags) -> IosqeFlags {
+        // Every `SqeFlags` bit is the `IOSQE_*` bit of the same name.
+        IosqeFlags::from_bits_retain(flags.bits())
+    }
+}
+
+bitflags! {
+    /// Flags for [`op::Fsync`](crate::op::Fsync) (`IORING_FSYNC_*`).
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+    pub struct FsyncFlags: u32 {
+        /// `IORING_FSYNC_DATASYNC`: `fdatasync(2)` instead of `fsync(2)`.
+        const DATASYNC = IORING_FSYNC_DATASYNC;
+    }
+}
+
+bitflags! {
+    /// `io_uring_setup` flags (`IORING_SETUP_*`) the context uses.
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+    pub(crate) struct SetupFlags: u32 {
+        /// `IORING_SETUP_R_DISABLED`: created disabled, for restrictions
+        /// (Linux 5.10).
+        const R_DISABLED = IORING_SETUP_R_DISABLED;
+    }
+}
+
+bitflags! {
+    /// Flags a completion carries (`IORING_CQE_F_*`).
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+    pub(crate) struct CqeFlags: u32 {
+        /// `IORING_CQE_F_BUFFER`: the upper 16 bits hold a provided
+        /// buffer's id.
+        const BUFFER = IORING_CQE_F_BUFFER;
+        /// `IORING_CQE_F_MORE`: the operation is still in flight and will
+        /// complete again (multishot).
+        const MORE = IORING_CQE_F_MORE;
+        /// `IORING_CQE_F_SOCK_NONEMPTY`: the socket has more data.
+        const SOCK_NONEMPTY = IORING_CQE_F_SOCK_NONEMPTY;
+        /// `IORING_CQE_F_NOTIF`: a zero-copy send's notification.
+        const NOTIF = IORING_CQE_F_NOTIF;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sqe_flags_are_the_iosqe_bits_of_the_same_name() {
+        assert_eq!(IosqeFlags::from(SqeFlags::LINK), IosqeFlags::IO_LINK);
+        assert_eq!(
+            IosqeFlags::from(SqeFlags::HARDLINK),
+            IosqeFlags::IO_HARDLINK
+        );
+        assert_eq!(IosqeFlags::from(SqeFlags::ASYNC), IosqeFlags::ASYNC);
+        // The kernel's seven flags, bits 0 to 6.
+        assert_eq!(IosqeFlags::all().bits(), 0x7f);
+    }
+}

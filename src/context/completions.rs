@@ -1,0 +1,136 @@
+//! The iterator [`URingContext::wait`] returns.
+
+use std::io;
+use std::sync::atomic::Ordering;
+
+use super::table::{Claimed, CLAIM_BATCH};
+use super::{lock, URingContext};
+use crate::abi::UserData;
+
+/// Yields ready completions; see [`URingContext::wait`].
+///
+/// It claims completions under the completion lock: one on the first call
+/// (the common `wait()?.next()` hands nothing back), then batches. The
+/// first completion of each claim is handed to the caller at once; the rest
+/// are yielded without the lock, each publishing the count yielded so far
+/// through the context's `claim_progress`, so whoever next takes the lock
+/// can release their operations. Dropped early, it hands the unyielded rest
+/// back, to be claimed again first, and posts a wake-up so the ring fd
+/// polls readable for them. It ends after a claim that found nothing more
+/// to claim rather than lock again for completions that arrived since.
+///
+/// `mem::forget` of an iterator leaks its unyielded completions (their
+/// operations stay in flight until drop or `close`) and one of the
+/// context's claim records; it never stalls the ring, whose head the claim
+/// already moved.
+pub(super) struct Completions<'a> {
+    ring: &'a URingContext,
+    /// `batch[next..len]` are claimed and not yet yielded.
+    batch: [Claimed; CLAIM_BATCH],
+    next: usize,
+    len: usize,
+    /// The record of the current batch, when it has one.
+    record: Option<usize>,
+    /// Claims made so far.
+    claims: u32,
+    /// The last claim took everything there was.
+    exhausted: bool,
+}
+
+/// A claimed completion as the caller sees it.
+fn as_item(claimed: &Claimed) -> (UserData, io::Result<u32>) {
+    let result = if claimed.res < 0 {
+        Err(io::Error::from_raw_os_error(-claimed.res))
+    } else {
+        Ok(claimed.res as u32)
+    };
+    (claimed.label, result)
+}
+
+impl<'a> Completions<'a> {
+    pub(super) fn new(ring: &'a URingContext) -> Completions<'a> {
+        Completions {
+            ring,
+            batch: [Claimed::EMPTY; CLAIM_BATCH],
+            next: 0,
+            len: 0,
+            record: None,
+            claims: 0,
+            exhausted: false,
+        }
+    }
+
+    /// Ends the current batch, every completion of which has been yielded,
+    /// claims the next, and yields its first completion.
+    fn refill(&mut self) -> Option<(UserData, io::Result<u32>)> {
+        let mut side = lock(&self.ring.completion);
+        let side = &mut *side;
+        if let Some(id) = self.record.take() {
+            side.table.close_record(id, self.len);
+        }
+        let want = if self.claims == 0 || !side.table.record_available() {
+            1
+        } else {
+            CLAIM_BATCH
+        };
+        self.claims += 1;
+        let mut claimed = [Claimed::EMPTY; CLAIM_BATCH];
+        let count = side.table.claim(&mut side.cq, &mut claimed[..want]);
+        self.exhausted = count < want || !side.table.has_unclaimed(&side.cq);
+        let first = claimed[..count].first().copied();
+        if let Some(first) = &first {
+            // The caller has the first one as soon as this returns.
+            side.table.yielded(first);
+        }
+        if count > 1 {
+            let rest = &claimed[1..count];
+            let id = side
+                .table
+                .open_record(rest)
+                .expect("a record was available for a batch claim");
+            // Under the lock, before anyone can settle this record.
+            self.ring.claim_progress[id].store(0, Ordering::Relaxed);
+            self.batch[..rest.len()].copy_from_slice(rest);
+            (self.next, self.len, self.record) = (0, rest.len(), Some(id));
+        }
+        self.ring.publish_hints(&side.table);
+        first.as_ref().map(as_item)
+    }
+}
+
+impl Iterator for Completions<'_> {
+    type Item = (UserData, io::Result<u32>);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.next < self.len {
+            let item = as_item(&self.batch[self.next]);
+            self.next += 1;
+            let id = self.record.expect("a batch has a record");
+            // Release: whoever settles this record with an Acquire load
+            // sees that the caller has every completion before `next`.
+            self.ring.claim_progress[id].store(self.next as u32, Ordering::Release);
+            return Some(item);
+        }
+        if self.exhausted {
+            return None;
+        }
+        self.refill()
+    }
+}
+
+impl Drop for Completions<'_> {
+    fn drop(&mut self) {
+        let Some(id) = self.record.take() else {
+            return;
+        };
+        let handed_back = {
+            let mut side = lock(&self.ring.completion);
+            let handed_back = side.table.close_record(id, self.next);
+            self.ring.publish_hints(&side.table);
+            handed_back
+        };
+        if handed_back > 0 {
+            self.ring.post_wake();
+        }
+    }
+}

@@ -1,0 +1,181 @@
+//! `close`, drop, and cancelling what is in flight.
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use super::table::{Claimed, CLAIM_BATCH};
+use super::wait::Deadline;
+use super::{is_errno, lock, URingContext};
+use crate::abi::{Sqe, URingOperation};
+use crate::error::{Error, Result};
+
+/// How long drop waits for cancelled operations to finish before it gives up
+/// and leaks their state.
+const DROP_DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long one round of drain waits for completions before it looks
+/// again (and cancels again what is still in flight).
+const DRAIN_ROUND: Duration = Duration::from_millis(100);
+
+/// How a drain ended.
+enum Drained {
+    /// Every operation completed: nothing is left in the kernel.
+    All,
+    /// This many were still in flight at the deadline.
+    TimedOut(usize),
+    /// This many were in flight on a ring that cannot cancel them.
+    CannotCancel(usize),
+}
+
+impl URingContext {
+    /// Cancels every operation in flight and waits for all of them to
+    /// complete, for up to `timeout`; then closes the ring. Operations
+    /// queued but never submitted are not carried out: they complete as
+    /// nops. Completions reaped here are discarded.
+    ///
+    /// - `Ok(())`: the kernel is done with every operation; the memory
+    ///   their iovecs pointed to may be reused.
+    /// - [`Error::DrainTimedOut`]: some were still in the kernel at the
+    ///   deadline. What they keep alive is leaked, and the memory their
+    ///   iovecs point to must stay valid for the life of the process,
+    ///   because the kernel may still write to it.
+    /// - [`Error::CancelNotAllowed`]: the ring's allowlist lacks
+    ///   `AsyncCancel`, so nothing could stop the operations still in
+    ///   flight: close reaped what had already completed and leaked the
+    ///   rest at once, without waiting for `timeout`.
+    ///
+    /// Dropping the context does the same with a 5 s timeout, without
+    /// telling which way it went. In a child after `fork`, both leave the
+    /// parent's operations alone.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use ringfence::{EventType, URingContext};
+    ///
+    /// let ring = URingContext::new(8, None)?;
+    /// // Nobody connects, so a poll for readable never fires on its own.
+    /// let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    /// # use std::os::fd::AsRawFd;
+    /// ring.add_poll_fd(listener.as_raw_fd(), EventType::Read, 1)?;
+    /// ring.submit()?;
+    /// ring.close(Duration::from_secs(1))?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn close(mut self, timeout: Duration) -> Result<()> {
+        self.drain_or_leak(timeout)
+    }
+
+    /// Drains the ring, or leaks what the kernel may still use.
+    fn drain_or_leak(&mut self, timeout: Duration) -> Result<()> {
+        if std::process::id() != self.owner_pid {
+            // A forked child's copy: the operations are the parent's, and
+            // so is the memory the kernel uses for them; the child's copy of
+            // that memory is never touched. Leave the ring alone.
+            lock(&self.completion).table.leak_all();
+            return Ok(());
+        }
+        let outcome = self.drain(timeout);
+        let leak = || lock(&self.completion).table.leak_all();
+        match outcome {
+            Drained::All => Ok(()),
+            Drained::TimedOut(left) => {
+                leak();
+                Err(Error::DrainTimedOut(left))
+            }
+            Drained::CannotCancel(left) => {
+                leak();
+                Err(Error::CancelNotAllowed(left))
+            }
+        }
+    }
+
+    /// Releases every completion in the CQ ring (the operations are done).
+    fn discard_ready(&self) {
+        let mut side = lock(&self.completion);
+        let side = &mut *side;
+        let mut claimed = [Claimed::EMPTY; CLAIM_BATCH];
+        loop {
+            let count = side.table.claim(&mut side.cq, &mut claimed);
+            for item in &claimed[..count] {
+                side.table.yielded(item);
+            }
+            if count < claimed.len() {
+                return;
+            }
+        }
+    }
+
+    /// Cancels every operation in flight and reaps completions until none
+    /// is left, for up to `timeout` (at once on a ring that cannot cancel).
+    ///
+    /// A cancellation can come back without stopping its target (`ENOENT`
+    /// while the target is still being issued, `EALREADY` while it runs), so
+    /// each round cancels again whatever is still in flight and has no
+    /// cancellation pending.
+    ///
+    /// `&mut self` is what makes this safe: no other thread holds the
+    /// context, so no `io_uring_enter` runs but this one's, and no
+    /// completions iterator is alive.
+    fn drain(&mut self, timeout: Duration) -> Drained {
+        // SAFETY: `&mut self`: every enter goes through a `&self` method, so
+        // none runs while this rewrites the queued SQEs; the ring has no
+        // SQPOLL thread (the context never sets one up).
+        unsafe { lock(&self.submit).replace_queued_with_nops() };
+        // No iterator can be alive (`&mut self`), so completions claimed
+        // and not yet yielded will never be: their operations are done.
+        lock(&self.completion).table.release_all_claims();
+        let can_cancel = self.can_cancel.load(Ordering::Relaxed);
+        let deadline = Deadline::after(if can_cancel { timeout } else { Duration::ZERO });
+        loop {
+            match self.submit() {
+                // A disabled ring has never consumed an SQE: nothing is in
+                // the kernel, and everything in flight can be released.
+                Err(Error::Enter(e)) if is_errno(&e, libc::EBADFD) => {
+                    lock(&self.completion).table.release_everything();
+                    return Drained::All;
+                }
+                // Other failures are not fatal here: the deadline bounds us.
+                _ => {}
+            }
+            // The queued operations, now nops, complete during the submit;
+            // flush what the kernel holds back, then reap.
+            let _ = self.poll_ring(Duration::ZERO);
+            self.discard_ready();
+            let (left_in_flight, targets) = {
+                let side = lock(&self.completion);
+                (side.table.caller_ops(), side.table.uncancelled())
+            };
+            if left_in_flight == 0 {
+                return Drained::All;
+            }
+            let left = deadline.left();
+            if left.is_zero() {
+                return if can_cancel {
+                    Drained::TimedOut(left_in_flight)
+                } else {
+                    Drained::CannotCancel(left_in_flight)
+                };
+            }
+            for target in targets {
+                let cancel = Sqe::new(URingOperation::AsyncCancel);
+                // May use the slot `add` leaves free (see `in_flight_cap`).
+                if self
+                    .queue_own(cancel, Some(target), self.in_flight_cap + 1)
+                    .is_err()
+                {
+                    break; // No room: the next round submits and retries.
+                }
+            }
+            // Send the cancellations now; the next round reaps them.
+            let _ = self.submit();
+            let _ = self.poll_ring(left.min(DRAIN_ROUND));
+        }
+    }
+}
+
+impl Drop for URingContext {
+    fn drop(&mut self) {
+        // A leak is the safe outcome; `close` is for callers who must know.
+        let _ = self.drain_or_leak(DROP_DRAIN_TIMEOUT);
+    }
+}

@@ -1,0 +1,230 @@
+//! [`URingContext`]: one ring behind `&self`, split by concern:
+//!
+//! - `setup.rs`: construction and register calls;
+//! - `queue.rs`: the generic add path, batches, and the context's own SQEs;
+//! - `crosvm.rs`: the crosvm-named `add_*` methods, one line each;
+//! - `submit.rs`: `submit` and the one place that calls `io_uring_enter`;
+//! - `wait.rs`: `wait`, `wait_timeout` and waiting on the ring fd;
+//! - `completions.rs`: the iterator `wait` returns;
+//! - `drain.rs`: `close`, drop, and cancelling what is in flight;
+//! - `table.rs` and `labels.rs`: the bookkeeping of operations in flight.
+
+mod completions;
+mod crosvm;
+mod drain;
+mod labels;
+mod queue;
+mod setup;
+mod submit;
+mod table;
+mod wait;
+
+use std::io;
+use std::os::fd::{AsRawFd, RawFd};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU8, AtomicUsize};
+use std::sync::{Mutex, MutexGuard, PoisonError};
+
+use crate::abi::IosqeFlags;
+use crate::ring::{CompletionQueue, CqIndices, RingMemory, SqIndices, SubmissionQueue};
+use crate::sys;
+use table::{OpTable, MAX_CLAIMS};
+
+/// One io_uring instance, shared by any number of threads.
+///
+/// Operations are queued with [`add`](Self::add) (or the crosvm-named
+/// `add_*` methods), sent to the kernel by [`submit`](Self::submit) or
+/// [`wait`](Self::wait), and come back from the iterator `wait` returns as
+/// `(user_data, result)`. Everything goes through `&self`: the submission
+/// queue and the completion queue each have their own lock, so producers
+/// and reapers on different threads only contend briefly.
+///
+/// ```
+/// use ringfence::URingContext;
+///
+/// let ring = URingContext::new(16, None)?;
+/// ring.add_nop(7)?;
+/// let completions: Vec<_> = ring.wait()?.collect();
+/// assert_eq!(completions.len(), 1);
+/// assert_eq!(completions[0].0, 7);
+/// assert_eq!(completions[0].1.as_ref().unwrap(), &0);
+/// # Ok::<(), ringfence::Error>(())
+/// ```
+///
+/// # User data
+///
+/// The `user_data` an operation is added with is the caller's label for
+/// it, handed back with its completion; the SQE carries an identity of the
+/// context's own, so a completion can only ever release the operation it
+/// belongs to. Operations that pin no caller memory (nops, polls, fsyncs,
+/// cancellations) may share a label, as crosvm's wake-up nops do. An add is
+/// refused with [`Error::DuplicateUserData`](crate::Error::DuplicateUserData)
+/// when it, or an operation in flight with the same label, pins caller
+/// memory (a readv's or writev's buffers): the caller could not tell their
+/// completions apart. An operation is in flight from its add until the
+/// caller has its completion from the iterator, whether it is still queued,
+/// in the kernel, or completed and waiting in the ring or in an iterator.
+///
+/// # Files
+///
+/// The kernel looks an operation's file descriptor up when it consumes the
+/// SQE, which may be during another thread's `submit` or `wait`, well after
+/// the add. A descriptor given to a crosvm-named method as a `RawFd` must
+/// stay open, and must not be reused for another file, until the
+/// operation has completed; [`op::Target`](crate::op::Target) built from an
+/// `Arc` keeps it open for you.
+///
+/// # Threads that submit
+///
+/// The kernel ties each operation to the thread whose
+/// [`submit`](Self::submit), [`wait`](Self::wait) or
+/// [`wait_timeout`](Self::wait_timeout) call handed it over, and on a shared
+/// ring that call may send other threads' operations too. When that thread
+/// exits first (measured on Linux 6.18, `tests/threads.rs`):
+///
+/// - an operation waiting for readiness (a poll, a read from an empty
+///   pipe) is not cancelled when the thread exits: it stays in flight,
+///   holding its file and buffers, and completes with `ECANCELED` when it
+///   would have completed, because the kernel finishes it as work of the
+///   thread that is gone;
+/// - blocking work the kernel runs on its worker threads (a fallocate)
+///   runs to completion and completes with its normal result.
+///
+/// Submit from threads that outlive what they submit (long-lived workers,
+/// not short-lived helper threads).
+///
+/// # Dropping and closing
+///
+/// Dropping the context with operations in flight turns what was queued but
+/// never submitted into nops, cancels every operation in the kernel with
+/// `IORING_OP_ASYNC_CANCEL` and waits for all of them to complete, for up
+/// to 5 seconds, before it frees what they keep alive. If they do not all
+/// complete in time, it leaks that state rather than free memory the
+/// kernel may still use, then closes the ring, which makes the kernel
+/// cancel what is left. On a restricted ring whose allowlist lacks
+/// `AsyncCancel`, nothing can stop them, so drop leaks at once instead of
+/// waiting. [`close`](Self::close) does the same and tells you which way
+/// it went.
+pub struct URingContext {
+    // Field order is drop order: both queues point into `memory`, which must
+    // outlive them, and the mappings are removed before the ring fd closes.
+    submit: Mutex<SubmissionQueue>,
+    /// The SQ indices, read without the submit lock.
+    sq: SqIndices,
+    completion: Mutex<CompletionSide>,
+    /// The CQ indices, read without the completion lock.
+    cq: CqIndices,
+    /// For each outstanding claim, how many of its completions the
+    /// iterator that holds it has handed to the caller.
+    claim_progress: [AtomicU32; MAX_CLAIMS],
+    /// Completions handed back and not yet claimed again (a copy of the
+    /// table's count, read without the lock).
+    returned: AtomicUsize,
+    /// Operations of the context's own in flight (a copy of the table's
+    /// count, read without the lock).
+    internal_ops: AtomicUsize,
+    /// A wake-up nop is owed: completions were handed back and the nop
+    /// that makes the ring fd readable for them could not be queued yet.
+    wake_owed: AtomicBool,
+    /// The SQE flags the allowlist requires, carried by the context's own
+    /// SQEs.
+    required_flags: AtomicU8,
+    /// The allowlist allows `AsyncCancel` (or there is none).
+    can_cancel: AtomicBool,
+    _memory: RingMemory,
+    ring: sys::Ring,
+    sq_entries: u32,
+    cq_entries: u32,
+    /// The most operations the caller may have in flight; drain may go one
+    /// over.
+    in_flight_cap: usize,
+    /// The process that created the ring; after fork, a child's copy must
+    /// not cancel the parent's operations.
+    owner_pid: u32,
+}
+
+/// What the completion lock guards: the CQ head and the bookkeeping of
+/// every operation in flight.
+struct CompletionSide {
+    cq: CompletionQueue,
+    table: OpTable,
+}
+
+/// Locks `mutex`, ignoring poisoning: no code panics while it holds a ring
+/// lock with the ring state half updated.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn is_errno(err: &io::Error, errno: i32) -> bool {
+    err.raw_os_error() == Some(errno)
+}
+
+impl URingContext {
+    /// Operations added and not yet handed to the caller by
+    /// [`wait`](Self::wait)'s iterator, whether still queued, in the
+    /// kernel, or completed and waiting in the ring or in an iterator.
+    pub fn in_flight(&self) -> usize {
+        let mut side = lock(&self.completion);
+        side.table.settle_all(&self.claim_progress);
+        side.table.caller_ops()
+    }
+
+    /// How many operations the submission queue holds.
+    pub fn sq_entries(&self) -> u32 {
+        self.sq_entries
+    }
+
+    /// How many completions the completion ring holds.
+    pub fn cq_entries(&self) -> u32 {
+        self.cq_entries
+    }
+
+    /// Completions the kernel had to drop (the CQ ring's overflow counter).
+    /// Always 0 on kernels with `IORING_FEAT_NODROP` (Linux 5.5) unless the
+    /// kernel ran out of memory for overflowed completions.
+    pub fn dropped_completions(&self) -> u32 {
+        self.cq.dropped()
+    }
+
+    /// The SQE flags the context's own SQEs carry: those the allowlist
+    /// requires.
+    fn own_sqe_flags(&self) -> IosqeFlags {
+        IosqeFlags::from_bits_retain(
+            self.required_flags
+                .load(std::sync::atomic::Ordering::Relaxed),
+        )
+    }
+
+    /// Publishes the table's counts that lock-free readers use.
+    fn publish_hints(&self, table: &OpTable) {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.returned.store(table.returned(), Relaxed);
+        self.internal_ops.store(table.internal_ops(), Relaxed);
+    }
+}
+
+impl AsRawFd for URingContext {
+    /// The ring's file descriptor. It polls readable (epoll, poll) while a
+    /// completion waits in the CQ ring, and also after an iterator handed
+    /// completions back (the context posts a nop of its own for that).
+    fn as_raw_fd(&self) -> RawFd {
+        self.ring.raw_fd()
+    }
+}
+
+impl std::fmt::Debug for URingContext {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("URingContext")
+            .field("fd", &self.ring.raw_fd())
+            .field("sq_entries", &self.sq_entries)
+            .field("cq_entries", &self.cq_entries)
+            .field("in_flight", &self.in_flight())
+            .finish()
+    }
+}
+
+// Compile-time proof of the thread-safety promise.
+const _: fn() = || {
+    fn assert_send_sync<T: Send + Sync>() {}
+    assert_send_sync::<URingContext>();
+};

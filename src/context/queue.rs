@@ -1,0 +1,192 @@
+//! Queueing: the generic add path every operation takes, batches, and the
+//! context's own SQEs (wake-up nops, drain's cancellations).
+
+use std::sync::atomic::Ordering;
+
+use super::table::Refusal;
+use super::{lock, URingContext};
+use crate::abi::{Sqe, URingOperation, UserData};
+use crate::op::{OpBatch, Operation, Prepared, Resolve};
+use crate::{Error, Result};
+
+impl URingContext {
+    /// Queues `op` under the label `user_data`; [`submit`](Self::submit)
+    /// or [`wait`](Self::wait) sends it to the kernel.
+    ///
+    /// The context keeps what the operation needs (its iovec array, a file
+    /// held by [`Target`](crate::op::Target)) until its completion has been
+    /// handed to the caller.
+    ///
+    /// Fails, queueing nothing, with:
+    /// - [`Error::NoSpace`]: the submission queue is full; `submit` (or
+    ///   reap) and retry;
+    /// - [`Error::DuplicateUserData`]: `op` pins caller memory and an
+    ///   operation with this label is in flight, or one in flight with this
+    ///   label pins caller memory (see [User data](Self#user-data));
+    /// - the operation's own errors ([`Error::InvalidOffset`],
+    ///   [`Error::TooManyIovecs`]).
+    ///
+    /// ```
+    /// use ringfence::op::Nop;
+    /// use ringfence::URingContext;
+    ///
+    /// let ring = URingContext::new(8, None)?;
+    /// // Nops pin nothing, so they may share a label.
+    /// ring.add(Nop::new(), 7)?;
+    /// ring.add(Nop::new(), 7)?;
+    /// let mut labels = Vec::new();
+    /// while labels.len() < 2 {
+    ///     labels.extend(ring.wait()?.map(|(user_data, _)| user_data));
+    /// }
+    /// assert_eq!(labels, [7, 7]);
+    /// # Ok::<(), ringfence::Error>(())
+    /// ```
+    pub fn add<O: Operation>(&self, op: O, user_data: UserData) -> Result<()> {
+        let mut ops = [(op.prepare()?, user_data)];
+        self.queue(&mut ops, self.in_flight_cap)
+    }
+
+    /// Queues every operation in `batch` under one lock, or none of them:
+    /// the way to add many operations at the cost of one. On success the
+    /// batch is left empty (keeping its capacity, so reusing it allocates
+    /// nothing); on failure it is left as it was.
+    ///
+    /// Fails as [`add`](Self::add) does, for any operation of the batch
+    /// (the label rule also applies between operations of the batch);
+    /// [`Error::NoSpace`] if the submission queue lacks room for the whole
+    /// batch (submit, then retry; a batch larger than
+    /// [`sq_entries`](Self::sq_entries) never fits).
+    pub fn add_batch(&self, batch: &mut OpBatch) -> Result<()> {
+        self.queue(batch.ops_mut(), self.in_flight_cap)?;
+        batch.clear();
+        Ok(())
+    }
+
+    /// Queues every operation in `ops`, or none, refusing past `cap`
+    /// operations tracked. Queued ones are left without what they keep
+    /// alive (the context holds it now); refused ones keep theirs.
+    ///
+    /// Operations are tracked before their SQEs are published, so a
+    /// completion always finds its record, and both happen under the
+    /// submit lock, so a refusal leaves nothing behind.
+    fn queue(&self, ops: &mut [(Prepared, UserData)], cap: usize) -> Result<()> {
+        let mut submit = lock(&self.submit);
+        let mut side = lock(&self.completion);
+        let table = &mut side.table;
+        // Cancellations by label aimed at more than one operation: one
+        // extra SQE of the context's own for each further target.
+        let mut extra: Vec<Sqe> = Vec::new();
+        let mut tracked = 0;
+        let mut failure = None;
+        for (prepared, label) in ops.iter_mut() {
+            if let Resolve::TargetLabel(target) = prepared.resolve {
+                let targets = table.identities_with_label(target);
+                let first = targets.first().copied();
+                prepared.sqe.set_addr(first.unwrap_or(table.no_identity()));
+                for &further in targets.iter().skip(1) {
+                    let Some(identity) = table.track_internal(Some(further), cap) else {
+                        failure = Some(Error::NoSpace);
+                        break;
+                    };
+                    let mut sqe = prepared.sqe.clone();
+                    sqe.set_addr(further);
+                    sqe.set_user_data(identity);
+                    sqe.set_flags(self.own_sqe_flags());
+                    extra.push(sqe);
+                }
+                if failure.is_some() {
+                    break;
+                }
+            }
+            let keep_alive = std::mem::take(&mut prepared.keep_alive);
+            let pins = prepared.pins_caller_memory;
+            let mut result = table.track_caller(*label, pins, keep_alive, cap);
+            if let Err((Refusal::SharedLabel, keep_alive)) = result {
+                // The operation in the way may have been handed to the
+                // caller already, by an iterator not yet settled.
+                table.settle_all(&self.claim_progress);
+                result = table.track_caller(*label, pins, keep_alive, cap);
+            }
+            match result {
+                Ok(identity) => {
+                    prepared.sqe.set_user_data(identity);
+                    tracked += 1;
+                }
+                Err((refusal, keep_alive)) => {
+                    prepared.keep_alive = keep_alive;
+                    failure = Some(match refusal {
+                        Refusal::SharedLabel => Error::DuplicateUserData(*label),
+                        Refusal::Full => Error::NoSpace,
+                    });
+                    break;
+                }
+            }
+        }
+        let count = u32::try_from(ops.len() + extra.len()).ok();
+        let slots = match failure {
+            None => count.and_then(|count| submit.free_slots(count)),
+            Some(_) => None,
+        };
+        let Some(slots) = slots else {
+            // Undo this call's tracking: none of `ops` goes.
+            for (prepared, _) in &mut ops[..tracked] {
+                prepared.keep_alive = table.untrack(prepared.sqe.user_data());
+            }
+            for sqe in &extra {
+                table.untrack(sqe.user_data());
+            }
+            return Err(failure.unwrap_or(Error::NoSpace));
+        };
+        self.publish_hints(&side.table);
+        drop(side);
+        submit.publish(slots, ops.iter().map(|(op, _)| &op.sqe).chain(&extra));
+        Ok(())
+    }
+
+    /// Queues an SQE of the context's own (a wake-up nop, or with `target`
+    /// a cancellation of that identity), carrying the flags the allowlist
+    /// requires; refused past `cap` operations tracked or without room in
+    /// the submission queue.
+    pub(super) fn queue_own(&self, mut sqe: Sqe, target: Option<u64>, cap: usize) -> Result<()> {
+        let mut submit = lock(&self.submit);
+        let slots = submit.free_slots(1).ok_or(Error::NoSpace)?;
+        let mut side = lock(&self.completion);
+        let identity = side
+            .table
+            .track_internal(target, cap)
+            .ok_or(Error::NoSpace)?;
+        self.publish_hints(&side.table);
+        drop(side);
+        if let Some(target) = target {
+            sqe.set_addr(target);
+        }
+        sqe.set_user_data(identity);
+        sqe.set_flags(self.own_sqe_flags());
+        submit.publish(slots, std::iter::once(&sqe));
+        Ok(())
+    }
+
+    /// Makes the ring fd poll readable for completions an iterator handed
+    /// back: their CQEs left the ring when they were claimed, so a nop of
+    /// the context's own posts one that wakes pollers and waiters, and is
+    /// swallowed when claimed. If it cannot be queued now (no room), the
+    /// next `submit` queues it.
+    pub(super) fn post_wake(&self) {
+        self.wake_owed.store(true, Ordering::Relaxed);
+        let _ = self.submit();
+    }
+
+    /// Queues the wake-up nop owed, if one is.
+    pub(super) fn pay_wake_owed(&self) {
+        if !self.wake_owed.load(Ordering::Relaxed) || !self.wake_owed.swap(false, Ordering::Relaxed)
+        {
+            return;
+        }
+        if self
+            .queue_own(Sqe::new(URingOperation::Nop), None, self.in_flight_cap)
+            .is_err()
+        {
+            self.wake_owed.store(true, Ordering::Relaxed);
+        }
+    }
+}

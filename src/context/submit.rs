@@ -1,0 +1,62 @@
+//! `submit`, and the one place the context calls `io_uring_enter`.
+
+use std::io;
+
+use super::{is_errno, URingContext};
+use crate::error::{enter_error, Error, Result};
+use crate::sys;
+
+impl URingContext {
+    /// `io_uring_enter` on this ring.
+    pub(super) fn enter(&self, to_submit: u32, min_complete: u32, flags: u32) -> io::Result<u32> {
+        // SAFETY: every SQE published on this ring was written by `queue` or
+        // `queue_own`, which track what the operation keeps alive (its iovec
+        // array, its file) in the op table before publishing; the table
+        // keeps it until the operation's completion has been handed to the
+        // caller, or drain has seen every completion, or leaks it. The
+        // memory the iovecs describe is the caller's, kept valid by
+        // `IoBufMut`'s contract. SQEs that drain rewrote are nops, which
+        // point at nothing.
+        unsafe { sys::enter(&self.ring, to_submit, min_complete, flags) }
+    }
+
+    /// Sends every queued operation to the kernel, without waiting for any
+    /// to complete.
+    ///
+    /// If the kernel consumes fewer than offered (it stops at an SQE it
+    /// rejects, whose completion then carries the error), the rest are
+    /// offered again until none is left.
+    ///
+    /// - `EINTR` from `io_uring_enter` is retried.
+    /// - `EAGAIN` and `EBUSY` return [`Error::KernelBusy`]: the kernel is
+    ///   short of memory or of completion space. The operations it did not
+    ///   take stay queued and go with the next `submit` or `wait`.
+    /// - Anything else returns [`Error::Enter`] (`EBADFD`: the ring is still
+    ///   disabled).
+    pub fn submit(&self) -> Result<()> {
+        self.pay_wake_owed();
+        loop {
+            // One load of the head for both: if another thread's enter
+            // consumed SQEs between two loads, a 0 from ours would look like
+            // a stall.
+            let (queued, head) = self.sq.queued();
+            if queued == 0 {
+                return Ok(());
+            }
+            match self.enter(queued, 0, 0) {
+                Ok(0) => {
+                    // Zero is only progress if another thread's enter
+                    // consumed them meanwhile; otherwise the kernel stalls.
+                    if self.sq.kernel_head() == head {
+                        return Err(Error::KernelBusy(io::Error::from_raw_os_error(
+                            libc::EAGAIN,
+                        )));
+                    }
+                }
+                Ok(_) => {}
+                Err(e) if is_errno(&e, libc::EINTR) => {}
+                Err(e) => return Err(enter_error(e)),
+            }
+        }
+    }
+}

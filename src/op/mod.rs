@@ -1,0 +1,164 @@
+//! Operations as data: one definition per operation, saying which opcode
+//! it is, how it fills its SQE, what the context must keep alive until its
+//! completion, and whether it pins caller memory.
+//!
+//! The crosvm-named `add_*` methods of [`URingContext`](crate::URingContext)
+//! are one line each over [`URingContext::add`](crate::URingContext::add),
+//! which takes any of these values; [`OpBatch`] takes the same values.
+//!
+//! ```
+//! use ringfence::op::{Fsync, Nop};
+//! use ringfence::URingContext;
+//!
+//! let ring = URingContext::new(8, None)?;
+//! ring.add(Nop::new(), 1)?;
+//! let file = std::sync::Arc::new(tempfile::tempfile()?);
+//! ring.add(Fsync::new(file), 2)?;
+//! let mut done: Vec<u64> = Vec::new();
+//! while done.len() < 2 {
+//!     done.extend(ring.wait()?.map(|(user_data, result)| {
+//!         result.expect("nop and fsync succeed");
+//!         user_data
+//!     }));
+//! }
+//! done.sort();
+//! assert_eq!(done, [1, 2]);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! To add an operation, write one block in the family's file: a struct, its
+//! constructor, and an [`Operation`] impl (with `prepare`), then add it to
+//! the `operations!` list below; tests, fuzz targets and the simulated
+//! kernel iterate [`ISSUABLE`].
+
+mod batch;
+mod cancel;
+mod nop;
+mod poll;
+mod rw;
+mod sync;
+mod target;
+
+pub use batch::OpBatch;
+pub use cancel::AsyncCancel;
+pub use nop::Nop;
+pub use poll::{EventType, PollAdd, PollRemove};
+pub use rw::{Readv, Writev};
+pub use sync::{Fallocate, Fsync};
+pub use target::Target;
+
+pub(crate) use rw::pin_raw_iovecs;
+
+use crate::abi::{IosqeFlags, Sqe, URingOperation};
+use crate::iobuf::KernelIovecs;
+use crate::Result;
+
+/// An operation the context can queue: a value that knows its opcode, how
+/// to fill its SQE, and what must stay alive until its completion.
+///
+/// Implemented by the types in this module only (the trait is sealed).
+pub trait Operation: Send + sealed::Sealed {
+    /// The operation's opcode: what an allowlist must allow for it to run.
+    const OPCODE: URingOperation;
+
+    /// Whether the SQE points at memory the caller must keep alive until
+    /// the completion (iovec buffers). An operation that does may not share
+    /// its user_data with any other operation in flight; others may share
+    /// one with each other.
+    const PINS_CALLER_MEMORY: bool;
+
+    /// Checks the operation and builds its SQE (all but the user_data the
+    /// context assigns).
+    #[doc(hidden)]
+    fn prepare(self) -> Result<Prepared>;
+}
+
+mod sealed {
+    pub trait Sealed {}
+}
+
+/// What the context keeps alive for an operation until its completion has
+/// been handed to the caller (or drop has drained the ring). Never read:
+/// each field is held for its drop.
+#[derive(Default)]
+#[allow(dead_code)]
+pub(crate) struct KeepAlive {
+    /// The iovec array the kernel reads.
+    pub(crate) iovecs: Option<KernelIovecs>,
+    /// The file the operation works on, held open.
+    pub(crate) file: Option<target::SharedFd>,
+}
+
+/// What the context does to resolve an operation at queue time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Resolve {
+    /// The SQE is complete.
+    Nothing,
+    /// The SQE targets the operations in flight with this label: the
+    /// context puts their identities in `addr` (one SQE each).
+    TargetLabel(u64),
+}
+
+/// An operation, checked and encoded: what [`Operation::prepare`] returns
+/// and [`OpBatch`] holds.
+#[doc(hidden)]
+pub struct Prepared {
+    pub(crate) sqe: Sqe,
+    pub(crate) keep_alive: KeepAlive,
+    pub(crate) pins_caller_memory: bool,
+    pub(crate) resolve: Resolve,
+}
+
+impl Prepared {
+    /// An operation whose SQE is `sqe` as it stands.
+    pub(crate) fn new<O: Operation>(sqe: Sqe, keep_alive: KeepAlive) -> Prepared {
+        debug_assert_eq!(sqe.opcode(), O::OPCODE as u8);
+        Prepared {
+            sqe,
+            keep_alive,
+            pins_caller_memory: O::PINS_CALLER_MEMORY,
+            resolve: Resolve::Nothing,
+        }
+    }
+
+    /// The same, adding SQE `flags` the caller asked for.
+    pub(crate) fn with_flags(mut self, flags: IosqeFlags) -> Prepared {
+        let flags = self.sqe.flags() | flags;
+        self.sqe.set_flags(flags);
+        self
+    }
+}
+
+/// Declares the list of operations the context can issue.
+macro_rules! operations {
+    ($($op:ident),* $(,)?) => {
+        $(impl sealed::Sealed for $op {})*
+
+        /// Every operation this crate can issue, in kernel numbering: the
+        /// one list tests, fuzz targets and the simulated kernel iterate.
+        pub const ISSUABLE: &[URingOperation] = &[$(<$op as Operation>::OPCODE,)*];
+    };
+}
+
+operations!(
+    Nop,
+    Readv,
+    Writev,
+    Fsync,
+    PollAdd,
+    PollRemove,
+    AsyncCancel,
+    Fallocate
+);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_issuable_list_is_in_kernel_order_without_repeats() {
+        assert!(ISSUABLE.windows(2).all(|pair| pair[0] < pair[1]));
+        assert!(ISSUABLE.contains(&URingOperation::Nop));
+        assert!(ISSUABLE.contains(&URingOperation::AsyncCancel));
+    }
+}

@@ -1,0 +1,93 @@
+//! [`Fsync`] and [`Fallocate`].
+
+use super::{KeepAlive, Operation, Prepared, Target};
+use crate::abi::{FsyncFlags, Sqe, URingOperation, MAX_FILE_OFFSET};
+use crate::{Error, Result};
+
+/// `IORING_OP_FSYNC` (Linux 5.1): `fsync(2)`, or with
+/// [`FsyncFlags::DATASYNC`] `fdatasync(2)`. Completes with 0.
+#[derive(Debug)]
+pub struct Fsync {
+    target: Target,
+    flags: FsyncFlags,
+}
+
+impl Fsync {
+    /// Flushes `target`'s data and metadata to its device.
+    pub fn new(target: impl Into<Target>) -> Fsync {
+        Fsync {
+            target: target.into(),
+            flags: FsyncFlags::empty(),
+        }
+    }
+
+    /// The same, with `flags` (`DATASYNC`: data only, as `fdatasync`).
+    pub fn flags(self, flags: FsyncFlags) -> Fsync {
+        Fsync { flags, ..self }
+    }
+}
+
+impl Operation for Fsync {
+    const OPCODE: URingOperation = URingOperation::Fsync;
+    const PINS_CALLER_MEMORY: bool = false;
+
+    fn prepare(self) -> Result<Prepared> {
+        let mut sqe = Sqe::new(Self::OPCODE);
+        sqe.set_fd(self.target.raw_fd());
+        sqe.set_op_flags(self.flags.bits());
+        let keep_alive = KeepAlive {
+            file: self.target.keep_alive(),
+            ..KeepAlive::default()
+        };
+        Ok(Prepared::new::<Self>(sqe, keep_alive))
+    }
+}
+
+/// `IORING_OP_FALLOCATE` (Linux 5.6): `fallocate(2)`. Completes with 0.
+#[derive(Debug)]
+pub struct Fallocate {
+    target: Target,
+    offset: u64,
+    len: u64,
+    mode: u32,
+}
+
+impl Fallocate {
+    /// `fallocate(fd, mode, offset, len)` on `target`, `offset` and `len`
+    /// in bytes: `mode` 0 allocates (and extends the file), and
+    /// `FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE` deallocates (the range
+    /// then reads as zeros). An `offset` above
+    /// [`MAX_FILE_OFFSET`](crate::MAX_FILE_OFFSET) fails the add with
+    /// [`Error::InvalidOffset`].
+    pub fn new(target: impl Into<Target>, offset: u64, len: u64, mode: u32) -> Fallocate {
+        Fallocate {
+            target: target.into(),
+            offset,
+            len,
+            mode,
+        }
+    }
+}
+
+impl Operation for Fallocate {
+    const OPCODE: URingOperation = URingOperation::Fallocate;
+    const PINS_CALLER_MEMORY: bool = false;
+
+    fn prepare(self) -> Result<Prepared> {
+        if self.offset > MAX_FILE_OFFSET {
+            return Err(Error::InvalidOffset(self.offset));
+        }
+        let mut sqe = Sqe::new(Self::OPCODE);
+        sqe.set_fd(self.target.raw_fd());
+        sqe.set_offset(self.offset);
+        // For fallocate the kernel reads the length from `addr` and the
+        // mode from `len`.
+        sqe.set_addr(self.len);
+        sqe.set_len(self.mode);
+        let keep_alive = KeepAlive {
+            file: self.target.keep_alive(),
+            ..KeepAlive::default()
+        };
+        Ok(Prepared::new::<Self>(sqe, keep_alive))
+    }
+}

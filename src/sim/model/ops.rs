@@ -1,0 +1,241 @@
+//! Consuming SQEs and running the operations the model knows.
+
+use std::mem::size_of;
+use std::sync::atomic::Ordering;
+
+use super::{post, ring_mut, PendingPoll, World, SQ_ARRAY, SQ_DROPPED, SQ_HEAD, SQ_TAIL};
+use crate::abi::{IosqeFlags, Sqe, URingOperation, MAX_IOVECS};
+use crate::bindings::io_uring_sqe;
+
+/// Consumes up to `limit` SQEs of ring `id`; returns how many. Like the
+/// kernel, it stops after an SQE it refuses (its completion carries the
+/// error).
+pub(super) fn submit(world: &mut World, id: usize, limit: u32) -> u32 {
+    let ring = ring_mut(world, id);
+    // Acquire pairs with the application's Release store of the tail: the
+    // SQEs (and index array entries) it covers are visible.
+    let tail = ring
+        .sq_ring
+        .atomic(SQ_TAIL as usize)
+        .load(Ordering::Acquire);
+    let available = tail.wrapping_sub(ring.sq_head).min(limit);
+    let mask = ring.sq_entries - 1;
+    let mut consumed = 0;
+    while consumed < available {
+        let ring = ring_mut(world, id);
+        let position = ring.sq_head & mask;
+        let array_offset = SQ_ARRAY as usize + position as usize * size_of::<u32>();
+        // SAFETY: `at` checks bounds and alignment; the application wrote
+        // this entry before the tail we loaded with Acquire.
+        let index = unsafe { ring.sq_ring.at::<u32>(array_offset).read() };
+        ring.sq_head = ring.sq_head.wrapping_add(1);
+        consumed += 1;
+        if index >= ring.sq_entries {
+            ring.sq_ring
+                .atomic(SQ_DROPPED as usize)
+                .fetch_add(1, Ordering::Relaxed);
+            continue;
+        }
+        let sqe_offset = index as usize * size_of::<io_uring_sqe>();
+        // SAFETY: as above for the SQE slot; the application does not
+        // rewrite it until our Release store of the head below passes it.
+        let sqe = unsafe { Sqe::read(ring.sqes.at::<io_uring_sqe>(sqe_offset)) };
+        world.stats.sqes_consumed += 1;
+        let user_data = sqe.user_data();
+        if let Err(errno) = issue(world, id, sqe) {
+            post(world, id, user_data, -errno);
+            break;
+        }
+    }
+    let ring = ring_mut(world, id);
+    // Release: our reads of the consumed SQEs happen before the application
+    // may reuse their slots.
+    ring.sq_ring
+        .atomic(SQ_HEAD as usize)
+        .store(ring.sq_head, Ordering::Release);
+    consumed
+}
+
+/// Checks one consumed SQE as `io_init_req` does and starts it: completes
+/// it, holds it back, or leaves it pending. An `Err` is a refusal that
+/// stops submission.
+fn issue(world: &mut World, id: usize, sqe: Sqe) -> Result<(), i32> {
+    let op = URingOperation::from_raw(sqe.opcode()).ok_or(libc::EINVAL)?;
+    if !IosqeFlags::all().contains(sqe.flags()) {
+        return Err(libc::EINVAL);
+    }
+    ring_mut(world, id).check_restrictions(&sqe)?;
+    let user_data = sqe.user_data();
+    if !models(op) {
+        post(world, id, user_data, -libc::EINVAL);
+        return Ok(());
+    }
+    match op {
+        URingOperation::PollAdd => {
+            let ready = if world.files.contains_key(&sqe.fd()) {
+                (libc::POLLIN | libc::POLLOUT) as u32
+            } else if let Some(&ready) = world.pollables.get(&sqe.fd()) {
+                ready
+            } else {
+                post(world, id, user_data, -libc::EBADF);
+                return Ok(());
+            };
+            let events = sqe.poll_events();
+            if ready & events != 0 {
+                post(world, id, user_data, (ready & events) as i32);
+            } else {
+                ring_mut(world, id).polls.push(PendingPoll {
+                    user_data,
+                    fd: sqe.fd(),
+                    events,
+                });
+            }
+        }
+        URingOperation::PollRemove | URingOperation::AsyncCancel => {
+            let polls_only = op == URingOperation::PollRemove;
+            let target = sqe.addr();
+            let ring = ring_mut(world, id);
+            let found = if let Some(i) = ring.polls.iter().position(|p| p.user_data == target) {
+                ring.polls.swap_remove(i);
+                true
+            } else if let Some(i) = ring
+                .deferred
+                .iter()
+                .position(|d| !polls_only && d.user_data() == target)
+            {
+                ring.deferred.swap_remove(i);
+                true
+            } else {
+                false
+            };
+            if found {
+                // The kernel does not order the two completions; neither
+                // does the simulation.
+                if world.random() % 2 == 0 {
+                    post(world, id, target, -libc::ECANCELED);
+                    post(world, id, user_data, 0);
+                } else {
+                    post(world, id, user_data, 0);
+                    post(world, id, target, -libc::ECANCELED);
+                }
+            } else {
+                post(world, id, user_data, -libc::ENOENT);
+            }
+        }
+        URingOperation::Nop
+        | URingOperation::Readv
+        | URingOperation::Writev
+        | URingOperation::Fsync
+        | URingOperation::Fallocate => {
+            let forced_async = sqe.flags().contains(IosqeFlags::ASYNC);
+            if world.config.defer_completions || forced_async {
+                ring_mut(world, id).deferred.push(sqe);
+            } else {
+                let res = run(world, &sqe).unwrap_or_else(|errno| -errno);
+                post(world, id, user_data, res);
+            }
+        }
+        _ => unreachable!("`models` lists {op:?}, but `issue` has no arm for it"),
+    }
+    Ok(())
+}
+
+/// Whether the model runs `op` rather than failing it with `EINVAL`.
+pub(in crate::sim) fn models(op: URingOperation) -> bool {
+    matches!(
+        op,
+        URingOperation::Nop
+            | URingOperation::Readv
+            | URingOperation::Writev
+            | URingOperation::Fsync
+            | URingOperation::Fallocate
+            | URingOperation::PollAdd
+            | URingOperation::PollRemove
+            | URingOperation::AsyncCancel
+    )
+}
+
+/// Does the work of a nop, readv, writev, fsync or fallocate; returns its
+/// result.
+pub(super) fn run(world: &mut World, sqe: &Sqe) -> Result<i32, i32> {
+    let op = URingOperation::from_raw(sqe.opcode()).ok_or(libc::EINVAL)?;
+    if op == URingOperation::Nop {
+        return Ok(0);
+    }
+    let (offset, addr, len) = (sqe.offset(), sqe.addr(), sqe.len());
+    let file = world.files.get_mut(&sqe.fd()).ok_or(libc::EBADF)?;
+    match op {
+        URingOperation::Fsync => Ok(0),
+        URingOperation::Fallocate => {
+            // For fallocate, `len` carries the mode and `addr` the length.
+            let end = offset.checked_add(addr).ok_or(libc::EINVAL)?;
+            let end = usize::try_from(end).map_err(|_| libc::EFBIG)?;
+            let punch = (libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE) as u32;
+            match len {
+                0 if end > file.data.len() => file.data.resize(end, 0),
+                0 => {}
+                mode if mode == punch => {
+                    let start = (offset as usize).min(file.data.len());
+                    let end = end.min(file.data.len());
+                    file.data[start..end].fill(0);
+                }
+                _ => return Err(libc::EOPNOTSUPP),
+            }
+            Ok(0)
+        }
+        URingOperation::Readv | URingOperation::Writev => {
+            if len as usize > MAX_IOVECS {
+                return Err(libc::EINVAL);
+            }
+            let at_position = offset == u64::MAX;
+            let start = if at_position { file.position } else { offset };
+            let start = usize::try_from(start).map_err(|_| libc::EINVAL)?;
+            // The address in the SQE is the only link back to the iovec
+            // array: turning it into a pointer takes the provenance the
+            // context exposed when it wrote the address.
+            let iovecs = addr as usize as *const libc::iovec;
+            let mut done = 0usize;
+            for i in 0..len as usize {
+                // SAFETY: the context keeps the iovec array of `len` entries
+                // alive and unmoved until this operation's completion is
+                // reaped, which happens after this runs.
+                let iov = unsafe { iovecs.add(i).read() };
+                let at = start + done;
+                let base = iov.iov_base.cast::<u8>();
+                if op == URingOperation::Readv {
+                    let n = iov.iov_len.min(file.data.len().saturating_sub(at));
+                    // SAFETY: the caller of `add_readv` promised that each
+                    // iovec is valid for writes and untouched by anything
+                    // else until the completion; `n` is within both it and
+                    // the file's data, a separate allocation.
+                    unsafe { std::ptr::copy_nonoverlapping(file.data.as_ptr().add(at), base, n) };
+                    done += n;
+                    if n < iov.iov_len {
+                        break; // End of file.
+                    }
+                } else {
+                    let end = at + iov.iov_len;
+                    if end > file.data.len() {
+                        file.data.resize(end, 0);
+                    }
+                    // SAFETY: the caller of `add_writev` promised that each
+                    // iovec is valid for reads until the completion; the
+                    // destination was just sized to hold it.
+                    unsafe {
+                        std::ptr::copy_nonoverlapping(
+                            base,
+                            file.data.as_mut_ptr().add(at),
+                            iov.iov_len,
+                        )
+                    };
+                    done += iov.iov_len;
+                }
+            }
+            if at_position {
+                file.position += done as u64;
+            }
+            Ok(done as i32)
+        }
+        _ => Err(libc::EINVAL),
+    }
+}
