@@ -27,7 +27,8 @@ use crate::abi::{
 /// [`allow_housekeeping`](Self::allow_housekeeping) unless you have a reason
 /// not to: it allows the two operations the context itself issues, `Nop`
 /// (another thread's nop is how a thread blocked in
-/// [`wait`](crate::URingContext::wait) is woken for shutdown) and
+/// [`wait`](crate::URingContext::wait) is woken for shutdown; a refused
+/// nop still wakes it, but with an `EACCES` completion rather than 0) and
 /// `AsyncCancel` (how drop and [`close`](crate::URingContext::close) stop
 /// what is still in flight). Without `AsyncCancel`, dropping a context with
 /// operations in flight cannot stop them: it leaks their state at once
@@ -108,6 +109,12 @@ impl URingAllowlist {
 
     /// Requires every SQE to carry `flags` (added to those required
     /// before).
+    ///
+    /// The context's own SQEs (wake-up nops, drop's cancellations) carry
+    /// the required `FIXED_FILE` and `ASYNC`, but no other flag: requiring
+    /// `IO_DRAIN`, `IO_LINK`, `IO_HARDLINK`, `BUFFER_SELECT` or
+    /// `CQE_SKIP_SUCCESS` makes the kernel refuse them, so such a ring
+    /// cannot cancel on drop (it leaks at once, as without `AsyncCancel`).
     pub fn require_sqe_flags(&mut self, flags: IosqeFlags) -> &mut Self {
         self.required_sqe_flags |= flags;
         self

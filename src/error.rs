@@ -62,6 +62,14 @@ pub enum Error {
         max = MAX_ENTRIES
     )]
     EntriesOutOfRange(usize),
+    /// The context was used in a child after `fork`: it belongs to the
+    /// process that created it, and the child's copy must not touch the
+    /// parent's ring. Create a new context in the child.
+    #[error(
+        "this io_uring context was created by the parent of this forked process and cannot be \
+         used here: create a new context in the child"
+    )]
+    Forked,
     /// A file offset the kernel cannot take: above
     /// [`MAX_FILE_OFFSET`](crate::MAX_FILE_OFFSET) (`i64::MAX`), it would be
     /// negative to the kernel, and `u64::MAX` would mean "the current file
@@ -94,12 +102,15 @@ pub enum Error {
     /// Mapping the ring memory failed.
     #[error("mapping the io_uring rings failed: {0}")]
     Mmap(io::Error),
-    /// The submission queue is full, or (on kernels without
-    /// `IORING_FEAT_NODROP`) as many operations are in flight as completions
-    /// fit in the completion ring.
+    /// The submission queue is full, or as many operations are in flight
+    /// as the context allows: 16 times the completion ring's entries with
+    /// `IORING_FEAT_NODROP` (Linux 5.5), which bounds the kernel memory
+    /// kept for completions nobody reaps, or one short of the completion
+    /// ring without it.
     #[error(
-        "no room in the submission queue: submit() or reap completions with wait(), \
-         or create the ring with more entries"
+        "no room for another operation: the submission queue is full or the most operations \
+         the ring allows are in flight; submit() and reap completions with wait(), or create \
+         the ring with more entries"
     )]
     NoSpace,
     /// Not enough locked memory for the rings (ENOMEM).
@@ -165,6 +176,7 @@ impl From<Error> for io::Error {
             Error::DuplicateUserData(_) => io::Error::new(io::ErrorKind::AlreadyExists, err),
             Error::Enter(e) => e,
             Error::EntriesOutOfRange(_) => io::Error::new(io::ErrorKind::InvalidInput, err),
+            Error::Forked => io::Error::other(err),
             Error::InvalidOffset(_) => io::Error::new(io::ErrorKind::InvalidInput, err),
             Error::IoUringDisabled => io::Error::from_raw_os_error(libc::EPERM),
             Error::IoUringUnavailable => io::Error::from_raw_os_error(libc::ENOSYS),

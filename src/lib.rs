@@ -145,9 +145,11 @@
 //! crosvm-named readv/writev methods, which keep crosvm's `unsafe`
 //! signatures (see their `# Safety` sections).
 //!
-//! A context belongs to the process that created it: a child after `fork`
-//! must not use it, and dropping it there leaks the child's copy without
-//! touching the parent's operations.
+//! A context belongs to the process that created it: in a child after
+//! `fork`, every call that would touch the ring fails with
+//! [`Error::Forked`] (its identities would collide with the parent's), and
+//! dropping it there forgets the child's copy without touching the parent's
+//! operations.
 //!
 //! # Porting from crosvm
 //!

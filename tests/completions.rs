@@ -268,3 +268,49 @@ fn a_worker_loop_that_waits_with_nothing_in_flight_sleeps_instead_of_spinning() 
         );
     });
 }
+
+/// A file whose drop calls back into the ring that held it.
+struct CallsBackOnDrop {
+    file: File,
+    ring: std::sync::Weak<URingContext>,
+    in_flight_seen: std::sync::mpsc::Sender<usize>,
+}
+
+impl std::os::fd::AsFd for CallsBackOnDrop {
+    fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.file.as_fd()
+    }
+}
+
+impl Drop for CallsBackOnDrop {
+    fn drop(&mut self) {
+        if let Some(ring) = self.ring.upgrade() {
+            let _ = self.in_flight_seen.send(ring.in_flight());
+        }
+    }
+}
+
+#[test]
+fn a_file_the_context_held_is_dropped_outside_its_locks() {
+    // The context holds an `Arc`'d file until the caller has the
+    // completion; its drop runs the caller's code, which may use the ring.
+    let ring = std::sync::Arc::new(ring!(8));
+    let (tx, rx) = std::sync::mpsc::channel();
+    let file = CallsBackOnDrop {
+        file: tempfile::tempfile().expect("tempfile"),
+        ring: std::sync::Arc::downgrade(&ring),
+        in_flight_seen: tx,
+    };
+    ring.add(ringfence::op::Fsync::new(std::sync::Arc::new(file)), 1)
+        .expect("fsync");
+    let reaper = {
+        let ring = std::sync::Arc::clone(&ring);
+        std::thread::spawn(move || reap(&ring, 1))
+    };
+    let seen = rx
+        .recv_timeout(Duration::from_secs(10))
+        .expect("the file's drop never ran, or deadlocked on the ring");
+    assert_eq!(seen, 0);
+    let done = reaper.join().expect("reaper panicked");
+    assert_eq!((done[0].0, done[0].1.as_ref().ok()), (1, Some(&0)));
+}

@@ -334,3 +334,61 @@ fn a_forked_child_dropping_its_copy_leaves_the_parents_operations_alone() {
     let events = *got[0].1.as_ref().expect("the child cancelled the poll");
     assert_ne!(events & libc::POLLIN as u32, 0);
 }
+
+#[test]
+fn a_forked_child_cannot_use_its_copy_so_the_parents_completions_stay_its_own() {
+    let (reader, writer) = pipe();
+    let ring = ring!(8);
+    let (buf, view) = leaked_buf(4, 0);
+    // SAFETY: the buffer is leaked; the test reads it only after the read
+    // completed.
+    unsafe { ring.add_readv(pinned(vec![buf]), reader.as_raw_fd(), None, 1) }.unwrap();
+    ring.submit().unwrap();
+
+    // SAFETY: the child only calls methods that fail before touching the
+    // ring or taking a lock, builds no heap value, and leaves with _exit.
+    let child = unsafe { libc::fork() };
+    assert!(child >= 0, "fork: {}", io::Error::last_os_error());
+    if child == 0 {
+        let forked =
+            |result: ringfence::Result<()>| matches!(result, Err(ringfence::Error::Forked));
+        let ok = forked(ring.add_nop(77))
+            && forked(ring.submit())
+            && forked(ring.wait_timeout(Duration::ZERO).map(drop))
+            && forked(ring.wait().map(drop))
+            && forked(ring.register_eventfd(0));
+        std::mem::forget(ring);
+        // SAFETY: ends the child without running the parent's exit hooks.
+        unsafe { libc::_exit(if ok { 0 } else { 1 }) };
+    }
+    let mut status = 0;
+    // SAFETY: waits for our own child; `status` is a live local.
+    let waited = unsafe { libc::waitpid(child, &mut status, 0) };
+    assert_eq!(waited, child);
+    assert!(
+        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+        "the child could use the parent's ring"
+    );
+
+    // Nothing the child did completes as the parent's next operation.
+    let (buf, view2) = leaked_buf(4, 0);
+    // SAFETY: as above.
+    unsafe { ring.add_readv(pinned(vec![buf]), reader.as_raw_fd(), None, 3) }.unwrap();
+    ring.submit().unwrap();
+    let early: Vec<_> = ring
+        .wait_timeout(Duration::from_millis(50))
+        .unwrap()
+        .collect();
+    assert!(early.is_empty(), "{early:?}");
+    (&writer).write_all(b"abcdefgh").unwrap();
+    let mut done: Vec<_> = common::reap(&ring, 2)
+        .into_iter()
+        .map(|(ud, r)| (ud, r.ok()))
+        .collect();
+    done.sort();
+    assert_eq!(done, [(1, Some(4)), (3, Some(4))]);
+    // The pipe serves the two reads in either order.
+    let mut halves = [view, view2];
+    halves.sort();
+    assert_eq!(halves, [&b"abcd"[..], &b"efgh"[..]]);
+}

@@ -432,3 +432,29 @@ fn blocking_work_whose_submitting_thread_exited_completes_normally() {
     assert_eq!((ud, result.ok()), (1, Some(0)));
     assert_eq!(file.metadata().expect("metadata").len(), LEN);
 }
+
+#[test]
+fn operations_in_flight_are_capped_at_sixteen_completion_rings() {
+    // The kernel keeps completions nobody reaps, without a limit of its own
+    // (IORING_FEAT_NODROP): the cap bounds that memory.
+    let ring = ring!(8);
+    let cap = 16 * u64::from(ring.cq_entries());
+    let mut added = 0;
+    let refused = loop {
+        match ring.add_nop(added) {
+            Ok(()) => added += 1,
+            Err(e) => break e,
+        }
+        if added % u64::from(ring.sq_entries()) == 0 {
+            ring.submit().expect("submit");
+        }
+        assert!(added <= cap, "more than {cap} in flight");
+    };
+    assert!(matches!(refused, Error::NoSpace), "{refused}");
+    assert_eq!(added, cap);
+    assert_eq!(ring.in_flight(), cap as usize);
+    let completions = reap(&ring, cap as usize);
+    assert_each_once(&completions, 0..cap);
+    ring.add_nop(cap).expect("room again once reaped");
+    assert_eq!(reap(&ring, 1)[0].0, cap);
+}

@@ -63,8 +63,14 @@ impl<'a> Completions<'a> {
     /// Ends the current batch, every completion of which has been yielded,
     /// claims the next, and yields its first completion.
     fn refill(&mut self) -> Option<(UserData, io::Result<u32>)> {
-        let mut side = lock(&self.ring.completion);
-        let side = &mut *side;
+        if self.ring.check_process().is_err() {
+            // An iterator carried across fork: the completions are the
+            // parent's.
+            self.exhausted = true;
+            return None;
+        }
+        let mut guard = lock(&self.ring.completion);
+        let side = &mut *guard;
         if let Some(id) = self.record.take() {
             side.table.close_record(id, self.len);
         }
@@ -93,7 +99,7 @@ impl<'a> Completions<'a> {
             self.batch[..rest.len()].copy_from_slice(rest);
             (self.next, self.len, self.record) = (0, rest.len(), Some(id));
         }
-        self.ring.publish_hints(&side.table);
+        self.ring.unlock(guard);
         first.as_ref().map(as_item)
     }
 }
@@ -123,12 +129,9 @@ impl Drop for Completions<'_> {
         let Some(id) = self.record.take() else {
             return;
         };
-        let handed_back = {
-            let mut side = lock(&self.ring.completion);
-            let handed_back = side.table.close_record(id, self.next);
-            self.ring.publish_hints(&side.table);
-            handed_back
-        };
+        let mut side = lock(&self.ring.completion);
+        let handed_back = side.table.close_record(id, self.next);
+        self.ring.unlock(side);
         if handed_back > 0 {
             self.ring.post_wake();
         }

@@ -67,15 +67,16 @@ impl URingContext {
 
     /// Drains the ring, or leaks what the kernel may still use.
     fn drain_or_leak(&mut self, timeout: Duration) -> Result<()> {
-        if std::process::id() != self.owner_pid {
+        if self.check_process().is_err() {
             // A forked child's copy: the operations are the parent's, and
             // so is the memory the kernel uses for them; the child's copy of
-            // that memory is never touched. Leave the ring alone.
-            lock(&self.completion).table.leak_all();
+            // that memory is never touched. Leave the ring alone, and take
+            // no lock another thread of the parent may have held at fork.
+            self.table_mut().forget_all();
             return Ok(());
         }
         let outcome = self.drain(timeout);
-        let leak = || lock(&self.completion).table.leak_all();
+        let mut leak = || self.table_mut().leak_all();
         match outcome {
             Drained::All => Ok(()),
             Drained::TimedOut(left) => {
@@ -91,8 +92,8 @@ impl URingContext {
 
     /// Releases every completion in the CQ ring (the operations are done).
     fn discard_ready(&self) {
-        let mut side = lock(&self.completion);
-        let side = &mut *side;
+        let mut guard = lock(&self.completion);
+        let side = &mut *guard;
         let mut claimed = [Claimed::EMPTY; CLAIM_BATCH];
         loop {
             let count = side.table.claim(&mut side.cq, &mut claimed);
@@ -100,9 +101,10 @@ impl URingContext {
                 side.table.yielded(item);
             }
             if count < claimed.len() {
-                return;
+                break;
             }
         }
+        self.unlock(guard);
     }
 
     /// Cancels every operation in flight and reaps completions until none
@@ -123,7 +125,7 @@ impl URingContext {
         unsafe { lock(&self.submit).replace_queued_with_nops() };
         // No iterator can be alive (`&mut self`), so completions claimed
         // and not yet yielded will never be: their operations are done.
-        lock(&self.completion).table.release_all_claims();
+        self.table_mut().release_all_claims();
         let can_cancel = self.can_cancel.load(Ordering::Relaxed);
         let deadline = Deadline::after(if can_cancel { timeout } else { Duration::ZERO });
         loop {
@@ -131,7 +133,7 @@ impl URingContext {
                 // A disabled ring has never consumed an SQE: nothing is in
                 // the kernel, and everything in flight can be released.
                 Err(Error::Enter(e)) if is_errno(&e, libc::EBADFD) => {
-                    lock(&self.completion).table.release_everything();
+                    self.table_mut().release_everything();
                     return Drained::All;
                 }
                 // Other failures are not fatal here: the deadline bounds us.
@@ -166,10 +168,30 @@ impl URingContext {
                     break; // No room: the next round submits and retries.
                 }
             }
-            // Send the cancellations now; the next round reaps them.
+            // Send the cancellations now, and reap for the rest of the
+            // round: a target whose cancellation came back (`EALREADY`
+            // while it runs) is cancelled again next round, not at once.
             let _ = self.submit();
-            let _ = self.poll_ring(left.min(DRAIN_ROUND));
+            let round = Deadline::after(left.min(DRAIN_ROUND));
+            while !round.left().is_zero() {
+                let _ = self.poll_ring(round.left());
+                self.discard_ready();
+                if lock(&self.completion).table.caller_ops() == 0 {
+                    return Drained::All;
+                }
+            }
         }
+    }
+}
+
+impl URingContext {
+    /// The op table, reached through `&mut self` without locking.
+    fn table_mut(&mut self) -> &mut super::table::OpTable {
+        &mut self
+            .completion
+            .get_mut()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .table
     }
 }
 

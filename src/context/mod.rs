@@ -12,6 +12,7 @@
 mod completions;
 mod crosvm;
 mod drain;
+mod fork;
 mod labels;
 mod queue;
 mod setup;
@@ -137,9 +138,9 @@ pub struct URingContext {
     /// The most operations the caller may have in flight; drain may go one
     /// over.
     in_flight_cap: usize,
-    /// The process that created the ring; after fork, a child's copy must
-    /// not cancel the parent's operations.
-    owner_pid: u32,
+    /// The fork count when the context was created: a forked child's copy
+    /// must not touch the parent's ring (see `fork.rs`).
+    fork_generation: u64,
 }
 
 /// What the completion lock guards: the CQ head and the bookkeeping of
@@ -166,7 +167,9 @@ impl URingContext {
     pub fn in_flight(&self) -> usize {
         let mut side = lock(&self.completion);
         side.table.settle_all(&self.claim_progress);
-        side.table.caller_ops()
+        let in_flight = side.table.caller_ops();
+        self.unlock(side);
+        in_flight
     }
 
     /// How many operations the submission queue holds.
@@ -186,6 +189,15 @@ impl URingContext {
         self.cq.dropped()
     }
 
+    /// Fails with [`Error::Forked`](crate::Error::Forked) in a forked
+    /// child: its copy of the context must not touch the parent's ring.
+    fn check_process(&self) -> crate::Result<()> {
+        if fork::forked_since(self.fork_generation) {
+            return Err(crate::Error::Forked);
+        }
+        Ok(())
+    }
+
     /// The SQE flags the context's own SQEs carry: those the allowlist
     /// requires.
     fn own_sqe_flags(&self) -> IosqeFlags {
@@ -193,6 +205,17 @@ impl URingContext {
             self.required_flags
                 .load(std::sync::atomic::Ordering::Relaxed),
         )
+    }
+
+    /// Releases the completion lock, publishing the counts lock-free
+    /// readers use, then drops the files of operations released under it:
+    /// dropping an `Arc`'d file may run the caller's code, which must not
+    /// run under a ring lock (it could call back into the context).
+    fn unlock(&self, mut side: MutexGuard<'_, CompletionSide>) {
+        self.publish_hints(&side.table);
+        let files = side.table.take_released_files();
+        drop(side);
+        drop(files);
     }
 
     /// Publishes the table's counts that lock-free readers use.

@@ -70,6 +70,10 @@ impl URingContext {
     /// completion always finds its record, and both happen under the
     /// submit lock, so a refusal leaves nothing behind.
     fn queue(&self, ops: &mut [(Prepared, UserData)], cap: usize) -> Result<()> {
+        self.check_process()?;
+        // Files released while settling; declared before the guards, so
+        // dropped after both are released.
+        let mut released_files = Vec::new();
         let mut submit = lock(&self.submit);
         let mut side = lock(&self.completion);
         let table = &mut side.table;
@@ -105,6 +109,7 @@ impl URingContext {
                 // The operation in the way may have been handed to the
                 // caller already, by an iterator not yet settled.
                 table.settle_all(&self.claim_progress);
+                released_files.append(&mut table.take_released_files());
                 result = table.track_caller(*label, pins, keep_alive, cap);
             }
             match result {
@@ -148,6 +153,7 @@ impl URingContext {
     /// requires; refused past `cap` operations tracked or without room in
     /// the submission queue.
     pub(super) fn queue_own(&self, mut sqe: Sqe, target: Option<u64>, cap: usize) -> Result<()> {
+        self.check_process()?;
         let mut submit = lock(&self.submit);
         let slots = submit.free_slots(1).ok_or(Error::NoSpace)?;
         let mut side = lock(&self.completion);

@@ -5,12 +5,40 @@ use std::sync::Mutex;
 
 use super::table::OpTable;
 use super::{CompletionSide, URingContext};
-use crate::abi::{RegisterOperation, SetupFlags, URingOperation, MAX_ENTRIES};
+use crate::abi::{IosqeFlags, RegisterOperation, SetupFlags, URingOperation, MAX_ENTRIES};
 use crate::bindings::{io_uring_params, IORING_FEAT_NODROP};
 use crate::error::{setup_error, Error, Result};
 use crate::ring::{CompletionQueue, RingMemory, SubmissionQueue};
 use crate::sys::{self, Setup};
 use crate::URingAllowlist;
+
+/// The required SQE flags the context's own SQEs (wake-up nops, drain's
+/// cancellations) may carry: others would break them (`CQE_SKIP_SUCCESS`
+/// posts no completion, `IO_DRAIN` waits for everything before it, links
+/// chain them to the caller's SQEs, `BUFFER_SELECT` needs a buffer group).
+const OWN_SQE_FLAGS: IosqeFlags = IosqeFlags::FIXED_FILE.union(IosqeFlags::ASYNC);
+
+/// How many operations may be in flight on a ring with these parameters.
+///
+/// With `IORING_FEAT_NODROP` the kernel keeps every completion that does
+/// not fit in the CQ ring on an overflow list, in kernel memory without a
+/// limit of its own: capping what is in flight at a multiple of the CQ
+/// ring bounds that memory (a process that never reaps gets `NoSpace`
+/// instead of exhausting the kernel's). Without NODROP the kernel drops
+/// such completions, so never have more in flight than the CQ ring holds,
+/// keeping one slot for drain's cancellations: it can always cancel one
+/// more.
+fn in_flight_cap(params: &io_uring_params) -> usize {
+    let cq_entries = params.cq_entries as usize;
+    if params.features & IORING_FEAT_NODROP != 0 {
+        IN_FLIGHT_PER_CQ_ENTRY * cq_entries
+    } else {
+        cq_entries - 1
+    }
+}
+
+/// With `IORING_FEAT_NODROP`, operations in flight per CQ ring entry.
+const IN_FLIGHT_PER_CQ_ENTRY: usize = 16;
 
 impl URingContext {
     /// Creates a ring with room for `num_entries` queued operations (rounded
@@ -82,14 +110,7 @@ impl URingContext {
         };
         let ring = setup(num_entries as u32, &mut params).map_err(setup_error)?;
         let memory = RingMemory::map(&ring, &params).map_err(Error::Mmap)?;
-        // Without NODROP the kernel drops completions that do not fit in the
-        // CQ ring, so never have more in flight than it holds, keeping one
-        // slot for drain's cancellations: it can always cancel one more.
-        let in_flight_cap = if params.features & IORING_FEAT_NODROP != 0 {
-            usize::MAX - 1
-        } else {
-            params.cq_entries as usize - 1
-        };
+        let in_flight_cap = in_flight_cap(&params);
         // SAFETY: `memory` maps the ring `params` describes; the context
         // built below owns it and drops it after the queues (field order).
         let submit = unsafe { SubmissionQueue::new(&memory, &params) }.map_err(Error::Mmap)?;
@@ -114,7 +135,7 @@ impl URingContext {
             sq_entries: params.sq_entries,
             cq_entries: params.cq_entries,
             in_flight_cap,
-            owner_pid: std::process::id(),
+            fork_generation: super::fork::generation(),
         })
     }
 
@@ -135,10 +156,14 @@ impl URingContext {
                 entries.len() as u32,
             )
         }?;
-        self.required_flags
-            .store(allowlist.required_sqe_flags().bits(), Ordering::Relaxed);
+        // The context's own SQEs carry what the allowlist requires, but
+        // only flags that leave them working; a ring that requires another
+        // refuses them, and so cannot cancel.
+        let required = allowlist.required_sqe_flags();
+        let carried = required & OWN_SQE_FLAGS;
+        self.required_flags.store(carried.bits(), Ordering::Relaxed);
         self.can_cancel.store(
-            allowlist.allows_submit_operation(URingOperation::AsyncCancel),
+            allowlist.allows_submit_operation(URingOperation::AsyncCancel) && carried == required,
             Ordering::Relaxed,
         );
         Ok(())
@@ -156,9 +181,9 @@ impl URingContext {
     /// (`IORING_REGISTER_EVENTFD`, Linux 5.2), for event loops that wait on
     /// an eventfd rather than the ring fd.
     ///
-    /// The eventfd counts the kernel's own posts only: it is not signalled
-    /// again for completions an iterator hands back (the ring fd is, see
-    /// [`AsRawFd`](std::os::fd::AsRawFd)).
+    /// The eventfd counts the kernel's posts, the context's own included:
+    /// after an iterator hands completions back, the wake-up nop the
+    /// context posts for them signals it too.
     pub fn register_eventfd(&self, eventfd: std::os::fd::RawFd) -> Result<()> {
         // SAFETY: REGISTER_EVENTFD reads one `int`, which lives on our stack
         // for the whole call.
@@ -188,6 +213,7 @@ impl URingContext {
         arg: *const libc::c_void,
         nr_args: u32,
     ) -> Result<()> {
+        self.check_process()?;
         // SAFETY: forwarded from the caller.
         unsafe { sys::register(&self.ring, call, arg, nr_args) }
             .map(drop)

@@ -34,7 +34,20 @@ impl URingContext {
     /// - Anything else returns [`Error::Enter`] (`EBADFD`: the ring is still
     ///   disabled).
     pub fn submit(&self) -> Result<()> {
+        self.check_process()?;
         self.pay_wake_owed();
+        self.submit_queued()?;
+        // A wake-up owed because the queue was full has room now.
+        if self.wake_owed.load(std::sync::atomic::Ordering::Relaxed) {
+            self.pay_wake_owed();
+            self.submit_queued()?;
+        }
+        Ok(())
+    }
+
+    /// Offers every queued SQE to the kernel until it has consumed them
+    /// all; see [`submit`](Self::submit).
+    fn submit_queued(&self) -> Result<()> {
         loop {
             // One load of the head for both: if another thread's enter
             // consumed SQEs between two loads, a 0 from ours would look like

@@ -28,7 +28,8 @@ use std::hash::BuildHasher;
 
 use super::labels::LabelTable;
 use crate::abi::UserData;
-use crate::op::KeepAlive;
+use crate::iobuf::KernelIovecs;
+use crate::op::{KeepAlive, SharedFd};
 
 mod claims;
 
@@ -103,10 +104,18 @@ pub(crate) struct OpTable {
     /// Completions handed back by an iterator dropped before yielding
     /// them, served before the ring's.
     returned: VecDeque<Claimed>,
+    /// Files of released operations, not yet dropped (see `release`).
+    released_files: Vec<SharedFd>,
 }
 
 const SLOT_BITS: u32 = 32;
 const GENERATION_BITS: u32 = 16;
+
+/// What contexts leaked because the kernel might still use it (iovec
+/// arrays, files held open), kept for the life of the process. Holding it
+/// here rather than forgetting it keeps it reachable, so leak checkers
+/// (LeakSanitizer, Miri) tell these deliberate leaks from real ones.
+static LEAKED: std::sync::Mutex<Vec<KernelIovecs>> = std::sync::Mutex::new(Vec::new());
 
 /// An identity no operation ever has: its slot index is never allocated.
 /// A cancellation aimed at it finds nothing (`ENOENT`).
@@ -127,6 +136,7 @@ impl OpTable {
             added: 0,
             records: (0..MAX_CLAIMS).map(|_| None).collect(),
             returned: VecDeque::new(),
+            released_files: Vec::new(),
         }
     }
 
@@ -234,8 +244,28 @@ impl OpTable {
         Some(self.identity(slot))
     }
 
+    /// Stops tracking `slot`, whose operation is done: frees its iovec
+    /// array and sets aside the file it held, which may run the caller's
+    /// code when dropped: [`take_released_files`](Self::take_released_files)
+    /// hands those over to be dropped once the lock is released.
+    pub(super) fn release(&mut self, slot: u32) {
+        let keep_alive = self.stop_tracking(slot);
+        if let Some(file) = keep_alive.file {
+            self.released_files.push(file);
+        }
+    }
+
+    /// The files of operations released since the last call, to drop
+    /// outside the completion lock. Allocates nothing when there are none.
+    pub(crate) fn take_released_files(&mut self) -> Vec<SharedFd> {
+        if self.released_files.is_empty() {
+            return Vec::new();
+        }
+        std::mem::take(&mut self.released_files)
+    }
+
     /// Stops tracking `slot`, returning what it kept alive.
-    pub(super) fn release(&mut self, slot: u32) -> KeepAlive {
+    fn stop_tracking(&mut self, slot: u32) -> KeepAlive {
         let tracked = self.slots[slot as usize]
             .op
             .take()
@@ -265,7 +295,7 @@ impl OpTable {
         let slot = self
             .decode(identity)
             .expect("untracked an unknown identity");
-        self.release(slot)
+        self.stop_tracking(slot)
     }
 
     /// The identities of every caller operation in flight with `label`,
@@ -334,14 +364,38 @@ impl OpTable {
         }
     }
 
-    /// Forgets every operation without dropping what it keeps alive: for
-    /// when the kernel may still use that memory.
+    /// Stops tracking every operation without freeing the memory the
+    /// kernel may still use: the iovec arrays go to [`LEAKED`], where they
+    /// stay for the life of the process. Files held open are closed (the
+    /// kernel holds its own reference to a file it uses).
     pub(crate) fn leak_all(&mut self) {
+        let mut leaked = LEAKED
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        for entry in &mut self.slots {
+            if let Some(tracked) = entry.op.take() {
+                if let Some(iovecs) = tracked.keep_alive.iovecs {
+                    leaked.push(iovecs);
+                }
+            }
+        }
+        drop(leaked);
+        self.clear();
+    }
+
+    /// Forgets every operation, dropping nothing it keeps alive and taking
+    /// no lock: for a forked child's copy, whose state is the parent's.
+    pub(crate) fn forget_all(&mut self) {
         for entry in &mut self.slots {
             if let Some(tracked) = entry.op.take() {
                 std::mem::forget(tracked.keep_alive);
             }
         }
+        self.clear();
+    }
+
+    /// Empties the table once every slot has been taken care of.
+    fn clear(&mut self) {
         self.slots.clear();
         self.free_slots.clear();
         self.labels = LabelTable::new();

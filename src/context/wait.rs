@@ -52,7 +52,10 @@ impl URingContext {
     /// iterators handed back); completions the kernel kept aside because
     /// the ring was full (`IORING_FEAT_NODROP`) come back with the next
     /// `wait`, so none is lost however many are in flight. Dropping the
-    /// iterator early hands the rest back for the next `wait`.
+    /// iterator early hands the rest back for the next `wait`. Forgetting
+    /// it (`mem::forget`) leaks the completions it had not yielded: their
+    /// operations stay in flight (and their user_data taken) until
+    /// [`close`](Self::close) or drop; the ring itself keeps working.
     ///
     /// `wait` blocks also when nothing is in flight, as crosvm's, liburing's
     /// `io_uring_wait_cqe` and the io-uring crate's `submit_and_wait(1)` do:
@@ -70,6 +73,7 @@ impl URingContext {
     /// operations stay queued. Completions the kernel dropped for want of
     /// memory are reported once, as [`Error::CompletionsLost`].
     pub fn wait(&self) -> Result<impl Iterator<Item = (UserData, io::Result<u32>)> + '_> {
+        self.check_process()?;
         loop {
             self.check_drops()?;
             let (queued, _) = self.sq.queued();
@@ -151,6 +155,7 @@ impl URingContext {
         &self,
         timeout: Duration,
     ) -> Result<impl Iterator<Item = (UserData, io::Result<u32>)> + '_> {
+        self.check_process()?;
         let deadline = Deadline::after(timeout);
         loop {
             match self.submit() {
@@ -198,11 +203,12 @@ impl URingContext {
         if self.internal_ops.load(Ordering::Relaxed) == 0 {
             return true;
         }
-        let mut side = lock(&self.completion);
-        let side = &mut *side;
+        let mut guard = lock(&self.completion);
+        let side = &mut *guard;
         side.table.swallow_own_at_front(&mut side.cq);
-        self.publish_hints(&side.table);
-        side.table.has_unclaimed(&side.cq)
+        let ready = side.table.has_unclaimed(&side.cq);
+        self.unlock(guard);
+        ready
     }
 
     /// Blocks until the ring fd polls readable (a completion was posted) or

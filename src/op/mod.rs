@@ -48,6 +48,7 @@ pub use sync::{Fallocate, Fsync};
 pub use target::Target;
 
 pub(crate) use rw::pin_raw_iovecs;
+pub(crate) use target::SharedFd;
 
 use crate::abi::{IosqeFlags, Sqe, URingOperation};
 use crate::iobuf::KernelIovecs;
