@@ -314,3 +314,27 @@ fn a_file_the_context_held_is_dropped_outside_its_locks() {
     let done = reaper.join().expect("reaper panicked");
     assert_eq!((done[0].0, done[0].1.as_ref().ok()), (1, Some(&0)));
 }
+
+#[test]
+fn a_cancel_by_label_does_not_aim_at_completions_the_caller_already_has() {
+    // The reported input: four nops under one label, three handed to the
+    // caller, one submission slot left: the cancel aims at one nop only.
+    let ring = ring!(2);
+    for _ in 0..2 {
+        for _ in 0..2 {
+            ring.add_nop(5).expect("nop");
+        }
+        ring.submit().expect("submit");
+    }
+    let mut completions = ring.wait().expect("wait");
+    for _ in 0..3 {
+        assert_eq!(completions.next().map(|(ud, _)| ud), Some(5));
+    }
+    ring.add_nop(9).expect("nop");
+    ring.async_cancel(5, 6)
+        .expect("one SQE for the one nop the caller does not have yet");
+    drop(completions);
+    let mut rest: Vec<u64> = reap(&ring, 3).into_iter().map(|(ud, _)| ud).collect();
+    rest.sort();
+    assert_eq!(rest, [5, 6, 9]);
+}

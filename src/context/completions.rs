@@ -25,7 +25,8 @@ use crate::abi::UserData;
 /// already moved.
 pub(super) struct Completions<'a> {
     ring: &'a URingContext,
-    /// `batch[next..len]` are claimed and not yet yielded.
+    /// `batch[next..len]` are claimed and not yet yielded; with a record,
+    /// it holds `batch[1..len]` (`batch[0]` was yielded as it was claimed).
     batch: [Claimed; CLAIM_BATCH],
     next: usize,
     len: usize,
@@ -72,7 +73,7 @@ impl<'a> Completions<'a> {
         let mut guard = lock(&self.ring.completion);
         let side = &mut *guard;
         if let Some(id) = self.record.take() {
-            side.table.close_record(id, self.len);
+            side.table.close_record(id, self.len - 1);
         }
         let want = if self.claims == 0 || !side.table.record_available() {
             1
@@ -80,24 +81,23 @@ impl<'a> Completions<'a> {
             CLAIM_BATCH
         };
         self.claims += 1;
-        let mut claimed = [Claimed::EMPTY; CLAIM_BATCH];
-        let count = side.table.claim(&mut side.cq, &mut claimed[..want]);
+        // Claimed straight into the batch: the first is yielded now, the
+        // rest from `batch[1..]`.
+        let count = side.table.claim(&mut side.cq, &mut self.batch[..want]);
         self.exhausted = count < want || !side.table.has_unclaimed(&side.cq);
-        let first = claimed[..count].first().copied();
+        let first = self.batch[..count].first().copied();
         if let Some(first) = &first {
             // The caller has the first one as soon as this returns.
             side.table.yielded(first);
         }
         if count > 1 {
-            let rest = &claimed[1..count];
             let id = side
                 .table
-                .open_record(rest)
+                .open_record(&self.batch[1..count])
                 .expect("a record was available for a batch claim");
             // Under the lock, before anyone can settle this record.
             self.ring.claim_progress[id].store(0, Ordering::Relaxed);
-            self.batch[..rest.len()].copy_from_slice(rest);
-            (self.next, self.len, self.record) = (0, rest.len(), Some(id));
+            (self.next, self.len, self.record) = (1, count, Some(id));
         }
         self.ring.unlock(guard);
         first.as_ref().map(as_item)
@@ -113,8 +113,9 @@ impl Iterator for Completions<'_> {
             self.next += 1;
             let id = self.record.expect("a batch has a record");
             // Release: whoever settles this record with an Acquire load
-            // sees that the caller has every completion before `next`.
-            self.ring.claim_progress[id].store(self.next as u32, Ordering::Release);
+            // sees that the caller has every completion of it before
+            // `next` (the record holds `batch[1..len]`).
+            self.ring.claim_progress[id].store(self.next as u32 - 1, Ordering::Release);
             return Some(item);
         }
         if self.exhausted {
@@ -130,7 +131,7 @@ impl Drop for Completions<'_> {
             return;
         };
         let mut side = lock(&self.ring.completion);
-        let handed_back = side.table.close_record(id, self.next);
+        let handed_back = side.table.close_record(id, self.next - 1);
         self.ring.unlock(side);
         if handed_back > 0 {
             self.ring.post_wake();

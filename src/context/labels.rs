@@ -1,11 +1,18 @@
-//! [`LabelTable`]: a value per caller label (user_data) in flight.
+//! The label rule's bookkeeping: which labels (caller user_data values) are
+//! in flight, paid in full only by operations that pin caller memory.
 //!
-//! An open-addressing table with linear probing and backward-shift
-//! deletion, kept at most half full. It does exactly what the label rule
-//! needs (find, insert, remove) with one hash and a short probe, where
-//! `std`'s map cost about a sixth of a nop's round trip. The hash is a
-//! folded multiply of the label with a per-table random key, so a caller's
-//! choice of labels cannot line up collisions on purpose.
+//! - [`LabelTable`]: the labels of operations that pin memory, exactly,
+//!   with the slot of each (such a label has one operation in flight). An
+//!   open-addressing table with linear probing and backward-shift deletion,
+//!   kept at most half full: one hash and a short probe, where `std`'s map
+//!   cost about a sixth of a nop's round trip. The hash is a folded
+//!   multiply of the label with a per-table random key, so a caller's
+//!   choice of labels cannot line up collisions on purpose.
+//! - [`UnpinnedCounts`]: for every other operation, a count per hash
+//!   bucket of its label (a counting filter): adding and releasing a nop
+//!   costs an increment and a decrement. A zero means no such operation has
+//!   the label; a non-zero may be another label's, and only an operation
+//!   that pins memory, about to share a label, then looks closer.
 
 use std::hash::BuildHasher;
 
@@ -62,7 +69,6 @@ impl<T> LabelTable<T> {
         }
     }
 
-    #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
         self.len
     }
@@ -76,13 +82,6 @@ impl<T> LabelTable<T> {
     pub(crate) fn get(&self, user_data: u64) -> Option<&T> {
         let i = self.find(user_data)?;
         self.slots[i].as_ref().map(|(_, value)| value)
-    }
-
-    /// The value under `user_data`, if any, to change in place.
-    #[inline]
-    pub(crate) fn get_mut(&mut self, user_data: u64) -> Option<&mut T> {
-        let i = self.find(user_data)?;
-        self.slots[i].as_mut().map(|(_, value)| value)
     }
 
     /// Inserts `state` under `user_data`, unless that key is present: then
@@ -150,6 +149,71 @@ impl<T> LabelTable<T> {
     }
 }
 
+/// Per-bucket counts of the labels of operations in flight that pin no
+/// memory; see the module docs. Kept at least twice as many buckets as
+/// counted operations, so that a bucket is rarely shared.
+pub(crate) struct UnpinnedCounts {
+    counts: Box<[u32]>,
+    /// Operations counted.
+    total: usize,
+    key: u64,
+}
+
+/// Buckets in a new filter.
+const INITIAL_BUCKETS: usize = 256;
+
+impl UnpinnedCounts {
+    pub(crate) fn new() -> UnpinnedCounts {
+        UnpinnedCounts {
+            counts: vec![0; INITIAL_BUCKETS].into_boxed_slice(),
+            total: 0,
+            key: std::collections::hash_map::RandomState::new().hash_one(1u64),
+        }
+    }
+
+    #[inline]
+    fn bucket(&self, label: u64) -> usize {
+        const MULTIPLIER: u64 = 0x9e37_79b9_7f4a_7c15;
+        let product = u128::from(label ^ self.key) * u128::from(MULTIPLIER);
+        ((product as u64) ^ ((product >> 64) as u64)) as usize & (self.counts.len() - 1)
+    }
+
+    /// Whether an operation with `label` may be counted: `false` means
+    /// certainly not.
+    #[inline]
+    pub(crate) fn may_contain(&self, label: u64) -> bool {
+        self.counts[self.bucket(label)] != 0
+    }
+
+    /// Counts one more operation with `label`. Returns whether the filter
+    /// is now too full: then [`rebuild`](Self::rebuild) it.
+    #[inline]
+    pub(crate) fn add(&mut self, label: u64) -> bool {
+        let bucket = self.bucket(label);
+        self.counts[bucket] += 1;
+        self.total += 1;
+        2 * self.total > self.counts.len()
+    }
+
+    /// Counts one operation with `label` fewer.
+    #[inline]
+    pub(crate) fn remove(&mut self, label: u64) {
+        let bucket = self.bucket(label);
+        self.counts[bucket] -= 1;
+        self.total -= 1;
+    }
+
+    /// Doubles the buckets and counts `labels` (every operation counted)
+    /// again.
+    pub(crate) fn rebuild(&mut self, labels: impl Iterator<Item = u64>) {
+        self.counts = vec![0; 2 * self.counts.len()].into_boxed_slice();
+        self.total = 0;
+        for label in labels {
+            self.add(label);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -190,5 +254,22 @@ mod tests {
             assert_eq!(table.len(), 0);
             assert_eq!(table.keys().count(), 0);
         }
+    }
+
+    #[test]
+    fn the_unpinned_counts_never_miss_a_label_they_hold() {
+        let mut counts = UnpinnedCounts::new();
+        let labels: Vec<u64> = (0..2000).map(|i| i * 0x1_0000_0001).collect();
+        for (i, &label) in labels.iter().enumerate() {
+            if counts.add(label) {
+                counts.rebuild(labels[..=i].iter().copied());
+            }
+        }
+        assert!(counts.counts.len() >= 2 * labels.len());
+        assert!(labels.iter().all(|&label| counts.may_contain(label)));
+        for &label in &labels {
+            counts.remove(label);
+        }
+        assert!(labels.iter().all(|&label| !counts.may_contain(label)));
     }
 }

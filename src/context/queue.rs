@@ -42,8 +42,11 @@ impl URingContext {
     /// # Ok::<(), ringfence::Error>(())
     /// ```
     pub fn add<O: Operation>(&self, op: O, user_data: UserData) -> Result<()> {
-        let mut ops = [(op.prepare()?, user_data)];
-        self.queue(&mut ops, self.in_flight_cap)
+        let prepared = op.prepare()?;
+        if prepared.resolve != Resolve::Nothing {
+            return self.queue(&mut [(prepared, user_data)], self.in_flight_cap);
+        }
+        self.queue_one(prepared, user_data)
     }
 
     /// Queues every operation in `batch` under one lock, or none of them:
@@ -84,6 +87,9 @@ impl URingContext {
         let mut failure = None;
         for (prepared, label) in ops.iter_mut() {
             if let Resolve::TargetLabel(target) = prepared.resolve {
+                // Completions the caller already has are no targets.
+                table.settle_all(&self.claim_progress);
+                released_files.append(&mut table.take_released_files());
                 let targets = table.identities_with_label(target);
                 let first = targets.first().copied();
                 prepared.sqe.set_addr(first.unwrap_or(table.no_identity()));
@@ -102,10 +108,10 @@ impl URingContext {
                     break;
                 }
             }
-            let keep_alive = std::mem::take(&mut prepared.keep_alive);
             let pins = prepared.pins_caller_memory;
+            let keep_alive = &mut prepared.keep_alive;
             let mut result = table.track_caller(*label, pins, keep_alive, cap);
-            if let Err((Refusal::SharedLabel, keep_alive)) = result {
+            if result == Err(Refusal::SharedLabel) {
                 // The operation in the way may have been handed to the
                 // caller already, by an iterator not yet settled.
                 table.settle_all(&self.claim_progress);
@@ -117,8 +123,7 @@ impl URingContext {
                     prepared.sqe.set_user_data(identity);
                     tracked += 1;
                 }
-                Err((refusal, keep_alive)) => {
-                    prepared.keep_alive = keep_alive;
+                Err(refusal) => {
                     failure = Some(match refusal {
                         Refusal::SharedLabel => Error::DuplicateUserData(*label),
                         Refusal::Full => Error::NoSpace,
@@ -142,9 +147,42 @@ impl URingContext {
             }
             return Err(failure.unwrap_or(Error::NoSpace));
         };
-        self.publish_hints(&side.table);
+        if !extra.is_empty() {
+            self.publish_hints(&side.table);
+        }
         drop(side);
         submit.publish(slots, ops.iter().map(|(op, _)| &op.sqe).chain(&extra));
+        Ok(())
+    }
+
+    /// [`queue`](Self::queue) for one operation that needs no resolving:
+    /// the path of every single add.
+    fn queue_one(&self, mut prepared: Prepared, label: UserData) -> Result<()> {
+        self.check_process()?;
+        // Files released while settling, dropped after both guards.
+        let mut released_files = Vec::new();
+        let mut submit = lock(&self.submit);
+        let slots = submit.free_slots(1).ok_or(Error::NoSpace)?;
+        let mut side = lock(&self.completion);
+        let table = &mut side.table;
+        let pins = prepared.pins_caller_memory;
+        let keep_alive = &mut prepared.keep_alive;
+        let mut result = table.track_caller(label, pins, keep_alive, self.in_flight_cap);
+        if result == Err(Refusal::SharedLabel) {
+            // As in `queue`: the operation in the way may be settled now.
+            table.settle_all(&self.claim_progress);
+            released_files = table.take_released_files();
+            result = table.track_caller(label, pins, keep_alive, self.in_flight_cap);
+        }
+        drop(side);
+        let identity = result.map_err(|refusal| match refusal {
+            Refusal::SharedLabel => Error::DuplicateUserData(label),
+            Refusal::Full => Error::NoSpace,
+        })?;
+        prepared.sqe.set_user_data(identity);
+        submit.publish(slots, std::iter::once(&prepared.sqe));
+        drop(submit);
+        drop(released_files);
         Ok(())
     }
 

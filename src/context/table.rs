@@ -26,7 +26,7 @@
 use std::collections::VecDeque;
 use std::hash::BuildHasher;
 
-use super::labels::LabelTable;
+use super::labels::{LabelTable, UnpinnedCounts};
 use crate::abi::UserData;
 use crate::iobuf::KernelIovecs;
 use crate::op::{KeepAlive, SharedFd};
@@ -54,37 +54,48 @@ pub(crate) enum Refusal {
     Full,
 }
 
-/// Who an operation is for.
+/// Who a slot's operation is for.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 enum Owner {
-    /// The caller, under `label`.
-    Caller { label: UserData },
-    /// The context itself (a wake-up nop, drain's cancellation of
-    /// `target`): its completion is swallowed.
-    Internal { target: Option<u64> },
+    /// No operation: the slot is free.
+    #[default]
+    Free,
+    /// The caller, under the slot's `label`; `pins`: it pins caller memory.
+    Caller { pins: bool },
+    /// The context itself (a wake-up nop, or with `cancels` drain's
+    /// cancellation of the identity in the slot's `label`): its completion
+    /// is swallowed.
+    Internal { cancels: bool },
 }
 
-struct Tracked {
-    owner: Owner,
-    keep_alive: KeepAlive,
-    /// When it was tracked: operations sharing a label are ordered by it.
-    added: u64,
-}
-
+/// One operation's place in the table. Its fields are written in place
+/// when an operation is tracked and cleared when it is released.
 #[derive(Default)]
 struct Slot {
     generation: u16,
-    op: Option<Tracked>,
+    owner: Owner,
+    /// The caller's label, or the identity an internal cancellation aims
+    /// at.
+    label: u64,
+    /// When it was tracked: operations sharing a label are ordered by it.
+    added: u64,
+    keep_alive: KeepAlive,
 }
 
-/// What the label rule needs to know of one label.
-struct LabelUse {
-    /// Operations in flight with this label.
-    count: u32,
-    /// One of them pins caller memory (then it is the only one).
-    pinned: bool,
-    /// The slot of the only one, while no other has shared the label: what
-    /// cancelling by label aims at without searching.
-    only: Option<u32>,
+impl Slot {
+    /// The caller's label, if this is a caller's operation, and whether it
+    /// pins memory.
+    fn caller(&self) -> Option<(UserData, bool)> {
+        match self.owner {
+            Owner::Caller { pins } => Some((self.label, pins)),
+            _ => None,
+        }
+    }
+
+    /// The identity this slot's internal cancellation aims at.
+    fn cancels(&self) -> Option<u64> {
+        (self.owner == Owner::Internal { cancels: true }).then_some(self.label)
+    }
 }
 
 /// The operations in flight and the completions claimed; see the module
@@ -94,13 +105,16 @@ pub(crate) struct OpTable {
     tag: u64,
     slots: Vec<Slot>,
     free_slots: Vec<u32>,
-    labels: LabelTable<LabelUse>,
+    /// Labels of operations that pin caller memory, with their slots.
+    pinned: LabelTable<u32>,
+    /// Labels of the caller's other operations, counted by bucket.
+    unpinned: UnpinnedCounts,
     caller_ops: usize,
     internal_ops: usize,
     /// Operations tracked so far, for their `added` order.
     added: u64,
     /// Outstanding claims by id; `None` is a free id.
-    records: Vec<Option<Record>>,
+    records: Vec<Record>,
     /// Completions handed back by an iterator dropped before yielding
     /// them, served before the ring's.
     returned: VecDeque<Claimed>,
@@ -130,11 +144,12 @@ impl OpTable {
             tag: (0x8000 | (random & 0x7fff)) << (SLOT_BITS + GENERATION_BITS),
             slots: Vec::new(),
             free_slots: Vec::new(),
-            labels: LabelTable::new(),
+            pinned: LabelTable::new(),
+            unpinned: UnpinnedCounts::new(),
             caller_ops: 0,
             internal_ops: 0,
             added: 0,
-            records: (0..MAX_CLAIMS).map(|_| None).collect(),
+            records: (0..MAX_CLAIMS).map(|_| Record::FREE).collect(),
             returned: VecDeque::new(),
             released_files: Vec::new(),
         }
@@ -160,16 +175,11 @@ impl OpTable {
         let slot = identity as u32;
         let entry = self.slots.get(slot as usize)?;
         let generation = (identity >> SLOT_BITS) as u16;
-        (entry.op.is_some() && entry.generation == generation).then_some(slot)
+        (entry.owner != Owner::Free && entry.generation == generation).then_some(slot)
     }
 
-    fn allocate(&mut self, owner: Owner, keep_alive: KeepAlive) -> u32 {
+    fn allocate(&mut self, owner: Owner, label: u64, keep_alive: KeepAlive) -> u32 {
         self.added += 1;
-        let tracked = Tracked {
-            owner,
-            keep_alive,
-            added: self.added,
-        };
         let slot = match self.free_slots.pop() {
             Some(slot) => slot,
             None => {
@@ -179,7 +189,10 @@ impl OpTable {
         };
         let entry = &mut self.slots[slot as usize];
         entry.generation = entry.generation.wrapping_add(1);
-        entry.op = Some(tracked);
+        entry.owner = owner;
+        entry.label = label;
+        entry.added = self.added;
+        entry.keep_alive = keep_alive;
         slot
     }
 
@@ -199,35 +212,36 @@ impl OpTable {
         self.internal_ops
     }
 
-    /// Tracks a caller's operation under `label` unless `cap` operations
-    /// are tracked or the label rule refuses it; returns its identity. A
-    /// refusal hands `keep_alive` back.
+    /// Tracks a caller's operation under `label`, taking what it keeps
+    /// alive from `keep_alive`, unless `cap` operations are tracked or the
+    /// label rule refuses it (then `keep_alive` is left as it was); returns
+    /// its identity.
     pub(crate) fn track_caller(
         &mut self,
         label: UserData,
         pins: bool,
-        keep_alive: KeepAlive,
+        keep_alive: &mut KeepAlive,
         cap: usize,
-    ) -> Result<u64, (Refusal, KeepAlive)> {
+    ) -> Result<u64, Refusal> {
         if self.tracked() >= cap {
-            return Err((Refusal::Full, keep_alive));
+            return Err(Refusal::Full);
         }
-        if let Some(used) = self.labels.get_mut(label) {
-            if pins || used.pinned {
-                return Err((Refusal::SharedLabel, keep_alive));
-            }
-            used.count += 1;
-            used.only = None;
+        // Operations that pin no memory pay a lookup only while some that
+        // do are in flight, and a count; the others pay the exact checks.
+        let shared = self.pinned.len() > 0 && self.pinned.contains(label)
+            || pins
+                && self.unpinned.may_contain(label)
+                && self.unpinned_with(label).next().is_some();
+        if shared {
+            return Err(Refusal::SharedLabel);
         }
-        let slot = self.allocate(Owner::Caller { label }, keep_alive);
-        if !self.labels.contains(label) {
-            let used = LabelUse {
-                count: 1,
-                pinned: pins,
-                only: Some(slot),
-            };
+        let slot = self.allocate(Owner::Caller { pins }, label, std::mem::take(keep_alive));
+        if pins {
             // Cannot fail: the label is absent.
-            let _ = self.labels.insert(label, used);
+            let _ = self.pinned.insert(label, slot);
+        } else if self.unpinned.add(label) {
+            let labels: Vec<u64> = self.unpinned_labels().collect();
+            self.unpinned.rebuild(labels.into_iter());
         }
         self.caller_ops += 1;
         Ok(self.identity(slot))
@@ -239,7 +253,10 @@ impl OpTable {
         if self.tracked() >= cap {
             return None;
         }
-        let slot = self.allocate(Owner::Internal { target }, KeepAlive::default());
+        let owner = Owner::Internal {
+            cancels: target.is_some(),
+        };
+        let slot = self.allocate(owner, target.unwrap_or(0), KeepAlive::default());
         self.internal_ops += 1;
         Some(self.identity(slot))
     }
@@ -266,26 +283,23 @@ impl OpTable {
 
     /// Stops tracking `slot`, returning what it kept alive.
     fn stop_tracking(&mut self, slot: u32) -> KeepAlive {
-        let tracked = self.slots[slot as usize]
-            .op
-            .take()
-            .expect("released a slot that holds no operation");
+        let entry = &mut self.slots[slot as usize];
+        let (owner, label) = (std::mem::take(&mut entry.owner), entry.label);
+        let keep_alive = std::mem::take(&mut entry.keep_alive);
         self.free_slots.push(slot);
-        match tracked.owner {
-            Owner::Caller { label, .. } => {
+        match owner {
+            Owner::Caller { pins: true } => {
                 self.caller_ops -= 1;
-                let used = self
-                    .labels
-                    .get_mut(label)
-                    .expect("a tracked label is in the label table");
-                used.count -= 1;
-                if used.count == 0 {
-                    self.labels.remove(label);
-                }
+                self.pinned.remove(label);
+            }
+            Owner::Caller { pins: false } => {
+                self.caller_ops -= 1;
+                self.unpinned.remove(label);
             }
             Owner::Internal { .. } => self.internal_ops -= 1,
+            Owner::Free => unreachable!("released a slot that holds no operation"),
         }
-        tracked.keep_alive
+        keep_alive
     }
 
     /// Undoes [`track_caller`](Self::track_caller) or
@@ -298,24 +312,33 @@ impl OpTable {
         self.stop_tracking(slot)
     }
 
+    /// The slots of the caller's operations in flight with `label` that pin
+    /// no memory.
+    fn unpinned_with(&self, label: UserData) -> impl Iterator<Item = u32> + '_ {
+        (0..self.slots.len() as u32)
+            .filter(move |&slot| self.slots[slot as usize].caller() == Some((label, false)))
+    }
+
+    /// The labels of the caller's operations in flight that pin no memory.
+    fn unpinned_labels(&self) -> impl Iterator<Item = u64> + '_ {
+        self.slots.iter().filter_map(|entry| match entry.caller() {
+            Some((label, false)) => Some(label),
+            _ => None,
+        })
+    }
+
     /// The identities of every caller operation in flight with `label`,
     /// oldest first.
     pub(crate) fn identities_with_label(&self, label: UserData) -> Vec<u64> {
-        let Some(used) = self.labels.get(label) else {
-            return Vec::new();
-        };
-        if let Some(slot) = used.only {
+        if let Some(&slot) = self.pinned.get(label) {
             return vec![self.identity(slot)];
         }
-        let mut found: Vec<(u64, u32)> = (0..self.slots.len() as u32)
-            .filter_map(|slot| match &self.slots[slot as usize].op {
-                Some(Tracked {
-                    owner: Owner::Caller { label: l },
-                    added,
-                    ..
-                }) if *l == label => Some((*added, slot)),
-                _ => None,
-            })
+        if !self.unpinned.may_contain(label) {
+            return Vec::new();
+        }
+        let mut found: Vec<(u64, u32)> = self
+            .unpinned_with(label)
+            .map(|slot| (self.slots[slot as usize].added, slot))
             .collect();
         found.sort_unstable();
         found
@@ -327,27 +350,10 @@ impl OpTable {
     /// The identities of the caller's operations in flight that no
     /// cancellation of the context's own is aimed at.
     pub(crate) fn uncancelled(&self) -> Vec<u64> {
-        let targeted: std::collections::HashSet<u64> = self
-            .slots
-            .iter()
-            .filter_map(|entry| match &entry.op {
-                Some(Tracked {
-                    owner: Owner::Internal { target },
-                    ..
-                }) => *target,
-                _ => None,
-            })
-            .collect();
+        let targeted: std::collections::HashSet<u64> =
+            self.slots.iter().filter_map(Slot::cancels).collect();
         (0..self.slots.len() as u32)
-            .filter(|&slot| {
-                matches!(
-                    &self.slots[slot as usize].op,
-                    Some(Tracked {
-                        owner: Owner::Caller { .. },
-                        ..
-                    })
-                )
-            })
+            .filter(|&slot| self.slots[slot as usize].caller().is_some())
             .map(|slot| self.identity(slot))
             .filter(|identity| !targeted.contains(identity))
             .collect()
@@ -358,7 +364,7 @@ impl OpTable {
     pub(crate) fn release_everything(&mut self) {
         self.release_all_claims();
         for slot in 0..self.slots.len() as u32 {
-            if self.slots[slot as usize].op.is_some() {
+            if self.slots[slot as usize].owner != Owner::Free {
                 self.release(slot);
             }
         }
@@ -373,10 +379,8 @@ impl OpTable {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         for entry in &mut self.slots {
-            if let Some(tracked) = entry.op.take() {
-                if let Some(iovecs) = tracked.keep_alive.iovecs {
-                    leaked.push(iovecs);
-                }
+            if let Some(iovecs) = std::mem::take(&mut entry.keep_alive).iovecs {
+                leaked.push(iovecs);
             }
         }
         drop(leaked);
@@ -387,9 +391,7 @@ impl OpTable {
     /// no lock: for a forked child's copy, whose state is the parent's.
     pub(crate) fn forget_all(&mut self) {
         for entry in &mut self.slots {
-            if let Some(tracked) = entry.op.take() {
-                std::mem::forget(tracked.keep_alive);
-            }
+            std::mem::forget(std::mem::take(&mut entry.keep_alive));
         }
         self.clear();
     }
@@ -398,17 +400,21 @@ impl OpTable {
     fn clear(&mut self) {
         self.slots.clear();
         self.free_slots.clear();
-        self.labels = LabelTable::new();
+        self.pinned = LabelTable::new();
+        self.unpinned = UnpinnedCounts::new();
         self.caller_ops = 0;
         self.internal_ops = 0;
-        self.records.iter_mut().for_each(|record| *record = None);
+        self.records
+            .iter_mut()
+            .for_each(|record| record.in_use = false);
         self.returned.clear();
     }
 
     /// How many caller operations in flight carry `label`; for tests.
     #[cfg(test)]
     fn label_count(&self, label: UserData) -> u32 {
-        self.labels.get(label).map_or(0, |used| used.count)
+        let pinned = u32::from(self.pinned.contains(label));
+        pinned + self.unpinned_with(label).count() as u32
     }
 }
 

@@ -4,7 +4,7 @@
 
 use std::sync::atomic::{AtomicU32, Ordering};
 
-use super::{OpTable, Owner, Tracked, CLAIM_BATCH};
+use super::{OpTable, Owner, CLAIM_BATCH};
 use crate::abi::{Cqe, CqeFlags, UserData};
 use crate::ring::CompletionQueue;
 
@@ -29,10 +29,21 @@ impl Claimed {
 
 /// A claimed batch that a live iterator yields from.
 pub(super) struct Record {
+    /// An iterator holds this record (otherwise its id is free).
+    pub(super) in_use: bool,
     items: [Claimed; CLAIM_BATCH],
     len: usize,
     /// `items[..settled]` have been released.
     settled: usize,
+}
+
+impl Record {
+    pub(super) const FREE: Record = Record {
+        in_use: false,
+        items: [Claimed::EMPTY; CLAIM_BATCH],
+        len: 0,
+        settled: 0,
+    };
 }
 
 impl OpTable {
@@ -47,12 +58,9 @@ impl OpTable {
                 release: None,
             });
         };
-        let label = match &self.slots[slot as usize].op {
-            Some(Tracked {
-                owner: Owner::Caller { label, .. },
-                ..
-            }) => *label,
-            _ => {
+        let label = match self.slots[slot as usize].caller() {
+            Some((label, _)) => label,
+            None => {
                 if !cqe.flags.contains(CqeFlags::MORE) {
                     self.release(slot);
                 }
@@ -115,13 +123,7 @@ impl OpTable {
         }
         while let Some(cqe) = cq.peek() {
             let own = self.decode(cqe.user_data).is_some_and(|slot| {
-                matches!(
-                    self.slots[slot as usize].op,
-                    Some(Tracked {
-                        owner: Owner::Internal { .. },
-                        ..
-                    })
-                )
+                matches!(self.slots[slot as usize].owner, Owner::Internal { .. })
             });
             if !own {
                 return;
@@ -153,33 +155,32 @@ impl OpTable {
     /// Records `items` as a batch a live iterator yields from; returns its
     /// id, or `None` when [`MAX_CLAIMS`] are outstanding.
     pub(crate) fn open_record(&mut self, items: &[Claimed]) -> Option<usize> {
-        let id = self.records.iter().position(Option::is_none)?;
-        let mut record = Record {
-            items: [Claimed::EMPTY; CLAIM_BATCH],
-            len: items.len(),
-            settled: 0,
-        };
+        let id = self.records.iter().position(|record| !record.in_use)?;
+        let record = &mut self.records[id];
         record.items[..items.len()].copy_from_slice(items);
-        self.records[id] = Some(record);
+        (record.in_use, record.len, record.settled) = (true, items.len(), 0);
         Some(id)
     }
 
     /// Whether a record id is free, so that a claim may take a batch.
     pub(crate) fn record_available(&self) -> bool {
-        self.records.iter().any(Option::is_none)
+        self.records.iter().any(|record| !record.in_use)
     }
 
     /// Releases the operations of record `id`'s first `yielded` items that
     /// are not yet released.
     fn settle(&mut self, id: usize, yielded: usize) {
-        let Some(record) = self.records[id].as_mut() else {
+        let record = &mut self.records[id];
+        if !record.in_use {
             return;
-        };
+        }
         let yielded = yielded.min(record.len);
-        let (from, items) = (record.settled, record.items);
-        record.settled = yielded.max(from);
-        for item in &items[from.min(yielded)..yielded] {
-            self.yielded(item);
+        let from = record.settled.min(yielded);
+        record.settled = record.settled.max(yielded);
+        for i in from..yielded {
+            if let Some(slot) = self.records[id].items[i].release {
+                self.release(slot);
+            }
         }
     }
 
@@ -187,7 +188,7 @@ impl OpTable {
     /// published as yielded in `progress`.
     pub(crate) fn settle_all(&mut self, progress: &[AtomicU32]) {
         for (id, progress) in progress.iter().enumerate().take(self.records.len()) {
-            if self.records[id].is_some() {
+            if self.records[id].in_use {
                 // Acquire pairs with the iterator's Release store after it
                 // handed the item out: the caller has it.
                 let yielded = progress.load(Ordering::Acquire) as usize;
@@ -201,10 +202,12 @@ impl OpTable {
     /// back.
     pub(crate) fn close_record(&mut self, id: usize, yielded: usize) -> usize {
         self.settle(id, yielded);
-        let record = self.records[id].take().expect("closed a free record");
-        let rest = &record.items[yielded.min(record.len)..record.len];
-        for item in rest.iter().rev() {
-            self.returned.push_front(*item);
+        let record = &mut self.records[id];
+        assert!(record.in_use, "closed a free record");
+        record.in_use = false;
+        let rest = yielded.min(record.len)..record.len;
+        for i in rest.clone().rev() {
+            self.returned.push_front(self.records[id].items[i]);
         }
         rest.len()
     }
@@ -214,10 +217,10 @@ impl OpTable {
     /// borrowed mutably), so none of them will ever be yielded.
     pub(crate) fn release_all_claims(&mut self) {
         for id in 0..self.records.len() {
-            if let Some(record) = self.records[id].take() {
-                for item in &record.items[record.settled..record.len] {
-                    self.yielded(item);
-                }
+            if self.records[id].in_use {
+                let len = self.records[id].len;
+                self.settle(id, len);
+                self.records[id].in_use = false;
             }
         }
         while let Some(item) = self.returned.pop_front() {

@@ -18,9 +18,7 @@ fn cqe(user_data: u64, res: i32, flags: CqeFlags) -> Cqe {
 }
 
 fn track(table: &mut OpTable, label: u64, pins: bool) -> Result<u64, Refusal> {
-    table
-        .track_caller(label, pins, KeepAlive::default(), CAP)
-        .map_err(|(refusal, _)| refusal)
+    table.track_caller(label, pins, &mut KeepAlive::default(), CAP)
 }
 
 #[test]
@@ -93,9 +91,7 @@ fn the_cap_counts_every_tracked_operation() {
     track(&mut table, 1, false).unwrap();
     table.track_internal(None, 2).unwrap();
     assert_eq!(
-        table
-            .track_caller(2, false, KeepAlive::default(), 2)
-            .map_err(|e| e.0),
+        table.track_caller(2, false, &mut KeepAlive::default(), 2),
         Err(Refusal::Full)
     );
     assert!(table.track_internal(None, 2).is_none());

@@ -152,6 +152,11 @@ pub(in crate::sim) fn models(op: URingOperation) -> bool {
 
 /// Does the work of a nop, readv, writev, fsync or fallocate; returns its
 /// result.
+/// The largest simulated file, in bytes: a write or an allocation past it
+/// fails with `EFBIG`, as past a file system's limit, rather than make the
+/// simulation allocate that much.
+const MAX_SIM_FILE: usize = 1 << 30;
+
 pub(super) fn run(world: &mut World, sqe: &Sqe) -> Result<i32, i32> {
     let op = URingOperation::from_raw(sqe.opcode()).ok_or(libc::EINVAL)?;
     if op == URingOperation::Nop {
@@ -167,6 +172,7 @@ pub(super) fn run(world: &mut World, sqe: &Sqe) -> Result<i32, i32> {
             let end = usize::try_from(end).map_err(|_| libc::EFBIG)?;
             let punch = (libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE) as u32;
             match len {
+                0 if end > MAX_SIM_FILE => return Err(libc::EFBIG),
                 0 if end > file.data.len() => file.data.resize(end, 0),
                 0 => {}
                 mode if mode == punch => {
@@ -199,17 +205,25 @@ pub(super) fn run(world: &mut World, sqe: &Sqe) -> Result<i32, i32> {
                 let base = iov.iov_base.cast::<u8>();
                 if op == URingOperation::Readv {
                     let n = iov.iov_len.min(file.data.len().saturating_sub(at));
-                    // SAFETY: the caller of `add_readv` promised that each
-                    // iovec is valid for writes and untouched by anything
-                    // else until the completion; `n` is within both it and
-                    // the file's data, a separate allocation.
-                    unsafe { std::ptr::copy_nonoverlapping(file.data.as_ptr().add(at), base, n) };
+                    if n > 0 {
+                        // SAFETY: the caller of `add_readv` promised that
+                        // each iovec is valid for writes and untouched by
+                        // anything else until the completion; `n` > 0 is
+                        // within both it and the file's data (so `at` is
+                        // inside that allocation), a separate allocation.
+                        unsafe {
+                            std::ptr::copy_nonoverlapping(file.data.as_ptr().add(at), base, n)
+                        };
+                    }
                     done += n;
                     if n < iov.iov_len {
                         break; // End of file.
                     }
                 } else {
                     let end = at + iov.iov_len;
+                    if end > MAX_SIM_FILE {
+                        return Err(libc::EFBIG);
+                    }
                     if end > file.data.len() {
                         file.data.resize(end, 0);
                     }

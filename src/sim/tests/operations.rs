@@ -297,3 +297,19 @@ fn cancelling_by_a_label_several_polls_share_cancels_each_and_a_label_without_op
     let done = reap(&ring, 1);
     assert_eq!(done[&9].as_ref().unwrap(), &(libc::POLLIN as u32));
 }
+
+#[test]
+fn a_write_or_allocation_past_the_largest_simulated_file_fails_with_efbig() {
+    let kernel = SimKernel::new();
+    let fd = kernel.create_file(vec![1; 16]);
+    let ring = kernel.new_context(8, None).unwrap();
+    let mut buf = vec![0u8; 32];
+    let near_max = i64::MAX as u64 - 100;
+    // SAFETY: `buf` outlives the ring, which reaps the write.
+    unsafe { ring.add_writev(iovecs(&mut [&mut buf]), fd, Some(near_max), 1) }.unwrap();
+    ring.add_fallocate(fd, near_max, 64, 0, 2).unwrap();
+    let done = reap(&ring, 2);
+    assert_eq!(errno(&done[&1]), Some(libc::EFBIG));
+    assert_eq!(errno(&done[&2]), Some(libc::EFBIG));
+    assert_eq!(kernel.file_contents(fd).unwrap(), vec![1; 16]);
+}
