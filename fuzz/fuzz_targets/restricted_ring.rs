@@ -1,6 +1,10 @@
 //! A random allowlist plus random operations on the restricted ring it
 //! makes, against the real kernel:
 //!
+//! - the allowlist ranges over every opcode the kernel knows
+//!   (`URingOperation::ALL`: the operations the crate cannot issue may be
+//!   allowed too, and must change nothing), every `IosqeFlags` bit allowed
+//!   or required, and the eventfd register calls;
 //! - every operation outside the allowlist completes with `EACCES`, every
 //!   operation inside it never does. "Inside" is computed here, from the
 //!   kernel's rule, not with the allowlist's own methods: the opcode is
@@ -12,54 +16,94 @@
 //!   does), and otherwise follow the kernel's rules (`EBUSY` for a second
 //!   eventfd, `ENXIO` when none is registered);
 //! - allowed operations complete with the result their kind allows, readv
-//!   data included, `ECANCELED` only when linked behind another SQE or aimed
-//!   at by a cancellation;
-//! - the context's bookkeeping agrees with a model throughout, as in
-//!   `real_kernel_ops`.
+//!   data included, `ECANCELED` only when in a link chain or aimed at by a
+//!   cancellation when added; the label rule, the submission queue's fill,
+//!   `in_flight()` (through iterators dropped early or kept alive across an
+//!   add too) and exactly-once
+//!   completion are checked as in `real_kernel_ops` (`common/model.rs`);
+//! - at the end, either everything is drained and `close` succeeds, or the
+//!   ring is closed with polls pending: then `close` drains them if the
+//!   ring can cancel (the allowlist allows `AsyncCancel` and requires no
+//!   flag beyond FIXED_FILE and ASYNC), and otherwise fails at once with
+//!   `CancelNotAllowed(n)`, `n` being the operations still in flight.
 //!
-//! Nothing is left in flight at the end: polls are only ever on a pipe this
-//! target writes to itself, so a ring without `AsyncCancel` still drains
-//! quickly.
+//! Polls only ever wait on a pipe this target writes to itself.
 //!
-//! Input: `[operations mask, flags and register bits]`, then 3-byte steps
-//! `[operation, user_data, argument]`.
-//!
-//! - mask bit i allows `OPERATIONS[i]`;
-//! - flags byte: bits 0-2 allow `FLAGS[0..3]`, bits 3-5 require them, bit 6
-//!   allows `RegisterOperation::Eventfd`, bit 7 `UnregisterEventfd`;
-//! - operation % 15: 0-9 add an operation (see `World::add`), 10 submit,
-//!   11 reap once, 12 reap everything, 13 register the eventfd, 14
-//!   unregister it.
+//! Input (decoded with `arbitrary`): `Input`.
 #![no_main]
 
 mod common;
 
+use std::collections::BTreeSet;
 use std::fs::File;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::sync::OnceLock;
-use std::time::Duration;
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
 
-use common::{
-    errno, files, iovecs, is_fixed_data, memfd, slot, Control, BUF_LEN, OFFSET_STEP,
-    USER_DATA_SPACE,
+use common::model::{
+    in_flight_cap, Adder, Aim, BatchInput, Model, Offset, OpInput, Reap, Res, RingConfig, Spec,
 };
+use common::pool::{iovecs, slot, BUF_LEN};
+use common::{
+    control_result_ok, files, is_fixed_data, memfd, past_end_read, poll_result_ok, Pipe,
+    DRAIN_DEADLINE, OFFSET_STEP,
+};
+use libfuzzer_sys::arbitrary::{self, Arbitrary};
 use libfuzzer_sys::fuzz_target;
-use ringfence::{Error, RegisterOperation, SqeFlags, URingAllowlist, URingOperation};
+use ringfence::op::{
+    AsyncCancel, EventType, Fallocate, Fsync, Nop, PollAdd, PollRemove, Readv, Target, Writev,
+};
+use ringfence::{Error, IosqeFlags, RegisterOperation, URingAllowlist, URingOperation};
 
-/// The operations the context can issue, in mask bit order.
-const OPERATIONS: [URingOperation; 8] = [
-    URingOperation::Nop,
-    URingOperation::Readv,
-    URingOperation::Writev,
-    URingOperation::Fsync,
-    URingOperation::Fallocate,
-    URingOperation::PollAdd,
-    URingOperation::PollRemove,
-    URingOperation::AsyncCancel,
-];
-/// The SQE flags `add_nop_with_flags` takes, in bit order.
-const FLAGS: [SqeFlags; 3] = [SqeFlags::LINK, SqeFlags::HARDLINK, SqeFlags::ASYNC];
+#[derive(Arbitrary, Debug)]
+struct Input {
+    policy: PolicyInput,
+    /// Close with whatever is still in flight, instead of draining first.
+    close_early: bool,
+    steps: Vec<Step>,
+}
+
+/// The allowlist.
+#[derive(Arbitrary, Debug)]
+struct PolicyInput {
+    ops: OpSet,
+    /// `allow_housekeeping()`: Nop and AsyncCancel.
+    housekeeping: bool,
+    /// `IosqeFlags` bits allowed and required.
+    allowed_flags: u8,
+    required_flags: u8,
+    register_eventfd: bool,
+    unregister_eventfd: bool,
+}
+
+/// Which of `URingOperation::ALL` to allow (indices modulo its length).
+#[derive(Arbitrary, Debug)]
+enum OpSet {
+    /// Bit `i`: the `i`th operation.
+    Mask(u64),
+    /// One operation.
+    Only(u8),
+    /// Every operation but one.
+    AllBut(u8),
+}
+
+#[derive(Arbitrary, Debug)]
+enum Step {
+    Add(OpInput),
+    Batch(BatchInput),
+    Submit,
+    Reap,
+    /// One `wait`, at most `n % 4` completions taken, the iterator dropped.
+    ReapSome(u8),
+    /// One wait; after `n % 4` completions (or all there are, if fewer),
+    /// with the iterator alive, `in_flight()` is checked and the operation
+    /// added; then the rest are taken.
+    ReapAndAdd(u8, OpInput),
+    Drain,
+    RegisterEventfd,
+    UnregisterEventfd,
+}
 
 fn eventfd() -> OwnedFd {
     // SAFETY: eventfd takes no pointers; it returns a new fd or -1.
@@ -69,12 +113,26 @@ fn eventfd() -> OwnedFd {
     unsafe { OwnedFd::from_raw_fd(fd) }
 }
 
-/// Whether register calls answer to the allowlist on this kernel at all.
-/// Before 7.0 any registered restriction set makes them do; from 7.0 only a
-/// set with register entries.
-fn registers_restricted(policy: &Policy) -> bool {
+/// Files only this target uses, the same for every input.
+struct OwnFiles {
+    /// Written, fsynced and fallocated; nobody checks what it holds.
+    scratch: Arc<File>,
+    eventfd: OwnedFd,
+}
+
+fn own_files() -> &'static OwnFiles {
+    static OWN_FILES: OnceLock<OwnFiles> = OnceLock::new();
+    OWN_FILES.get_or_init(|| OwnFiles {
+        scratch: Arc::new(memfd(|_| 0x5a)),
+        eventfd: eventfd(),
+    })
+}
+
+/// Whether this kernel is older than 7.0, where any registered restriction
+/// set makes register calls answer to the allowlist.
+fn before_linux_7() -> bool {
     static BEFORE_7: OnceLock<bool> = OnceLock::new();
-    let before_7 = *BEFORE_7.get_or_init(|| {
+    *BEFORE_7.get_or_init(|| {
         let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").expect("osrelease");
         let major: u32 = release
             .split(|c: char| !c.is_ascii_digit())
@@ -82,49 +140,58 @@ fn registers_restricted(policy: &Policy) -> bool {
             .and_then(|major| major.parse().ok())
             .expect("kernel major version");
         major < 7
-    });
-    before_7 || policy.register_eventfd || policy.unregister_eventfd
+    })
 }
 
-/// The allowlist an input picked, as raw bits for the model.
+/// The allowlist an input picked, as the model sees it.
 #[derive(Debug)]
 struct Policy {
-    operations: u8,
+    ops: BTreeSet<URingOperation>,
     allowed_flags: u8,
     required_flags: u8,
     register_eventfd: bool,
     unregister_eventfd: bool,
-}
-
-fn flag_bits(mask: u8) -> u8 {
-    FLAGS
-        .iter()
-        .enumerate()
-        .filter(|(i, _)| mask & (1 << i) != 0)
-        .fold(0, |bits, (_, flag)| bits | flag.bits())
+    housekeeping: bool,
 }
 
 impl Policy {
-    fn from_bytes(operations: u8, flags: u8) -> Policy {
+    fn new(input: &PolicyInput) -> Policy {
+        let all = URingOperation::ALL;
+        let ops: BTreeSet<_> = match input.ops {
+            OpSet::Mask(mask) => all
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| *i < 64 && mask & (1 << i) != 0)
+                .map(|(_, op)| *op)
+                .collect(),
+            OpSet::Only(i) => [all[usize::from(i) % all.len()]].into(),
+            OpSet::AllBut(i) => {
+                let but = all[usize::from(i) % all.len()];
+                all.iter().copied().filter(|op| *op != but).collect()
+            }
+        };
+        let valid = IosqeFlags::all().bits();
         Policy {
-            operations,
-            allowed_flags: flag_bits(flags & 0b111),
-            required_flags: flag_bits((flags >> 3) & 0b111),
-            register_eventfd: flags & 0x40 != 0,
-            unregister_eventfd: flags & 0x80 != 0,
+            ops,
+            allowed_flags: input.allowed_flags & valid,
+            required_flags: input.required_flags & valid,
+            register_eventfd: input.register_eventfd,
+            unregister_eventfd: input.unregister_eventfd,
+            housekeeping: input.housekeeping,
         }
     }
 
     fn allowlist(&self) -> URingAllowlist {
         let mut allowlist = URingAllowlist::new();
-        for (i, op) in OPERATIONS.iter().enumerate() {
-            if self.operations & (1 << i) != 0 {
-                allowlist.allow_submit_operation(*op);
-            }
+        for op in &self.ops {
+            allowlist.allow_submit_operation(*op);
+        }
+        if self.housekeeping {
+            allowlist.allow_housekeeping();
         }
         allowlist
-            .allow_sqe_flags(self.allowed_flags)
-            .require_sqe_flags(self.required_flags);
+            .allow_sqe_flags(IosqeFlags::from_bits_truncate(self.allowed_flags))
+            .require_sqe_flags(IosqeFlags::from_bits_truncate(self.required_flags));
         if self.register_eventfd {
             allowlist.allow_register_operation(RegisterOperation::Eventfd);
         }
@@ -134,75 +201,57 @@ impl Policy {
         allowlist
     }
 
+    /// Whether the kernel runs SQEs with opcode `op`: `allow_housekeeping`
+    /// adds Nop and AsyncCancel.
+    fn allows_op(&self, op: URingOperation) -> bool {
+        self.ops.contains(&op)
+            || (self.housekeeping
+                && matches!(op, URingOperation::Nop | URingOperation::AsyncCancel))
+    }
+
     /// The kernel's rule: the opcode is allowed, every required flag is
     /// set, and no flag outside allowed | required.
     fn permits(&self, op: URingOperation, flags: u8) -> bool {
-        let index = OPERATIONS.iter().position(|o| *o == op).expect("known op");
-        self.operations & (1 << index) != 0
+        self.allows_op(op)
             && flags & self.required_flags == self.required_flags
             && flags & !(self.allowed_flags | self.required_flags) == 0
+    }
+
+    /// Whether drop and `close` can cancel: the allowlist allows
+    /// AsyncCancel, and requires no SQE flag the context's own SQEs do not
+    /// carry (they carry FIXED_FILE and ASYNC only, as
+    /// `URingAllowlist::require_sqe_flags` documents).
+    fn can_cancel(&self) -> bool {
+        let carried = (IosqeFlags::FIXED_FILE | IosqeFlags::ASYNC).bits();
+        self.allows_op(URingOperation::AsyncCancel) && self.required_flags & !carried == 0
+    }
+
+    /// Whether register calls answer to the allowlist on this kernel at all.
+    fn registers_restricted(&self) -> bool {
+        before_linux_7() || self.register_eventfd || self.unregister_eventfd
     }
 }
 
 #[derive(Debug)]
 enum Kind {
-    Nop,
+    /// Completes with exactly this.
+    Gives(Res),
     ZeroRead,
-    FixedRead { offset: usize },
-    Write,
-    Fsync,
-    Fallocate,
-    Control(Control),
-}
-
-impl Kind {
-    /// The control operation this is, if it is one.
-    fn control(&self) -> Option<Control> {
-        let Kind::Control(control) = self else {
-            return None;
-        };
-        Some(*control)
-    }
-
-    fn operation(&self) -> URingOperation {
-        match self {
-            Kind::Nop => URingOperation::Nop,
-            Kind::ZeroRead | Kind::FixedRead { .. } => URingOperation::Readv,
-            Kind::Write => URingOperation::Writev,
-            Kind::Fsync => URingOperation::Fsync,
-            Kind::Fallocate => URingOperation::Fallocate,
-            Kind::Control(Control::Poll) => URingOperation::PollAdd,
-            Kind::Control(Control::PollRemove { .. }) => URingOperation::PollRemove,
-            Kind::Control(Control::Cancel { .. }) => URingOperation::AsyncCancel,
-        }
-    }
-}
-
-#[derive(Debug)]
-struct Op {
-    kind: Kind,
-    /// The SQE's flags, for failure messages.
-    #[allow(dead_code)] // Only read through Debug.
-    flags: u8,
-    /// Outside the allowlist: must complete with EACCES.
-    refused: bool,
-    /// In a link chain, or aimed at by a cancellation or poll removal:
-    /// ECANCELED is allowed.
-    may_cancel: bool,
+    FixedRead {
+        offset: u64,
+    },
+    Poll,
+    Control,
 }
 
 /// What the model knows beyond the operations in flight.
-struct Restrictions {
+struct Restricted {
     policy: Policy,
-    /// The last SQE added since the last submit carried LINK or HARDLINK:
-    /// the next one joins its chain.
-    linking: bool,
+    pipe: Pipe,
     eventfd_registered: bool,
 }
 
-const LINK_FLAGS: u8 = SqeFlags::LINK.bits() | SqeFlags::HARDLINK.bits();
-
-impl Restrictions {
+impl Restricted {
     /// Checks a register call's answer: refused exactly when not allowed,
     /// otherwise the kernel's own rules.
     fn registered(&mut self, unregister: bool, result: ringfence::Result<()>) {
@@ -211,7 +260,7 @@ impl Restrictions {
         } else {
             self.policy.register_eventfd
         };
-        let expected = if registers_restricted(&self.policy) && !allowed {
+        let expected = if self.policy.registers_restricted() && !allowed {
             Some(libc::EACCES)
         } else if unregister {
             (!self.eventfd_registered).then_some(libc::ENXIO)
@@ -234,199 +283,289 @@ impl Restrictions {
             self.eventfd_registered = !unregister;
         }
     }
-}
 
-impl common::State for Restrictions {
-    type Op = Op;
-
-    fn completed(&mut self, user_data: u64, op: Op, result: io::Result<u32>) {
-        let what = || format!("{op:?} ({user_data}) under {:?}: {result:?}", self.policy);
-        if op.refused {
-            assert_eq!(
-                errno(&result),
-                Some(libc::EACCES),
-                "not refused: {}",
-                what()
-            );
+    fn readv(&self, input: &OpInput, adder: &mut Adder<'_, Kind>) {
+        let files = files();
+        let label = adder.label();
+        if adder.slot_free() {
+            // SAFETY: no operation that pins this label's slot is in
+            // flight, and the slice is gone before the add.
+            unsafe { slot(label) }.fill(0xee);
+        }
+        if input.file & 1 == 0 {
+            let offset = input.offset.refused();
+            let op = Readv::new(iovecs(label), files.zero.as_fd(), offset);
+            adder.push(op, Spec::new(Kind::ZeroRead).slot().offset(offset));
             return;
         }
-        assert_ne!(errno(&result), Some(libc::EACCES), "refused: {}", what());
-        if errno(&result) == Some(libc::ECANCELED) {
-            assert!(op.may_cancel, "cancelled: {}", what());
-            return;
-        }
-        let got = result.as_ref().ok().copied();
-        let full = Some(BUF_LEN as u32);
-        // SAFETY: the operation with this user_data has just completed and
-        // the model has none left in flight, so the kernel is done with the
-        // slot; the slice is dropped at the end of this function.
-        let read_back = || unsafe { &*slot(user_data) };
-        let ok = match &op.kind {
-            Kind::Nop | Kind::Fsync | Kind::Fallocate => got == Some(0),
-            Kind::Write => got == full,
-            Kind::ZeroRead => got == full && read_back().iter().all(|b| *b == 0),
-            Kind::FixedRead { offset } => got == full && is_fixed_data(*offset, read_back()),
-            Kind::Control(control) => control.result_ok(&result),
+        // Never the file position: other reads move it.
+        let offset = input.offset.value(OFFSET_STEP).unwrap_or(0);
+        let kind = match input.offset {
+            Offset::NearMax(_) => Kind::Gives(past_end_read(offset, BUF_LEN)),
+            _ => Kind::FixedRead { offset },
         };
-        assert!(ok, "wrong result or data: {}", what());
-    }
-
-    /// A submit ends every link chain.
-    fn submitted(&mut self) {
-        self.linking = false;
+        let op = Readv::new(iovecs(label), files.fixed.as_fd(), Some(offset));
+        adder.push(op, Spec::new(kind).slot().offset(Some(offset)));
     }
 }
 
-/// Files only this target uses, the same for every input.
-struct OwnFiles {
-    /// Written, fsynced and fallocated; nobody checks what it holds.
-    scratch: File,
-    eventfd: OwnedFd,
+impl Model for Restricted {
+    type Kind = Kind;
+
+    /// The one place this target knows its operations: a new opcode in
+    /// `op::ISSUABLE` needs an arm here, and fails at the first input
+    /// without one.
+    fn build(&self, input: &OpInput, adder: &mut Adder<'_, Kind>) {
+        let scratch = || Arc::clone(&own_files().scratch);
+        // Offsets inside the scratch memfd, or ones the context must refuse.
+        let scratch_offset = match input.offset {
+            Offset::AboveMax(_) | Offset::Max => input.offset.value(1).expect("an offset"),
+            Offset::At(n) => u64::from(n) * OFFSET_STEP,
+            _ => 0,
+        };
+        let full = Ok(BUF_LEN as u32);
+        match input.opcode() {
+            URingOperation::Nop => {
+                let flags = input.sqe_flags();
+                adder.push(
+                    Nop::new().flags(flags),
+                    Spec::new(Kind::Gives(Ok(0))).flags(flags),
+                );
+            }
+            URingOperation::Readv => self.readv(input, adder),
+            URingOperation::Writev => {
+                let label = adder.label();
+                let (op, offset) = if input.file & 1 == 0 {
+                    let offset = input.offset.refused();
+                    (
+                        Writev::new(iovecs(label), files().null.as_fd(), offset),
+                        offset,
+                    )
+                } else {
+                    let offset = Some(scratch_offset);
+                    (Writev::new(iovecs(label), scratch(), offset), offset)
+                };
+                adder.push(op, Spec::new(Kind::Gives(full)).slot().offset(offset));
+            }
+            URingOperation::Fsync => {
+                adder.push(Fsync::new(scratch()), Spec::new(Kind::Gives(Ok(0))))
+            }
+            URingOperation::Fallocate => {
+                let op = Fallocate::new(scratch(), scratch_offset, BUF_LEN as u64, 0);
+                adder.push(
+                    op,
+                    Spec::new(Kind::Gives(Ok(0))).offset(Some(scratch_offset)),
+                );
+            }
+            URingOperation::PollAdd => {
+                // A bare descriptor, not an `Arc`: closing a ring that cannot
+                // cancel leaks what its polls hold, and LeakSanitizer would
+                // report an `Arc` (and the descriptor would stay open).
+                // SAFETY: the pipe lives in the model, which outlives the
+                // ring (`close_early` and the end of the input close the ring
+                // first, and the kernel drops its polls with it).
+                let reader = unsafe { Target::from_raw_fd(self.pipe.reader.as_raw_fd()) };
+                adder.push(PollAdd::new(reader, EventType::Read), Spec::new(Kind::Poll));
+            }
+            URingOperation::PollRemove => {
+                let target = input.target.value();
+                let aim = Aim {
+                    target,
+                    polls_only: true,
+                };
+                adder.push(PollRemove::new(target), Spec::new(Kind::Control).aim(aim));
+            }
+            URingOperation::AsyncCancel => {
+                let target = input.target.value();
+                let aim = Aim {
+                    target,
+                    polls_only: false,
+                };
+                adder.push(AsyncCancel::new(target), Spec::new(Kind::Control).aim(aim));
+            }
+            other => panic!(
+                "{other:?} is in op::ISSUABLE, but restricted_ring has no arm for it: add one \
+                 to `build`"
+            ),
+        }
+    }
+
+    fn accepts(&self, kind: &Kind, res: Res) -> bool {
+        match kind {
+            Kind::Gives(expected) => res == *expected,
+            Kind::ZeroRead | Kind::FixedRead { .. } => res == Ok(BUF_LEN as u32),
+            Kind::Poll => poll_result_ok(res),
+            Kind::Control => control_result_ok(res),
+        }
+    }
+
+    fn finished(&mut self, label: u64, kind: Kind, res: Option<Res>, _may_cancel: bool) {
+        if res != Some(Ok(BUF_LEN as u32)) {
+            return;
+        }
+        // SAFETY: only called for an operation that pins the slot once it
+        // has completed (it was alone under its label), so the kernel is done
+        // with the slot; the slice is dropped at the end of the match arm.
+        let read_back = || unsafe { &*slot(label) };
+        match kind {
+            Kind::ZeroRead => assert!(
+                read_back().iter().all(|b| *b == 0),
+                "readv of /dev/zero ({label:#x}) read non-zero bytes"
+            ),
+            Kind::FixedRead { offset } => assert!(
+                is_fixed_data(offset, read_back()),
+                "readv of the fixed memfd at {offset} ({label:#x}) read wrong data"
+            ),
+            _ => {}
+        }
+    }
+
+    fn refuses(&self, opcode: URingOperation, flags: IosqeFlags) -> bool {
+        !self.policy.permits(opcode, flags.bits())
+    }
+
+    fn unblock(&mut self) {
+        self.pipe.poke();
+    }
+
+    fn reaped(&mut self) {
+        self.pipe.drain();
+    }
 }
 
-fn own_files() -> &'static OwnFiles {
-    static OWN_FILES: OnceLock<OwnFiles> = OnceLock::new();
-    OWN_FILES.get_or_init(|| OwnFiles {
-        scratch: memfd(|_| 0x5a),
-        eventfd: eventfd(),
-    })
+type World = common::model::World<Restricted>;
+
+/// How many operations in flight are surely polls that will not complete
+/// (allowed, aimed at by no cancellation, of the pipe, which nobody writes
+/// now): under each label, those in flight beyond the other operations.
+fn pending_polls(world: &World) -> usize {
+    world
+        .book
+        .labels_in_flight()
+        .into_iter()
+        .map(|(label, in_flight)| {
+            let others = world
+                .book
+                .ops()
+                .filter(|(l, op)| {
+                    *l == label && (op.refused || op.may_cancel || !matches!(op.kind, Kind::Poll))
+                })
+                .count();
+            in_flight.saturating_sub(others)
+        })
+        .sum()
 }
 
-/// One input's world: the ring, its model, and the pipe its polls wait on.
-type World = common::World<Restrictions>;
+/// Closes the ring with what is still in flight: polls of the empty pipe,
+/// once everything else has completed.
+fn close_early(mut world: World) {
+    if world.book.model.policy.can_cancel() {
+        world
+            .ring
+            .close(DRAIN_DEADLINE)
+            .expect("close left operations in the kernel");
+        return;
+    }
+    // Reap what completes by itself: until only polls can be left, or two
+    // rounds bring nothing (what is left then is polls of the empty pipe,
+    // plus at most what the kernel's workers are still finishing).
+    world.submit();
+    while world.reap_quietly(Duration::ZERO) > 0 {}
+    let give_up = Instant::now() + DRAIN_DEADLINE;
+    let mut quiet = 0;
+    while quiet < 2 && world.book.in_flight() > pending_polls(&world) {
+        assert!(Instant::now() < give_up, "completions never stopped coming");
+        quiet = match world.reap_quietly(Duration::from_millis(20)) {
+            0 => quiet + 1,
+            _ => 0,
+        };
+    }
+    let left = world.book.in_flight();
+    let polls_left = pending_polls(&world);
+    let result = world.ring.close(DRAIN_DEADLINE);
+    match result {
+        Ok(()) => assert_eq!(
+            polls_left, 0,
+            "close succeeded with {polls_left} polls pending"
+        ),
+        Err(Error::CancelNotAllowed(n)) => assert!(
+            (polls_left.max(1)..=left).contains(&n),
+            "close of a ring without AsyncCancel with {left} operations in flight, {polls_left} \
+             of them polls nobody fires, reported {n}"
+        ),
+        Err(e) => panic!("close of a ring without AsyncCancel: {e}"),
+    }
+}
 
 impl World {
-    /// Records an operation the context accepted. Restrictions never refuse
-    /// an add: the kernel does, later.
-    fn added(&mut self, user_data: u64, kind: Kind, flags: u8) {
-        let refused = !self.state.policy.permits(kind.operation(), flags);
-        let in_flight = self
-            .ops
-            .iter_mut()
-            .map(|(other, op)| (*other, op.kind.control(), &mut op.may_cancel));
-        let aimed_at = common::aim(in_flight, user_data, kind.control());
-        // Every SQE of a link chain, its head too, completes with ECANCELED
-        // when another one in the chain fails.
-        let may_cancel = self.state.linking || flags & LINK_FLAGS != 0 || aimed_at;
-        self.state.linking = flags & LINK_FLAGS != 0;
-        let op = Op {
-            kind,
-            flags,
-            refused,
-            may_cancel,
+    /// One `wait_timeout` without poking the pipe; returns how many
+    /// completions it took.
+    fn reap_quietly(&mut self, timeout: Duration) -> usize {
+        let completions = match self.ring.wait_timeout(timeout) {
+            Ok(completions) => completions,
+            Err(Error::KernelBusy(_)) => return 0,
+            Err(e) => panic!("wait_timeout: {e}"),
         };
-        self.ops.insert(user_data, op);
-    }
-
-    fn add(&mut self, op: u8, user_data: u64, arg: u8) {
-        let files = files();
-        let scratch = own_files().scratch.as_raw_fd();
-        let ring = &self.ring;
-        let offset = usize::from(arg % 128) * OFFSET_STEP;
-        let target = u64::from(arg) % USER_DATA_SPACE;
-        if matches!(op, 2 | 3) && !self.ops.contains_key(&user_data) {
-            // SAFETY: no operation with this user_data is in flight, and
-            // the slice is gone before the add below.
-            unsafe { slot(user_data) }.fill(0xee);
+        let mut taken = 0;
+        for (label, result) in completions {
+            self.book.received(label, result);
+            taken += 1;
         }
-        let iovecs = || iovecs(user_data);
-        let control = |control| (Kind::Control(control), self.add_control(control, user_data));
-        let mut flags = 0;
-        // SAFETY (for every readv and writev below): `iovecs` hands out the
-        // slot of this user_data, which no other operation in flight uses;
-        // if one does, the context refuses the add (see `common::iovecs`).
-        let (kind, added) = match op {
-            0 => (Kind::Nop, ring.add_nop(user_data)),
-            1 => {
-                let chosen = FLAGS
-                    .iter()
-                    .enumerate()
-                    .filter(|(i, _)| arg & (1 << i) != 0)
-                    .fold(SqeFlags::NONE, |all, (_, flag)| all | *flag);
-                flags = chosen.bits();
-                (Kind::Nop, ring.add_nop_with_flags(chosen, user_data))
-            }
-            2 => {
-                let fd = files.zero.as_raw_fd();
-                // SAFETY: see above.
-                let added = unsafe { ring.add_readv(iovecs(), fd, Some(0), user_data) };
-                (Kind::ZeroRead, added)
-            }
-            3 => {
-                let fd = files.fixed.as_raw_fd();
-                // SAFETY: see above.
-                let added = unsafe { ring.add_readv(iovecs(), fd, Some(offset as u64), user_data) };
-                (Kind::FixedRead { offset }, added)
-            }
-            4 => {
-                let (fd, at) = if arg & 1 == 0 {
-                    (files.null.as_raw_fd(), None)
-                } else {
-                    (scratch, Some(offset as u64))
-                };
-                // SAFETY: see above.
-                let added = unsafe { ring.add_writev(iovecs(), fd, at, user_data) };
-                (Kind::Write, added)
-            }
-            5 => (Kind::Fsync, ring.add_fsync(scratch, user_data)),
-            6 => {
-                let added =
-                    ring.add_fallocate(scratch, offset as u64, BUF_LEN as u64, 0, user_data);
-                (Kind::Fallocate, added)
-            }
-            7 => control(Control::Poll),
-            8 => control(Control::PollRemove { target }),
-            _ => control(Control::Cancel { target }),
-        };
-        if self.accepted(user_data, &added) {
-            self.added(user_data, kind, flags);
-        }
+        taken
     }
 }
 
-/// Operations 0..ADDS add; the rest submit, reap, drain or register.
-const ADDS: u8 = 10;
-
-fuzz_target!(|data: &[u8]| {
-    let [operations, flags, steps @ ..] = data else {
-        return;
-    };
-    let policy = Policy::from_bytes(*operations, *flags);
+fuzz_target!(|input: Input| {
+    let policy = Policy::new(&input.policy);
     let Some(ring) = common::new_ring(Some(&policy.allowlist())) else {
         return;
     };
-    let restrictions = Restrictions {
+    let config = RingConfig {
+        // Every kernel with restrictions has IORING_FEAT_NODROP.
+        cap: in_flight_cap(&ring, true),
+        links: true,
+    };
+    let restricted = Restricted {
         policy,
-        linking: false,
+        pipe: Pipe::new(),
         eventfd_registered: false,
     };
-    let mut world = World::new(ring, restrictions);
+    let mut world = World::new(ring, restricted, config);
 
-    for chunk in steps.chunks(3) {
-        let byte = |i: usize| chunk.get(i).copied().unwrap_or(0);
-        let op = byte(0) % (ADDS + 5);
-        let user_data = u64::from(byte(1)) % USER_DATA_SPACE;
-        match op {
-            op if op < ADDS => world.add(op, user_data, byte(2)),
-            ADDS => world.submit(),
-            11 => world.reap(),
-            12 => world.drain_all(),
-            13 => {
+    for step in &input.steps {
+        match step {
+            Step::Add(op) => world.add(op),
+            Step::Batch(batch) => world.add_batch(batch.ops()),
+            Step::Submit => world.submit(),
+            Step::Reap => {
+                world.reap(Reap::All);
+            }
+            Step::ReapSome(n) => {
+                world.reap(Reap::Take(usize::from(n % 4)));
+            }
+            Step::ReapAndAdd(n, op) => {
+                world.reap(Reap::AddAfter(usize::from(n % 4), *op));
+            }
+            Step::Drain => world.drain(DRAIN_DEADLINE),
+            Step::RegisterEventfd => {
                 let eventfd = own_files().eventfd.as_raw_fd();
                 let result = world.ring.register_eventfd(eventfd);
-                world.state.registered(false, result);
+                world.book.model.registered(false, result);
             }
-            _ => {
+            Step::UnregisterEventfd => {
                 let result = world.ring.unregister_eventfd();
-                world.state.registered(true, result);
+                world.book.model.registered(true, result);
             }
         }
         world.check_in_flight();
     }
-    // Drain here, not in drop: without AsyncCancel, drop could only wait.
-    world.drain_all();
+    if input.close_early {
+        close_early(world);
+        return;
+    }
+    world.drain(DRAIN_DEADLINE);
     world
         .ring
-        .close(Duration::from_secs(1))
+        .close(DRAIN_DEADLINE)
         .expect("close with nothing in flight");
 });

@@ -162,7 +162,6 @@ impl URingContext {
         // Files released while settling, dropped after both guards.
         let mut released_files = Vec::new();
         let mut submit = lock(&self.submit);
-        let slots = submit.free_slots(1).ok_or(Error::NoSpace)?;
         let mut side = lock(&self.completion);
         let table = &mut side.table;
         let pins = prepared.pins_caller_memory;
@@ -174,11 +173,17 @@ impl URingContext {
             released_files = table.take_released_files();
             result = table.track_caller(label, pins, keep_alive, self.in_flight_cap);
         }
-        drop(side);
+        // Refusals in the order `queue` gives them: the cap and the label
+        // rule, then the submission queue's room.
         let identity = result.map_err(|refusal| match refusal {
             Refusal::SharedLabel => Error::DuplicateUserData(label),
             Refusal::Full => Error::NoSpace,
         })?;
+        let Some(slots) = submit.free_slots(1) else {
+            prepared.keep_alive = table.untrack(identity);
+            return Err(Error::NoSpace);
+        };
+        drop(side);
         prepared.sqe.set_user_data(identity);
         submit.publish(slots, std::iter::once(&prepared.sqe));
         drop(submit);
