@@ -1,0 +1,77 @@
+//! Ending the table's life: what drain cancels, and releasing, leaking or
+//! forgetting everything at once.
+
+use super::super::labels::{LabelTable, UnpinnedCounts};
+use super::{OpTable, Owner, Slot};
+use crate::iobuf::KernelIovecs;
+
+/// What contexts leaked because the kernel might still use it (iovec
+/// arrays, files held open), kept for the life of the process. Holding it
+/// here rather than forgetting it keeps it reachable, so leak checkers
+/// (LeakSanitizer, Miri) tell these deliberate leaks from real ones.
+static LEAKED: std::sync::Mutex<Vec<KernelIovecs>> = std::sync::Mutex::new(Vec::new());
+
+impl OpTable {
+    /// The identities of the caller's operations in flight that no
+    /// cancellation of the context's own is aimed at.
+    pub(crate) fn uncancelled(&self) -> Vec<u64> {
+        let targeted: std::collections::HashSet<u64> =
+            self.slots.iter().filter_map(Slot::cancels).collect();
+        (0..self.slots.len() as u32)
+            .filter(|&slot| self.slots[slot as usize].caller().is_some())
+            .map(|slot| self.identity(slot))
+            .filter(|identity| !targeted.contains(identity))
+            .collect()
+    }
+
+    /// Releases every operation, dropping what it keeps alive: for a ring
+    /// the kernel never consumed an SQE of (it is still disabled).
+    pub(crate) fn release_everything(&mut self) {
+        self.release_all_claims();
+        for slot in 0..self.slots.len() as u32 {
+            if self.slots[slot as usize].owner != Owner::Free {
+                self.release(slot);
+            }
+        }
+    }
+
+    /// Stops tracking every operation without freeing the memory the
+    /// kernel may still use: the iovec arrays go to [`LEAKED`], where they
+    /// stay for the life of the process. Files held open are closed (the
+    /// kernel holds its own reference to a file it uses).
+    pub(crate) fn leak_all(&mut self) {
+        let mut leaked = LEAKED
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        for entry in &mut self.slots {
+            if let Some(iovecs) = std::mem::take(&mut entry.keep_alive).iovecs {
+                leaked.push(iovecs);
+            }
+        }
+        drop(leaked);
+        self.clear();
+    }
+
+    /// Forgets every operation, dropping nothing it keeps alive and taking
+    /// no lock: for a forked child's copy, whose state is the parent's.
+    pub(crate) fn forget_all(&mut self) {
+        for entry in &mut self.slots {
+            std::mem::forget(std::mem::take(&mut entry.keep_alive));
+        }
+        self.clear();
+    }
+
+    /// Empties the table once every slot has been taken care of.
+    fn clear(&mut self) {
+        self.slots.clear();
+        self.free_slots.clear();
+        self.pinned = LabelTable::new();
+        self.unpinned = UnpinnedCounts::new();
+        self.caller_ops = 0;
+        self.internal_ops = 0;
+        self.records
+            .iter_mut()
+            .for_each(|record| record.in_use = false);
+        self.returned.clear();
+    }
+}
