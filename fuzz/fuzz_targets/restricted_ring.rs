@@ -42,7 +42,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use common::model::{
-    in_flight_cap, Adder, Aim, BatchInput, Model, Offset, OpInput, Reap, Res, RingConfig, Spec,
+    in_flight_cap, Adder, BatchInput, Model, Offset, OpInput, Reap, Res, RingConfig, Spec,
 };
 use common::pool::{iovecs, slot, BUF_LEN};
 use common::{
@@ -51,9 +51,7 @@ use common::{
 };
 use libfuzzer_sys::arbitrary::{self, Arbitrary};
 use libfuzzer_sys::fuzz_target;
-use ringfence::op::{
-    AsyncCancel, EventType, Fallocate, Fsync, Nop, PollAdd, PollRemove, Readv, Target, Writev,
-};
+use ringfence::op::{EventType, Fallocate, Fsync, Nop, PollAdd, Readv, Target, Writev};
 use ringfence::{Error, IosqeFlags, RegisterOperation, URingAllowlist, URingOperation};
 
 #[derive(Arbitrary, Debug)]
@@ -368,20 +366,10 @@ impl Model for Restricted {
                 adder.push(PollAdd::new(reader, EventType::Read), Spec::new(Kind::Poll));
             }
             URingOperation::PollRemove => {
-                let target = input.target.value();
-                let aim = Aim {
-                    target,
-                    polls_only: true,
-                };
-                adder.push(PollRemove::new(target), Spec::new(Kind::Control).aim(aim));
+                adder.push_cancel(true, input.target.value(), Kind::Control)
             }
             URingOperation::AsyncCancel => {
-                let target = input.target.value();
-                let aim = Aim {
-                    target,
-                    polls_only: false,
-                };
-                adder.push(AsyncCancel::new(target), Spec::new(Kind::Control).aim(aim));
+                adder.push_cancel(false, input.target.value(), Kind::Control)
             }
             other => panic!(
                 "{other:?} is in op::ISSUABLE, but restricted_ring has no arm for it: add one \

@@ -36,11 +36,9 @@ use std::time::Duration;
 
 use libfuzzer_sys::arbitrary::{self, Arbitrary};
 use libfuzzer_sys::fuzz_target;
-use model::{Adder, Aim, BatchInput, Model, Offset, OpInput, Reap, Res, RingConfig, Spec};
+use model::{Adder, BatchInput, Model, Offset, OpInput, Reap, Res, RingConfig, Spec};
 use pool::{iovecs, slot, BUF_LEN};
-use ringfence::op::{
-    AsyncCancel, EventType, Fallocate, Fsync, Nop, PollAdd, PollRemove, Readv, Target, Writev,
-};
+use ringfence::op::{EventType, Fallocate, Fsync, Nop, PollAdd, Readv, Target, Writev};
 use ringfence::sim::{Fault, SimConfig, SimKernel};
 use ringfence::URingOperation;
 
@@ -206,20 +204,10 @@ impl Model for Sim {
                 adder.push(op, Spec::new(Kind::Poll));
             }
             URingOperation::PollRemove => {
-                let target = input.target.value();
-                let aim = Aim {
-                    target,
-                    polls_only: true,
-                };
-                adder.push(PollRemove::new(target), Spec::new(Kind::Control).aim(aim));
+                adder.push_cancel(true, input.target.value(), Kind::Control)
             }
             URingOperation::AsyncCancel => {
-                let target = input.target.value();
-                let aim = Aim {
-                    target,
-                    polls_only: false,
-                };
-                adder.push(AsyncCancel::new(target), Spec::new(Kind::Control).aim(aim));
+                adder.push_cancel(false, input.target.value(), Kind::Control)
             }
             other => panic!(
                 "{other:?} is in op::ISSUABLE, but sim_ops has no arm for it: add one to `build`"

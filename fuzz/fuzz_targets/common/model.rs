@@ -288,6 +288,17 @@ impl<'a, K> Adder<'a, K> {
         self.slot_free
     }
 
+    /// Adds a poll removal (`polls_only`) or a cancellation aimed at the
+    /// label `target`, whose completion the target checks as `control`.
+    pub fn push_cancel(&mut self, polls_only: bool, target: u64, control: K) {
+        let spec = Spec::new(control).aim(Aim { target, polls_only });
+        if polls_only {
+            self.push(ringfence::op::PollRemove::new(target), spec);
+        } else {
+            self.push(ringfence::op::AsyncCancel::new(target), spec);
+        }
+    }
+
     /// Adds `op` (with `URingContext::add`, or to the batch).
     pub fn push<O: Operation>(&mut self, op: O, spec: Spec<K>) {
         assert!(
