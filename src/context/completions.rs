@@ -32,8 +32,8 @@ pub(super) struct Completions<'a> {
     len: usize,
     /// The record of the current batch, when it has one.
     record: Option<usize>,
-    /// Claims made so far.
-    claims: u32,
+    /// A claim has been made: the next takes a batch.
+    claimed_before: bool,
     /// The last claim took everything there was.
     exhausted: bool,
 }
@@ -56,7 +56,7 @@ impl<'a> Completions<'a> {
             next: 0,
             len: 0,
             record: None,
-            claims: 0,
+            claimed_before: false,
             exhausted: false,
         }
     }
@@ -75,12 +75,12 @@ impl<'a> Completions<'a> {
         if let Some(id) = self.record.take() {
             side.table.close_record(id, self.len - 1);
         }
-        let want = if self.claims == 0 || !side.table.record_available() {
-            1
-        } else {
+        let want = if self.claimed_before && side.table.record_available() {
             CLAIM_BATCH
+        } else {
+            1
         };
-        self.claims += 1;
+        self.claimed_before = true;
         // Claimed straight into the batch: the first is yielded now, the
         // rest from `batch[1..]`.
         let count = side.table.claim(&mut side.cq, &mut self.batch[..want]);

@@ -3,7 +3,7 @@
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use super::table::{Claimed, CLAIM_BATCH};
+use super::completions::Completions;
 use super::wait::Deadline;
 use super::{is_errno, lock, URingContext};
 use crate::abi::{Sqe, URingOperation};
@@ -90,21 +90,12 @@ impl URingContext {
         }
     }
 
-    /// Releases every completion in the CQ ring (the operations are done).
-    fn discard_ready(&self) {
-        let mut guard = lock(&self.completion);
-        let side = &mut *guard;
-        let mut claimed = [Claimed::EMPTY; CLAIM_BATCH];
-        loop {
-            let count = side.table.claim(&mut side.cq, &mut claimed);
-            for item in &claimed[..count] {
-                side.table.yielded(item);
-            }
-            if count < claimed.len() {
-                break;
-            }
-        }
-        self.unlock(guard);
+    /// Reaps every completion in the CQ ring, discarding it (the
+    /// operations are done); returns how many of the caller's operations
+    /// are still in flight.
+    fn discard_ready(&self) -> usize {
+        Completions::new(self).for_each(drop);
+        lock(&self.completion).table.caller_ops()
     }
 
     /// Cancels every operation in flight and reaps completions until none
@@ -142,11 +133,7 @@ impl URingContext {
             // The queued operations, now nops, complete during the submit;
             // flush what the kernel holds back, then reap.
             let _ = self.poll_ring(Duration::ZERO);
-            self.discard_ready();
-            let (left_in_flight, targets) = {
-                let side = lock(&self.completion);
-                (side.table.caller_ops(), side.table.uncancelled())
-            };
+            let left_in_flight = self.discard_ready();
             if left_in_flight == 0 {
                 return Drained::All;
             }
@@ -158,6 +145,7 @@ impl URingContext {
                     Drained::CannotCancel(left_in_flight)
                 };
             }
+            let targets = lock(&self.completion).table.uncancelled();
             for target in targets {
                 let cancel = Sqe::new(URingOperation::AsyncCancel);
                 // May use the slot `add` leaves free (see `in_flight_cap`).
@@ -175,8 +163,7 @@ impl URingContext {
             let round = Deadline::after(left.min(DRAIN_ROUND));
             while !round.left().is_zero() {
                 let _ = self.poll_ring(round.left());
-                self.discard_ready();
-                if lock(&self.completion).table.caller_ops() == 0 {
+                if self.discard_ready() == 0 {
                     return Drained::All;
                 }
             }

@@ -3,10 +3,10 @@
 
 use std::sync::atomic::Ordering;
 
-use super::table::Refusal;
+use super::table::{OpTable, Refusal};
 use super::{lock, URingContext};
 use crate::abi::{Sqe, URingOperation, UserData};
-use crate::op::{OpBatch, Operation, Prepared, Resolve};
+use crate::op::{OpBatch, Operation, Prepared, Resolve, SharedFd};
 use crate::{Error, Result};
 
 impl URingContext {
@@ -44,7 +44,7 @@ impl URingContext {
     pub fn add<O: Operation>(&self, op: O, user_data: UserData) -> Result<()> {
         let prepared = op.prepare()?;
         if prepared.resolve != Resolve::Nothing {
-            return self.queue(&mut [(prepared, user_data)], self.in_flight_cap);
+            return self.queue(&mut [(prepared, user_data)]);
         }
         self.queue_one(prepared, user_data)
     }
@@ -60,19 +60,20 @@ impl URingContext {
     /// batch (submit, then retry; a batch larger than
     /// [`sq_entries`](Self::sq_entries) never fits).
     pub fn add_batch(&self, batch: &mut OpBatch) -> Result<()> {
-        self.queue(batch.ops_mut(), self.in_flight_cap)?;
+        self.queue(batch.ops_mut())?;
         batch.clear();
         Ok(())
     }
 
-    /// Queues every operation in `ops`, or none, refusing past `cap`
-    /// operations tracked. Queued ones are left without what they keep
-    /// alive (the context holds it now); refused ones keep theirs.
+    /// Queues every operation in `ops`, or none. Queued ones are left
+    /// without what they keep alive (the context holds it now); refused ones
+    /// keep theirs.
     ///
     /// Operations are tracked before their SQEs are published, so a
     /// completion always finds its record, and both happen under the
     /// submit lock, so a refusal leaves nothing behind.
-    fn queue(&self, ops: &mut [(Prepared, UserData)], cap: usize) -> Result<()> {
+    fn queue(&self, ops: &mut [(Prepared, UserData)]) -> Result<()> {
+        let cap = self.in_flight_cap;
         self.check_process()?;
         // Files released while settling; declared before the guards, so
         // dropped after both are released.
@@ -108,26 +109,13 @@ impl URingContext {
                     break;
                 }
             }
-            let pins = prepared.pins_caller_memory;
-            let keep_alive = &mut prepared.keep_alive;
-            let mut result = table.track_caller(*label, pins, keep_alive, cap);
-            if result == Err(Refusal::SharedLabel) {
-                // The operation in the way may have been handed to the
-                // caller already, by an iterator not yet settled.
-                table.settle_all(&self.claim_progress);
-                released_files.append(&mut table.take_released_files());
-                result = table.track_caller(*label, pins, keep_alive, cap);
-            }
-            match result {
+            match self.track(table, prepared, *label, &mut released_files) {
                 Ok(identity) => {
                     prepared.sqe.set_user_data(identity);
                     tracked += 1;
                 }
                 Err(refusal) => {
-                    failure = Some(match refusal {
-                        Refusal::SharedLabel => Error::DuplicateUserData(*label),
-                        Refusal::Full => Error::NoSpace,
-                    });
+                    failure = Some(refusal.error(*label));
                     break;
                 }
             }
@@ -164,21 +152,11 @@ impl URingContext {
         let mut submit = lock(&self.submit);
         let mut side = lock(&self.completion);
         let table = &mut side.table;
-        let pins = prepared.pins_caller_memory;
-        let keep_alive = &mut prepared.keep_alive;
-        let mut result = table.track_caller(label, pins, keep_alive, self.in_flight_cap);
-        if result == Err(Refusal::SharedLabel) {
-            // As in `queue`: the operation in the way may be settled now.
-            table.settle_all(&self.claim_progress);
-            released_files = table.take_released_files();
-            result = table.track_caller(label, pins, keep_alive, self.in_flight_cap);
-        }
         // Refusals in the order `queue` gives them: the cap and the label
         // rule, then the submission queue's room.
-        let identity = result.map_err(|refusal| match refusal {
-            Refusal::SharedLabel => Error::DuplicateUserData(label),
-            Refusal::Full => Error::NoSpace,
-        })?;
+        let identity = self
+            .track(table, &mut prepared, label, &mut released_files)
+            .map_err(|refusal| refusal.error(label))?;
         let Some(slots) = submit.free_slots(1) else {
             prepared.keep_alive = table.untrack(identity);
             return Err(Error::NoSpace);
@@ -189,6 +167,34 @@ impl URingContext {
         drop(submit);
         drop(released_files);
         Ok(())
+    }
+
+    /// Tracks a caller's operation in `table` (see
+    /// [`OpTable::track_caller`]), taking what it keeps alive from
+    /// `prepared`; returns its identity.
+    ///
+    /// When the label rule refuses, the operation in the way may have been
+    /// handed to the caller already by an iterator whose progress is not
+    /// yet settled: settle and try once more. Files that releases set aside
+    /// go to `released_files`, for the caller to drop once unlocked.
+    // Inlined into both callers: the one-op path is the hot one.
+    #[inline(always)]
+    fn track(
+        &self,
+        table: &mut OpTable,
+        prepared: &mut Prepared,
+        label: UserData,
+        released_files: &mut Vec<SharedFd>,
+    ) -> std::result::Result<u64, Refusal> {
+        let (pins, cap) = (prepared.pins_caller_memory, self.in_flight_cap);
+        let keep_alive = &mut prepared.keep_alive;
+        let mut result = table.track_caller(label, pins, keep_alive, cap);
+        if result == Err(Refusal::SharedLabel) {
+            table.settle_all(&self.claim_progress);
+            released_files.append(&mut table.take_released_files());
+            result = table.track_caller(label, pins, keep_alive, cap);
+        }
+        result
     }
 
     /// Queues an SQE of the context's own (a wake-up nop, or with `target`

@@ -9,9 +9,11 @@ use crate::sys;
 impl URingContext {
     /// `io_uring_enter` on this ring.
     pub(super) fn enter(&self, to_submit: u32, min_complete: u32, flags: u32) -> io::Result<u32> {
-        // SAFETY: every SQE published on this ring was written by `queue` or
-        // `queue_own`, which track what the operation keeps alive (its iovec
-        // array, its file) in the op table before publishing; the table
+        // SAFETY: every SQE published on this ring was written by `queue`,
+        // `queue_one` or `queue_own`, which track what the operation keeps
+        // alive (its iovec array, its file) in the op table before
+        // publishing, in the process whose table it is (every public method
+        // refuses in a forked child before reaching here); the table
         // keeps it until the operation's completion has been handed to the
         // caller, or drain has seen every completion, or leaks it. The
         // memory the iovecs describe is the caller's, kept valid by

@@ -54,6 +54,16 @@ pub(crate) enum Refusal {
     Full,
 }
 
+impl Refusal {
+    /// The error an add of an operation with `label` fails with.
+    pub(crate) fn error(self, label: UserData) -> crate::Error {
+        match self {
+            Refusal::SharedLabel => crate::Error::DuplicateUserData(label),
+            Refusal::Full => crate::Error::NoSpace,
+        }
+    }
+}
+
 /// Who a slot's operation is for.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 enum Owner {
@@ -113,7 +123,7 @@ pub(crate) struct OpTable {
     internal_ops: usize,
     /// Operations tracked so far, for their `added` order.
     added: u64,
-    /// Outstanding claims by id; `None` is a free id.
+    /// Claim records by id; one not `in_use` is free.
     records: Vec<Record>,
     /// Completions handed back by an iterator dropped before yielding
     /// them, served before the ring's.

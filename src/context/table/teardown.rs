@@ -5,8 +5,8 @@ use super::super::labels::{LabelTable, UnpinnedCounts};
 use super::{OpTable, Owner, Slot};
 use crate::iobuf::KernelIovecs;
 
-/// What contexts leaked because the kernel might still use it (iovec
-/// arrays, files held open), kept for the life of the process. Holding it
+/// The iovec arrays contexts leaked because the kernel might still read
+/// them, kept for the life of the process. Holding it
 /// here rather than forgetting it keeps it reachable, so leak checkers
 /// (LeakSanitizer, Miri) tell these deliberate leaks from real ones.
 static LEAKED: std::sync::Mutex<Vec<KernelIovecs>> = std::sync::Mutex::new(Vec::new());
