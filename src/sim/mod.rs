@@ -137,6 +137,9 @@ pub struct SimStats {
     pub dropped: u64,
     /// Faults taken from the queue filled by [`SimKernel::inject`].
     pub faults_injected: u64,
+    /// Operations a ring still held (pending polls, held-back work) when it
+    /// was closed: a drain that finished leaves none.
+    pub abandoned: u64,
 }
 
 /// A simulated io_uring kernel: in-memory files and pollables, the rings

@@ -246,7 +246,10 @@ impl Drop for SimRing {
     fn drop(&mut self) {
         // Closing the ring: the kernel tears down what is pending without
         // posting anything, and frees the rings once unmapped.
-        self.shared.world().rings[self.id] = None;
+        let mut world = self.shared.world();
+        let abandoned = world.rings[self.id].take().map_or(0, |ring| ring.pending());
+        world.stats.abandoned += abandoned as u64;
+        drop(world);
         self.shared.posted.notify_all();
     }
 }
