@@ -10,24 +10,11 @@
 mod common;
 
 use std::fs::File;
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
-use common::{leaked_buf, pinned, reap};
+use common::{epoll_ready, epoll_watching, leaked_buf, pinned, readable_within, reap};
 use ringfence::{Error, URingContext};
-
-/// Whether `fd` polls readable within `timeout_ms`.
-fn readable(fd: RawFd, timeout_ms: i32) -> bool {
-    let mut pfd = libc::pollfd {
-        fd,
-        events: libc::POLLIN,
-        revents: 0,
-    };
-    // SAFETY: one valid pollfd, borrowed for the call.
-    let n = unsafe { libc::poll(&mut pfd, 1, timeout_ms) };
-    assert!(n >= 0, "poll: {}", std::io::Error::last_os_error());
-    n == 1
-}
 
 /// Adds an 8-byte readv of /dev/zero with `user_data` into a leaked buffer.
 fn add_zero_read(ring: &URingContext, zero: &File, user_data: u64) -> ringfence::Result<()> {
@@ -111,7 +98,7 @@ fn the_ring_fd_stays_readable_while_a_completion_waits_for_the_caller() {
     posted_nops(&ring, [1, 2]);
     assert_eq!(ring.wait().expect("wait").next().map(|(ud, _)| ud), Some(1));
     assert!(
-        readable(ring.as_raw_fd(), 100),
+        readable_within(ring.as_raw_fd(), 100),
         "2 is ready but the fd is not readable"
     );
     assert_eq!(
@@ -122,7 +109,7 @@ fn the_ring_fd_stays_readable_while_a_completion_waits_for_the_caller() {
         [2]
     );
     assert!(
-        !readable(ring.as_raw_fd(), 20),
+        !readable_within(ring.as_raw_fd(), 20),
         "readable with nothing ready"
     );
 }
@@ -130,33 +117,19 @@ fn the_ring_fd_stays_readable_while_a_completion_waits_for_the_caller() {
 #[test]
 fn an_epoll_loop_taking_one_completion_per_wake_up_never_sleeps_with_one_ready() {
     let ring = ring!(64);
-    // SAFETY: epoll_create1 takes no pointers.
-    let epoll = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
-    assert!(epoll >= 0);
-    let mut event = libc::epoll_event {
-        events: libc::EPOLLIN as u32,
-        u64: 0,
-    };
-    // SAFETY: `event` is valid for the call; both fds are open.
-    let added =
-        unsafe { libc::epoll_ctl(epoll, libc::EPOLL_CTL_ADD, ring.as_raw_fd(), &mut event) };
-    assert_eq!(added, 0);
+    let epoll = epoll_watching(ring.as_raw_fd(), 0);
     const COUNT: u64 = 40;
     posted_nops(&ring, 0..COUNT);
     let mut got = Vec::new();
     // Take one per wake-up, sometimes through an iterator that claimed a
     // batch and is dropped after two (handing the rest back).
     for round in 0.. {
-        // SAFETY: `event` has room for the one event asked for.
-        let n = unsafe { libc::epoll_wait(epoll, &mut event, 1, 200) };
-        if n == 0 {
+        if epoll_ready(&epoll, 200).is_empty() {
             break;
         }
         let take = if round % 3 == 0 { 2 } else { 1 };
         got.extend(ring.wait().expect("wait").take(take).map(|(ud, _)| ud));
     }
-    // SAFETY: `epoll` is ours to close.
-    unsafe { libc::close(epoll) };
     got.sort();
     assert_eq!(
         got,
@@ -337,4 +310,30 @@ fn a_cancel_by_label_does_not_aim_at_completions_the_caller_already_has() {
     let mut rest: Vec<u64> = reap(&ring, 3).into_iter().map(|(ud, _)| ud).collect();
     rest.sort();
     assert_eq!(rest, [5, 6, 9]);
+}
+
+#[test]
+fn completions_handed_back_signal_a_registered_eventfd() {
+    // The eventfd counts the kernel's posts; the wake-up nop the context
+    // posts for completions handed back is one of them.
+    let ring = ring!(32);
+    let eventfd = common::eventfd();
+    ring.register_eventfd(eventfd.as_raw_fd())
+        .expect("register_eventfd");
+    posted_nops(&ring, 0..20);
+    // The kernel signals once per batch of posts, not per completion.
+    assert!(
+        common::eventfd_count(&eventfd).is_some(),
+        "the nops signalled nothing"
+    );
+    // One claimed alone, then a batch of which one is taken: the rest go
+    // back, and the ring posts a wake-up.
+    let taken = ring.wait().expect("wait").take(2).count();
+    assert_eq!(taken, 2);
+    assert!(
+        common::eventfd_count(&eventfd).is_some(),
+        "completions were handed back without a signal"
+    );
+    let rest = reap(&ring, 18);
+    assert_eq!(rest.len(), 18);
 }

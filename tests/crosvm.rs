@@ -205,24 +205,9 @@ fn write_one_submit_poll() {
     let buf = [0u8; 4096];
     let mut file = test_file(0);
     file.write_all(&buf).expect("write");
-    // SAFETY: epoll_create1 takes no pointers.
-    let epoll = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
-    assert!(epoll >= 0);
-    let mut event = libc::epoll_event {
-        events: libc::EPOLLIN as u32,
-        u64: 1,
-    };
-    // SAFETY: `event` is valid for the call; both fds are open.
-    let added =
-        unsafe { libc::epoll_ctl(epoll, libc::EPOLL_CTL_ADD, ring.as_raw_fd(), &mut event) };
-    assert_eq!(added, 0);
-    let mut wait_epoll = |timeout| {
-        // SAFETY: room for one event.
-        let n = unsafe { libc::epoll_wait(epoll, &mut event, 1, timeout) };
-        let token = event.u64;
-        (n, token)
-    };
-    assert_eq!(wait_epoll(1).0, 0, "readable before anything completed");
+    let epoll = common::epoll_watching(ring.as_raw_fd(), 1);
+    let ready = common::epoll_ready(&epoll, 1);
+    assert!(ready.is_empty(), "readable before anything completed");
     // SAFETY: `wait` returns the completion before `buf` goes away.
     unsafe {
         add_one_write(
@@ -236,16 +221,12 @@ fn write_one_submit_poll() {
     }
     .expect("writev");
     ring.submit().expect("submit");
-    assert_eq!(
-        wait_epoll(5000),
-        (1, 1),
-        "not readable after the write completed"
-    );
+    let ready = common::epoll_ready(&epoll, 5000);
+    assert_eq!(ready.len(), 1, "not readable after the write completed");
+    assert_eq!(ready[0].1, 1, "the ring's token");
     let (user_data, result) = ring.wait().expect("wait").next().expect("a completion");
     assert_eq!(user_data, 55);
     assert_eq!(result.expect("write"), buf.len() as u32);
-    // SAFETY: `epoll` is ours.
-    unsafe { libc::close(epoll) };
 }
 
 #[test]

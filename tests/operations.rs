@@ -12,13 +12,16 @@ mod common;
 use std::collections::BTreeSet;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::sync::{mpsc, Arc};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::{eventfd, eventfd_count, leaked_buf, pattern, pinned, pipe, reap, reap_by_user_data};
+use common::{
+    epoll_ready, epoll_watching, eventfd, eventfd_count, leaked_buf, pattern, pinned, pipe,
+    readable_within, reap, reap_by_user_data,
+};
 use ringfence::{Error, EventType, IoBufMut, URingContext};
 
 /// How long a test waits for something that should happen promptly.
@@ -43,26 +46,6 @@ fn only(ring: &URingContext, user_data: u64) -> io::Result<u32> {
 /// The errno of a failed completion, if it failed.
 fn errno(result: &io::Result<u32>) -> Option<i32> {
     result.as_ref().err().and_then(io::Error::raw_os_error)
-}
-
-/// Whether `fd` polls readable within `timeout_ms`.
-fn readable_within(fd: RawFd, timeout_ms: i32) -> bool {
-    let mut pfd = libc::pollfd {
-        fd,
-        events: libc::POLLIN,
-        revents: 0,
-    };
-    for _ in 0..100 {
-        // SAFETY: `pfd` is one valid pollfd, alive for the call.
-        let n = unsafe { libc::poll(&mut pfd, 1, timeout_ms) };
-        match n {
-            0 => return false,
-            1 => return pfd.revents & libc::POLLIN != 0,
-            _ if io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) => continue,
-            _ => panic!("poll: {}", io::Error::last_os_error()),
-        }
-    }
-    panic!("poll kept failing with EINTR");
 }
 
 /// The position of `file`'s open file description.
@@ -527,47 +510,10 @@ fn async_cancel_of_an_unknown_user_data_fails_with_enoent() {
     assert_eq!(ring.in_flight(), 0);
 }
 
-/// Waits up to `timeout_ms` on `epoll` and returns the ready events as
-/// (events, data).
-fn epoll_ready(epoll: &OwnedFd, timeout_ms: i32) -> Vec<(u32, u64)> {
-    let mut events = [libc::epoll_event { events: 0, u64: 0 }; 4];
-    for _ in 0..100 {
-        // SAFETY: `events` is a writable array of 4 epoll_events.
-        let n = unsafe { libc::epoll_wait(epoll.as_raw_fd(), events.as_mut_ptr(), 4, timeout_ms) };
-        if n >= 0 {
-            return events[..n as usize]
-                .iter()
-                .map(|e| (e.events, e.u64))
-                .collect();
-        }
-        let err = io::Error::last_os_error();
-        assert_eq!(err.raw_os_error(), Some(libc::EINTR), "epoll_wait: {err}");
-    }
-    panic!("epoll_wait kept failing with EINTR");
-}
-
 #[test]
 fn ring_fd_is_readable_in_epoll_exactly_while_a_completion_is_ready() {
     let ring = ring!(8);
-    // SAFETY: epoll_create1 has no memory preconditions.
-    let raw = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
-    assert!(raw >= 0, "epoll_create1: {}", io::Error::last_os_error());
-    // SAFETY: `raw` is a new fd that nothing else owns.
-    let epoll = unsafe { OwnedFd::from_raw_fd(raw) };
-    let mut interest = libc::epoll_event {
-        events: libc::EPOLLIN as u32,
-        u64: 77,
-    };
-    // SAFETY: both fds are open and `interest` is a valid epoll_event.
-    let rc = unsafe {
-        libc::epoll_ctl(
-            epoll.as_raw_fd(),
-            libc::EPOLL_CTL_ADD,
-            ring.as_raw_fd(),
-            &mut interest,
-        )
-    };
-    assert_eq!(rc, 0, "epoll_ctl: {}", io::Error::last_os_error());
+    let epoll = epoll_watching(ring.as_raw_fd(), 77);
 
     assert_eq!(
         epoll_ready(&epoll, 50),

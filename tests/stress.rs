@@ -23,7 +23,7 @@ mod common;
 use std::collections::{HashMap, VecDeque};
 use std::fs::File;
 use std::io::{self, Read, Write};
-use std::os::fd::{AsRawFd, FromRawFd};
+use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::thread;
@@ -332,18 +332,6 @@ fn env_u64(name: &str) -> Option<u64> {
         None => value.parse(),
     };
     Some(parsed.unwrap_or_else(|e| panic!("{name}={value:?} is not a number: {e}")))
-}
-
-/// An empty memfd of `len` bytes (zeros).
-fn memfd(len: usize) -> File {
-    // SAFETY: the name is a NUL-terminated literal; memfd_create takes no
-    // other pointer and returns a new descriptor or -1.
-    let fd = unsafe { libc::memfd_create(c"ringfence-stress".as_ptr(), libc::MFD_CLOEXEC) };
-    assert!(fd >= 0, "memfd_create: {}", io::Error::last_os_error());
-    // SAFETY: `fd` was just created and nothing else owns it.
-    let file = unsafe { File::from_raw_fd(fd) };
-    file.set_len(len as u64).expect("sizing the memfd");
-    file
 }
 
 /// `ring.submit()`, counting the kernel's refusals, which leave the
@@ -911,7 +899,7 @@ fn random_operations_from_four_producers_each_complete_exactly_once() {
     let blocks = PRODUCERS * BLOCKS_PER_PRODUCER;
     let shared = Shared {
         ring,
-        memfd: memfd(blocks * BLOCK),
+        memfd: common::memfd((blocks * BLOCK) as u64),
         pipes,
         pending: (0..PRODUCERS).map(|_| Mutex::default()).collect(),
         issued: (0..PRODUCERS).map(|_| AtomicU64::new(0)).collect(),

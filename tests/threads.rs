@@ -418,12 +418,7 @@ fn blocking_work_whose_submitting_thread_exited_completes_normally() {
     // submitted it is gone.
     const LEN: u64 = 32 << 20;
     let ring = ring!(8);
-    // SAFETY: the name is a NUL-terminated literal; memfd_create returns a
-    // new descriptor or -1.
-    let fd = unsafe { libc::memfd_create(c"ringfence-test".as_ptr(), libc::MFD_CLOEXEC) };
-    assert!(fd >= 0, "memfd_create: {}", io::Error::last_os_error());
-    // SAFETY: `fd` was just created and nothing else owns it.
-    let file = unsafe { <File as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+    let file = common::memfd(0);
     submit_from_a_thread_that_exits(&ring, |ring| {
         ring.add_fallocate(file.as_raw_fd(), 0, LEN, 0, 1)
             .expect("fallocate");

@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::{self, Read};
-use std::os::fd::{FromRawFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::pin::Pin;
 
 use ringfence::{Error, IoBufMut, URingAllowlist, URingContext};
@@ -215,4 +215,72 @@ pub fn pattern(len: usize, seed: u64) -> Vec<u8> {
             (state >> 24) as u8
         })
         .collect()
+}
+
+/// Whether `fd` polls readable within `timeout_ms` (`EINTR` retried).
+pub fn readable_within(fd: RawFd, timeout_ms: i32) -> bool {
+    let mut pfd = libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    for _ in 0..100 {
+        // SAFETY: `pfd` is one valid pollfd, alive for the call.
+        let n = unsafe { libc::poll(&mut pfd, 1, timeout_ms) };
+        match n {
+            0 => return false,
+            1 => return pfd.revents & libc::POLLIN != 0,
+            _ if io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) => continue,
+            _ => panic!("poll: {}", io::Error::last_os_error()),
+        }
+    }
+    panic!("poll kept failing with EINTR");
+}
+
+/// An epoll instance watching `fd` for readable, reporting `data` for it.
+pub fn epoll_watching(fd: RawFd, data: u64) -> OwnedFd {
+    // SAFETY: epoll_create1 has no memory preconditions.
+    let raw = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+    assert!(raw >= 0, "epoll_create1: {}", io::Error::last_os_error());
+    // SAFETY: `raw` is a new fd that nothing else owns.
+    let epoll = unsafe { OwnedFd::from_raw_fd(raw) };
+    let mut interest = libc::epoll_event {
+        events: libc::EPOLLIN as u32,
+        u64: data,
+    };
+    // SAFETY: both fds are open and `interest` is a valid epoll_event.
+    let rc = unsafe { libc::epoll_ctl(raw, libc::EPOLL_CTL_ADD, fd, &mut interest) };
+    assert_eq!(rc, 0, "epoll_ctl: {}", io::Error::last_os_error());
+    epoll
+}
+
+/// Waits up to `timeout_ms` on `epoll` and returns the ready events as
+/// (events, data) (`EINTR` retried).
+pub fn epoll_ready(epoll: &OwnedFd, timeout_ms: i32) -> Vec<(u32, u64)> {
+    let mut events = [libc::epoll_event { events: 0, u64: 0 }; 4];
+    for _ in 0..100 {
+        // SAFETY: `events` is a writable array of 4 epoll_events.
+        let n = unsafe { libc::epoll_wait(epoll.as_raw_fd(), events.as_mut_ptr(), 4, timeout_ms) };
+        if n >= 0 {
+            return events[..n as usize]
+                .iter()
+                .map(|e| (e.events, e.u64))
+                .collect();
+        }
+        let err = io::Error::last_os_error();
+        assert_eq!(err.raw_os_error(), Some(libc::EINTR), "epoll_wait: {err}");
+    }
+    panic!("epoll_wait kept failing with EINTR");
+}
+
+/// An anonymous in-memory file (memfd) of `len` zero bytes.
+pub fn memfd(len: u64) -> File {
+    // SAFETY: the name is a NUL-terminated literal; memfd_create takes no
+    // other pointer and returns a new descriptor or -1.
+    let fd = unsafe { libc::memfd_create(c"ringfence-test".as_ptr(), libc::MFD_CLOEXEC) };
+    assert!(fd >= 0, "memfd_create: {}", io::Error::last_os_error());
+    // SAFETY: `fd` was just created and nothing else owns it.
+    let file = unsafe { File::from_raw_fd(fd) };
+    file.set_len(len).expect("sizing the memfd");
+    file
 }
