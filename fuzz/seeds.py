@@ -7,11 +7,13 @@ inputs kept from a crash, are left alone).
 The targets decode their input with the `arbitrary` crate (1.x), whose
 format this encodes: integers little-endian in their own width, a bool as
 one byte (bit 0), an enum as a u32 `x` picking variant `(x * variants) >> 32`
-followed by the variant's fields, structs and arrays field by field, and the
+followed by the variant's fields (a target's `Step::Common(CommonStep)` is
+two such choices), structs and arrays field by field, and the
 input's last field (the step list) as elements each preceded by a 1 byte.
 
 Kept because the seeds must follow the input types: when a target's `Input`,
-`Step` or the shared `OpInput` (fuzz_targets/common/model.rs) changes, change
+`Step` or the shared `OpInput` or `CommonStep` (fuzz_targets/common/model.rs)
+changes, change
 the matching definitions here and run it again. Check what a seed decodes to
 with `RUST_LIBFUZZER_DEBUG_PATH=/tmp/decoded cargo +nightly fuzz run
 --fuzz-dir fuzz TARGET SEED_FILE`.
@@ -87,6 +89,25 @@ class Steps:
         return lambda *fields: variant(index, len(self.names)) + b"".join(fields)
 
 
+# model::CommonStep: the steps every target shares.
+COMMON_STEPS = Steps("Add", "Batch", "Submit", "Reap", "ReapSome", "ReapAndAdd", "Drain")
+
+
+class TargetSteps:
+    """A target's `Step` enum: `Common(CommonStep)` first, then its own
+    variants, named in declaration order. A common step's name encodes the
+    `Common` variant followed by the `CommonStep`."""
+
+    def __init__(self, *own):
+        self.own = Steps("Common", *own)
+
+    def __getattr__(self, name):
+        if name in COMMON_STEPS.names:
+            common = getattr(COMMON_STEPS, name)
+            return lambda *fields: self.own.Common(common(*fields))
+        return getattr(self.own, name)
+
+
 def write(target, name, data):
     folder = os.path.join(OUT, target)
     os.makedirs(folder, exist_ok=True)
@@ -95,8 +116,7 @@ def write(target, name, data):
 
 
 def sim_ops():
-    s = Steps("Add", "Batch", "Submit", "Reap", "ReapSome", "ReapAndAdd", "Forget", "Drain",
-              "Fault", "SetReady", "CompleteDeferred")
+    s = TargetSteps("Forget", "Fault", "SetReady", "CompleteDeferred")
     faults = Steps("Interrupted", "InterruptedWait", "Again", "Busy", "ShortSubmit")
 
     def input(nodrop, defer, seed, entries_log2, *body):
@@ -153,7 +173,7 @@ def sim_ops():
 
 
 def real_kernel_ops():
-    s = Steps("Add", "Batch", "Submit", "Reap", "ReapSome", "ReapAndAdd", "Drain", "PollFd")
+    s = TargetSteps("PollFd")
 
     def input(*body):
         return steps(*body)
@@ -206,8 +226,7 @@ def real_kernel_ops():
 
 
 def restricted_ring():
-    s = Steps("Add", "Batch", "Submit", "Reap", "ReapSome", "ReapAndAdd", "Drain",
-              "RegisterEventfd", "UnregisterEventfd")
+    s = TargetSteps("RegisterEventfd", "UnregisterEventfd")
     sets = Steps("Mask", "Only", "AllBut")
 
     def input(ops, housekeeping=False, allowed=0, required=0, register=False,

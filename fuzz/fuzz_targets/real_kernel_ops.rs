@@ -42,12 +42,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::model::{
-    in_flight_cap, Adder, BatchInput, Model, Offset, OpInput, Reap, Res, RingConfig, Spec,
+    in_flight_cap, Adder, CommonStep, Model, Offset, OpInput, Res, RingConfig, Spec, DRAIN_DEADLINE,
 };
 use common::pool::{iovecs, slot, BUF_LEN};
 use common::{
-    control_result_ok, files, is_fixed_data, memfd, past_end_read, poll_result_ok, Pipe,
-    DRAIN_DEADLINE, MEMFD_LEN, OFFSET_STEP,
+    control_result_ok, files, is_fixed_data, memfd, past_end_read, poll_result_ok, Pipe, MEMFD_LEN,
+    OFFSET_STEP,
 };
 use libfuzzer_sys::arbitrary::{self, Arbitrary};
 use libfuzzer_sys::fuzz_target;
@@ -61,22 +61,7 @@ struct Input {
 
 #[derive(Arbitrary, Debug)]
 enum Step {
-    /// `URingContext::add`.
-    Add(OpInput),
-    /// `OpBatch` + `add_batch`.
-    Batch(BatchInput),
-    Submit,
-    /// One `wait` (or `wait_timeout` with nothing in flight), every
-    /// completion taken.
-    Reap,
-    /// One `wait`, at most `n % 4` completions taken, the iterator dropped.
-    ReapSome(u8),
-    /// One wait; after `n % 4` completions (or all there are, if fewer),
-    /// with the iterator alive, `in_flight()` is checked and the operation
-    /// added; then the rest are taken.
-    ReapAndAdd(u8, OpInput),
-    /// Reaps until nothing is in flight.
-    Drain,
+    Common(CommonStep),
     /// Polls the ring fd, then `wait_timeout(0)`.
     PollFd,
 }
@@ -534,19 +519,7 @@ fuzz_target!(|input: Input| {
     let mut world = World::new(ring, Real::new(), config);
     for step in &input.steps {
         match step {
-            Step::Add(op) => world.add(op),
-            Step::Batch(batch) => world.add_batch(batch.ops()),
-            Step::Submit => world.submit(),
-            Step::Reap => {
-                world.reap(Reap::All);
-            }
-            Step::ReapSome(n) => {
-                world.reap(Reap::Take(usize::from(n % 4)));
-            }
-            Step::ReapAndAdd(n, op) => {
-                world.reap(Reap::AddAfter(usize::from(n % 4), *op));
-            }
-            Step::Drain => world.drain(DRAIN_DEADLINE),
+            Step::Common(step) => world.step(step),
             Step::PollFd => poll_fd(&mut world),
         }
         world.check_in_flight();

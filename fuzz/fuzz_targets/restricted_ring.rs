@@ -42,12 +42,12 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use common::model::{
-    in_flight_cap, Adder, BatchInput, Model, Offset, OpInput, Reap, Res, RingConfig, Spec,
+    in_flight_cap, Adder, CommonStep, Model, Offset, OpInput, Res, RingConfig, Spec, DRAIN_DEADLINE,
 };
 use common::pool::{iovecs, slot, BUF_LEN};
 use common::{
     control_result_ok, files, is_fixed_data, memfd, past_end_read, poll_result_ok, Pipe,
-    DRAIN_DEADLINE, OFFSET_STEP,
+    OFFSET_STEP,
 };
 use libfuzzer_sys::arbitrary::{self, Arbitrary};
 use libfuzzer_sys::fuzz_target;
@@ -88,17 +88,7 @@ enum OpSet {
 
 #[derive(Arbitrary, Debug)]
 enum Step {
-    Add(OpInput),
-    Batch(BatchInput),
-    Submit,
-    Reap,
-    /// One `wait`, at most `n % 4` completions taken, the iterator dropped.
-    ReapSome(u8),
-    /// One wait; after `n % 4` completions (or all there are, if fewer),
-    /// with the iterator alive, `in_flight()` is checked and the operation
-    /// added; then the rest are taken.
-    ReapAndAdd(u8, OpInput),
-    Drain,
+    Common(CommonStep),
     RegisterEventfd,
     UnregisterEventfd,
 }
@@ -522,19 +512,7 @@ fuzz_target!(|input: Input| {
 
     for step in &input.steps {
         match step {
-            Step::Add(op) => world.add(op),
-            Step::Batch(batch) => world.add_batch(batch.ops()),
-            Step::Submit => world.submit(),
-            Step::Reap => {
-                world.reap(Reap::All);
-            }
-            Step::ReapSome(n) => {
-                world.reap(Reap::Take(usize::from(n % 4)));
-            }
-            Step::ReapAndAdd(n, op) => {
-                world.reap(Reap::AddAfter(usize::from(n % 4), *op));
-            }
-            Step::Drain => world.drain(DRAIN_DEADLINE),
+            Step::Common(step) => world.step(step),
             Step::RegisterEventfd => {
                 let eventfd = own_files().eventfd.as_raw_fd();
                 let result = world.ring.register_eventfd(eventfd);

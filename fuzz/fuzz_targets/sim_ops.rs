@@ -36,7 +36,9 @@ use std::time::Duration;
 
 use libfuzzer_sys::arbitrary::{self, Arbitrary};
 use libfuzzer_sys::fuzz_target;
-use model::{Adder, BatchInput, Model, Offset, OpInput, Reap, Res, RingConfig, Spec};
+use model::{
+    Adder, CommonStep, Model, Offset, OpInput, Reap, Res, RingConfig, Spec, DRAIN_DEADLINE,
+};
 use pool::{iovecs, slot, BUF_LEN};
 use ringfence::op::{EventType, Fallocate, Fsync, Nop, PollAdd, Readv, Target, Writev};
 use ringfence::sim::{Fault, SimConfig, SimKernel};
@@ -56,21 +58,9 @@ struct Input {
 
 #[derive(Arbitrary, Debug)]
 enum Step {
-    Add(OpInput),
-    Batch(BatchInput),
-    Submit,
-    /// One `wait` (`wait_timeout` when nothing is sure to complete), every
-    /// completion taken.
-    Reap,
-    /// One wait, at most `n % 4` completions taken, the iterator dropped.
-    ReapSome(u8),
-    /// One wait; after `n % 4` completions (or all there are, if fewer),
-    /// with the iterator alive, `in_flight()` is checked and the operation
-    /// added; then the rest are taken.
-    ReapAndAdd(u8, OpInput),
+    Common(CommonStep),
     /// One wait, at most `n % 4` completions taken, the iterator forgotten.
     Forget(u8),
-    Drain,
     Fault(FaultInput),
     /// Makes the pollable ready for input, or for nothing.
     SetReady(bool),
@@ -94,7 +84,6 @@ const SOURCE_LEN: u64 = 600;
 const OFFSET_STEP: u64 = 3;
 
 /// How long a drain may take before it is called a hang.
-const DRAIN_DEADLINE: Duration = Duration::from_secs(5);
 
 #[derive(Debug)]
 enum Kind {
@@ -299,22 +288,10 @@ fuzz_target!(|input: Input| {
 
     for step in &input.steps {
         match step {
-            Step::Add(op) => world.add(op),
-            Step::Batch(batch) => world.add_batch(batch.ops()),
-            Step::Submit => world.submit(),
-            Step::Reap => {
-                world.reap(Reap::All);
-            }
-            Step::ReapSome(n) => {
-                world.reap(Reap::Take(usize::from(n % 4)));
-            }
-            Step::ReapAndAdd(n, op) => {
-                world.reap(Reap::AddAfter(usize::from(n % 4), *op));
-            }
+            Step::Common(step) => world.step(step),
             Step::Forget(n) => {
                 world.reap(Reap::Forget(usize::from(n % 4)));
             }
-            Step::Drain => world.drain(DRAIN_DEADLINE),
             Step::Fault(fault) => kernel.inject(match *fault {
                 FaultInput::Interrupted => Fault::Interrupted,
                 FaultInput::InterruptedWait => Fault::InterruptedWait,

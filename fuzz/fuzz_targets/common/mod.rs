@@ -12,7 +12,6 @@ use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::{Arc, OnceLock};
-use std::time::Duration;
 
 use ringfence::{Error, URingAllowlist, URingContext};
 
@@ -27,8 +26,6 @@ pub const OFFSET_STEP: u64 = 16;
 pub const MEMFD_LEN: usize = 256 * OFFSET_STEP as usize + BUF_LEN;
 /// Submission queue entries of every ring.
 const ENTRIES: usize = 8;
-/// How long draining may take before a target calls it a hang.
-pub const DRAIN_DEADLINE: Duration = Duration::from_secs(5);
 
 /// What the fixed memfd holds at `offset`. The period (251) is prime, so
 /// reading at the wrong offset shows.

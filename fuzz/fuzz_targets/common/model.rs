@@ -801,6 +801,31 @@ impl<M: Model> Book<M> {
     }
 }
 
+/// How long draining may take before a target calls it a hang.
+pub const DRAIN_DEADLINE: Duration = Duration::from_secs(5);
+
+/// The steps every target takes; each target's `Step` has them as its
+/// first variant, `Common`, beside its own.
+#[derive(Arbitrary, Debug)]
+pub enum CommonStep {
+    /// `URingContext::add`.
+    Add(OpInput),
+    /// `OpBatch` + `add_batch`.
+    Batch(BatchInput),
+    Submit,
+    /// One `wait` (`wait_timeout` when nothing is sure to complete), every
+    /// completion taken.
+    Reap,
+    /// One `wait`, at most `n % 4` completions taken, the iterator dropped.
+    ReapSome(u8),
+    /// One wait; after `n % 4` completions (or all there are, if fewer),
+    /// with the iterator alive, `in_flight()` is checked and the operation
+    /// added; then the rest are taken.
+    ReapAndAdd(u8, OpInput),
+    /// Reaps until nothing is in flight.
+    Drain,
+}
+
 /// One input's ring and its model.
 pub struct World<M: Model> {
     pub ring: URingContext,
@@ -825,6 +850,25 @@ pub enum Reap {
 }
 
 impl<M: Model> World<M> {
+    /// Takes one of the steps every target shares.
+    pub fn step(&mut self, step: &CommonStep) {
+        match step {
+            CommonStep::Add(op) => self.add(op),
+            CommonStep::Batch(batch) => self.add_batch(batch.ops()),
+            CommonStep::Submit => self.submit(),
+            CommonStep::Reap => {
+                self.reap(Reap::All);
+            }
+            CommonStep::ReapSome(n) => {
+                self.reap(Reap::Take(usize::from(n % 4)));
+            }
+            CommonStep::ReapAndAdd(n, op) => {
+                self.reap(Reap::AddAfter(usize::from(n % 4), *op));
+            }
+            CommonStep::Drain => self.drain(DRAIN_DEADLINE),
+        }
+    }
+
     pub fn new(ring: URingContext, model: M, config: RingConfig) -> World<M> {
         check_arms(&model);
         let sq_entries = ring.sq_entries() as usize;
