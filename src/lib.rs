@@ -44,6 +44,11 @@
 //! | allowlists (`IORING_REGISTER_RESTRICTIONS`), disabled rings ([`URingContext::new_disabled`]) | 5.10 |
 //! | register calls left open by an allowlist with only operation entries | 7.0 (see [`URingAllowlist`]) |
 //!
+//! (From the `io_uring_setup(2)`, `io_uring_enter(2)` and
+//! `io_uring_register(2)` man pages, which give the version each flag and
+//! opcode appeared in; fallocate is kernel commit d63d1b5edb7b, in 5.6.
+//! Only 6.18 is tested here.)
+//!
 //! # Waiting
 //!
 //! [`URingContext::wait`] blocks until a completion is ready, also when
