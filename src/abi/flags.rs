@@ -88,16 +88,9 @@ bitflags! {
     /// Flags a completion carries (`IORING_CQE_F_*`).
     #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
     pub(crate) struct CqeFlags: u32 {
-        /// `IORING_CQE_F_BUFFER`: the upper 16 bits hold a provided
-        /// buffer's id.
-        const BUFFER = IORING_CQE_F_BUFFER;
         /// `IORING_CQE_F_MORE`: the operation is still in flight and will
         /// complete again (multishot).
         const MORE = IORING_CQE_F_MORE;
-        /// `IORING_CQE_F_SOCK_NONEMPTY`: the socket has more data.
-        const SOCK_NONEMPTY = IORING_CQE_F_SOCK_NONEMPTY;
-        /// `IORING_CQE_F_NOTIF`: a zero-copy send's notification.
-        const NOTIF = IORING_CQE_F_NOTIF;
     }
 }
 
