@@ -94,7 +94,7 @@ impl URingContext {
         user_data: UserData,
     ) -> Result<()> {
         // SAFETY: forwarded from the caller.
-        let iovecs = unsafe { pin_raw_iovecs(iovecs) }?;
+        let iovecs = unsafe { pin_raw_iovecs(iovecs) };
         self.add(Readv::new(iovecs, raw(fd), offset), user_data)
     }
 
@@ -113,7 +113,7 @@ impl URingContext {
         user_data: UserData,
     ) -> Result<()> {
         // SAFETY: forwarded from the caller.
-        let iovecs = unsafe { pin_raw_iovecs(iovecs) }?;
+        let iovecs = unsafe { pin_raw_iovecs(iovecs) };
         self.add(Writev::new(iovecs, raw(fd), offset), user_data)
     }
 

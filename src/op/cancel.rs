@@ -1,7 +1,7 @@
 //! [`AsyncCancel`].
 
-use super::{KeepAlive, Operation, Prepared, Resolve};
-use crate::abi::{Sqe, URingOperation};
+use super::{Operation, Prepared};
+use crate::abi::URingOperation;
 use crate::Result;
 
 /// `IORING_OP_ASYNC_CANCEL` (Linux 5.5): cancels the operations added with
@@ -30,8 +30,6 @@ impl Operation for AsyncCancel {
     const PINS_CALLER_MEMORY: bool = false;
 
     fn prepare(self) -> Result<Prepared> {
-        let mut prepared = Prepared::new::<Self>(Sqe::new(Self::OPCODE), KeepAlive::default());
-        prepared.resolve = Resolve::TargetLabel(self.target_user_data);
-        Ok(prepared)
+        Ok(Prepared::targeting_label::<Self>(self.target_user_data))
     }
 }

@@ -90,6 +90,17 @@ pub(crate) struct KeepAlive {
     pub(crate) file: Option<target::SharedFd>,
 }
 
+impl KeepAlive {
+    /// What an operation on `target` and no caller memory keeps: the file,
+    /// if the target holds it open.
+    pub(crate) fn target(target: Target) -> KeepAlive {
+        KeepAlive {
+            iovecs: None,
+            file: target.keep_alive(),
+        }
+    }
+}
+
 /// What the context does to resolve an operation at queue time.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Resolve {
@@ -119,6 +130,15 @@ impl Prepared {
             keep_alive,
             pins_caller_memory: O::PINS_CALLER_MEMORY,
             resolve: Resolve::Nothing,
+        }
+    }
+
+    /// An operation on the operations in flight with `label` (a cancel or
+    /// a poll removal): the context resolves its SQE at queue time.
+    pub(crate) fn targeting_label<O: Operation>(label: u64) -> Prepared {
+        Prepared {
+            resolve: Resolve::TargetLabel(label),
+            ..Prepared::new::<O>(Sqe::new(O::OPCODE), KeepAlive::default())
         }
     }
 

@@ -1,6 +1,6 @@
 //! [`PollAdd`] and [`PollRemove`].
 
-use super::{KeepAlive, Operation, Prepared, Resolve, Target};
+use super::{KeepAlive, Operation, Prepared, Target};
 use crate::abi::{Sqe, URingOperation};
 use crate::Result;
 
@@ -53,11 +53,7 @@ impl Operation for PollAdd {
         let mut sqe = Sqe::new(Self::OPCODE);
         sqe.set_fd(self.target.raw_fd());
         sqe.set_poll_events(self.events.poll_events());
-        let keep_alive = KeepAlive {
-            file: self.target.keep_alive(),
-            ..KeepAlive::default()
-        };
-        Ok(Prepared::new::<Self>(sqe, keep_alive))
+        Ok(Prepared::new::<Self>(sqe, KeepAlive::target(self.target)))
     }
 }
 
@@ -86,8 +82,6 @@ impl Operation for PollRemove {
     const PINS_CALLER_MEMORY: bool = false;
 
     fn prepare(self) -> Result<Prepared> {
-        let mut prepared = Prepared::new::<Self>(Sqe::new(Self::OPCODE), KeepAlive::default());
-        prepared.resolve = Resolve::TargetLabel(self.target_user_data);
-        Ok(prepared)
+        Ok(Prepared::targeting_label::<Self>(self.target_user_data))
     }
 }

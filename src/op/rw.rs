@@ -37,7 +37,7 @@ impl Vectored {
         sqe.set_len(iovecs.len() as u32);
         let keep_alive = KeepAlive {
             iovecs: Some(iovecs),
-            file: self.target.keep_alive(),
+            ..KeepAlive::target(self.target)
         };
         Ok(Prepared::new::<O>(sqe, keep_alive))
     }
@@ -135,9 +135,8 @@ impl Vectored {
     }
 }
 
-/// Turns raw iovecs into the pinned array [`Readv`] and [`Writev`] take.
-///
-/// Fails with [`Error::TooManyIovecs`] past [`MAX_IOVECS`].
+/// Turns raw iovecs into the pinned array [`Readv`] and [`Writev`] take
+/// (which check the count when prepared).
 ///
 /// # Safety
 ///
@@ -147,13 +146,10 @@ impl Vectored {
 /// has completed and its completion has been returned.
 pub(crate) unsafe fn pin_raw_iovecs(
     iovecs: impl Iterator<Item = libc::iovec>,
-) -> Result<Pin<Box<[IoBufMut<'static>]>>> {
-    let iovecs: Vec<IoBufMut<'static>> = iovecs
+) -> Pin<Box<[IoBufMut<'static>]>> {
+    iovecs
         // SAFETY: forwarded from the caller, iovec by iovec.
         .map(|iov| unsafe { IoBufMut::from_raw_parts(iov.iov_base.cast(), iov.iov_len) })
-        .collect();
-    if iovecs.len() > MAX_IOVECS {
-        return Err(Error::TooManyIovecs(iovecs.len()));
-    }
-    Ok(Box::into_pin(iovecs.into_boxed_slice()))
+        .collect::<Box<[_]>>()
+        .into()
 }

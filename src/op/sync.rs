@@ -35,11 +35,7 @@ impl Operation for Fsync {
         let mut sqe = Sqe::new(Self::OPCODE);
         sqe.set_fd(self.target.raw_fd());
         sqe.set_op_flags(self.flags.bits());
-        let keep_alive = KeepAlive {
-            file: self.target.keep_alive(),
-            ..KeepAlive::default()
-        };
-        Ok(Prepared::new::<Self>(sqe, keep_alive))
+        Ok(Prepared::new::<Self>(sqe, KeepAlive::target(self.target)))
     }
 }
 
@@ -84,10 +80,6 @@ impl Operation for Fallocate {
         // mode from `len`.
         sqe.set_addr(self.len);
         sqe.set_len(self.mode);
-        let keep_alive = KeepAlive {
-            file: self.target.keep_alive(),
-            ..KeepAlive::default()
-        };
-        Ok(Prepared::new::<Self>(sqe, keep_alive))
+        Ok(Prepared::new::<Self>(sqe, KeepAlive::target(self.target)))
     }
 }
