@@ -32,8 +32,7 @@ NOP, READV, WRITEV, FSYNC, POLL_ADD, POLL_REMOVE, ASYNC_CANCEL, FALLOCATE = (
     0, 1, 2, 3, 6, 7, 14, 17)
 OPENAT = 18  # Not issuable: for allowlists only.
 # SqeFlags / IosqeFlags bits.
-FIXED_FILE, IO_DRAIN, LINK, HARDLINK, ASYNC, BUFFER_SELECT, CQE_SKIP_SUCCESS = (
-    1, 2, 4, 8, 16, 32, 64)
+FIXED_FILE, LINK, HARDLINK, ASYNC = 1, 4, 8, 16
 # Indices into model::LABELS.
 HIGH_LABEL = 12  # 1 << 63
 MAX_LABEL = 15  # u64::MAX
@@ -164,6 +163,9 @@ def sim_ops():
         s.Add(op(WRITEV, 5, offset=max_offset())), s.Add(op(FALLOCATE, 6, offset=above_max(7))),
         s.Add(op(FALLOCATE, 7, offset=near_max(1))),
         s.Batch(batch(op(NOP, 8), op(READV, 9, offset=max_offset()), op(READV, 10, offset=at(0)))),
+        # Past the largest simulated file: EFBIG.
+        s.Add(op(WRITEV, 11, offset=near_max(0))),
+        s.Add(op(FALLOCATE, HIGH_LABEL, file=1, offset=near_max(300))),
         s.Drain()))
     write("sim_ops", "cancel_by_label", input(True, False, 8, 3,
         s.Add(op(POLL_ADD, 5)), s.Add(op(POLL_ADD, 5)), s.Add(op(POLL_ADD, 5)),

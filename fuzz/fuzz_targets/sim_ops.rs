@@ -7,8 +7,9 @@
 //! `i64::MAX` (`u64::MAX` included), batches queued whole or not at all,
 //! every operation completing exactly once with a result its kind allows
 //! (`ECANCELED` only if aimed at when added), reads returning the file's
-//! bytes, `in_flight()` agreeing after every step, and `close` draining
-//! everything.
+//! bytes, writes and allocations near `i64::MAX` failing with `EFBIG` (past
+//! the largest simulated file), `in_flight()` agreeing after every step,
+//! and `close` draining everything.
 //!
 //! Iterators are also dropped after a few completions (the rest are handed
 //! back and come with a later wait), kept alive while an operation is
@@ -83,8 +84,6 @@ const SOURCE_LEN: u64 = 600;
 /// readv offsets in the source are multiples of this.
 const OFFSET_STEP: u64 = 3;
 
-/// How long a drain may take before it is called a hang.
-
 #[derive(Debug)]
 enum Kind {
     /// Completes with exactly this.
@@ -156,29 +155,26 @@ impl Model for Sim {
                 adder.push(op, Spec::new(kind).slot().offset(offset));
             }
             URingOperation::Writev => {
-                let offset = match input.offset {
-                    // Left out until ringfence::sim is fixed: it grows the
-                    // file to the offset, an allocation of ~2^63 bytes that
-                    // aborts (a real kernel answers EINVAL or EFBIG, which
-                    // real_kernel_ops checks).
-                    Offset::NearMax(_) => None,
-                    other => other.value(1),
+                let offset = input.offset.value(1);
+                let res = match input.offset {
+                    // Past the largest simulated file (`MAX_SIM_FILE`).
+                    Offset::NearMax(_) => Err(libc::EFBIG),
+                    _ => Ok(BUF_LEN as u32),
                 };
                 let op = Writev::new(iovecs(label), sim_fd(self.sink), offset);
-                let spec = Spec::new(Kind::Gives(Ok(BUF_LEN as u32)));
-                adder.push(op, spec.slot().offset(offset));
+                adder.push(op, Spec::new(Kind::Gives(res)).slot().offset(offset));
             }
             URingOperation::Fsync => {
                 adder.push(Fsync::new(sim_fd(self.sink)), Spec::new(Kind::Gives(Ok(0))));
             }
             URingOperation::Fallocate => {
                 let punch = input.file & 1 == 0;
-                let offset = match input.offset {
-                    // Allocating there would grow the simulated file to the
-                    // offset, as writes would (left out for the same
-                    // reason); a punch past the end is fine.
-                    Offset::NearMax(_) if !punch => 0,
-                    other => other.value(1).unwrap_or(0),
+                let offset = input.offset.value(1).unwrap_or(0);
+                let res = match input.offset {
+                    // Allocating past the largest simulated file fails, as
+                    // writing does; a punch past the end changes nothing.
+                    Offset::NearMax(_) if !punch => Err(libc::EFBIG),
+                    _ => Ok(0),
                 };
                 let mode = if punch {
                     (libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE) as u32
@@ -186,7 +182,7 @@ impl Model for Sim {
                     0
                 };
                 let op = Fallocate::new(sim_fd(self.sink), offset, 64, mode);
-                adder.push(op, Spec::new(Kind::Gives(Ok(0))).offset(Some(offset)));
+                adder.push(op, Spec::new(Kind::Gives(res)).offset(Some(offset)));
             }
             URingOperation::PollAdd => {
                 let op = PollAdd::new(sim_fd(self.pollable), EventType::Read);
