@@ -13,7 +13,10 @@ use std::fs::File;
 use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
-use common::{epoll_ready, epoll_watching, leaked_buf, pinned, readable_within, reap};
+use common::{
+    add_and_submit_without_reaping, epoll_ready, epoll_watching, leaked_buf, pinned,
+    readable_within, reap,
+};
 use ringfence::{Error, URingContext};
 
 /// Adds an 8-byte readv of /dev/zero with `user_data` into a leaked buffer.
@@ -21,14 +24,6 @@ fn add_zero_read(ring: &URingContext, zero: &File, user_data: u64) -> ringfence:
     let (buf, _) = leaked_buf(8, 0xff);
     // SAFETY: the buffer is leaked, so it outlives the operation.
     unsafe { ring.add_readv(pinned(vec![buf]), zero.as_raw_fd(), Some(0), user_data) }
-}
-
-/// Queues nops `user_data` and lets them complete, without reaping.
-fn posted_nops(ring: &URingContext, user_data: impl IntoIterator<Item = u64>) {
-    for ud in user_data {
-        ring.add_nop(ud).expect("nop");
-    }
-    ring.submit().expect("submit");
 }
 
 #[test]
@@ -93,20 +88,34 @@ fn a_read_may_be_re_added_with_its_label_inside_the_loop_that_reaped_it() {
 
 #[test]
 fn the_ring_fd_stays_readable_while_a_completion_waits_for_the_caller() {
-    // The reported input: two nops, one taken with `wait()?.next()`.
+    // The reported input: nops, one taken with `wait()?.next()`; the rest
+    // stay in the completion ring.
     let ring = ring!(8);
-    posted_nops(&ring, [1, 2]);
+    add_and_submit_without_reaping(&ring, 1..5);
     assert_eq!(ring.wait().expect("wait").next().map(|(ud, _)| ud), Some(1));
     assert!(
         readable_within(ring.as_raw_fd(), 100),
         "2 is ready but the fd is not readable"
+    );
+    // An iterator's second step claims a batch (2, 3, 4): dropped after 3,
+    // it hands 4 back to the context, which must make the fd readable.
+    let taken: Vec<u64> = ring
+        .wait()
+        .expect("wait")
+        .take(2)
+        .map(|(ud, _)| ud)
+        .collect();
+    assert_eq!(taken, [2, 3]);
+    assert!(
+        readable_within(ring.as_raw_fd(), 100),
+        "4 was handed back but the fd is not readable"
     );
     assert_eq!(
         ring.wait()
             .expect("wait")
             .map(|(ud, _)| ud)
             .collect::<Vec<_>>(),
-        [2]
+        [4]
     );
     assert!(
         !readable_within(ring.as_raw_fd(), 20),
@@ -119,7 +128,7 @@ fn an_epoll_loop_taking_one_completion_per_wake_up_never_sleeps_with_one_ready()
     let ring = ring!(64);
     let epoll = epoll_watching(ring.as_raw_fd(), 0);
     const COUNT: u64 = 40;
-    posted_nops(&ring, 0..COUNT);
+    add_and_submit_without_reaping(&ring, 0..COUNT);
     let mut got = Vec::new();
     // Take one per wake-up, sometimes through an iterator that claimed a
     // batch and is dropped after two (handing the rest back).
@@ -141,7 +150,7 @@ fn an_epoll_loop_taking_one_completion_per_wake_up_never_sleeps_with_one_ready()
 #[test]
 fn completions_handed_back_come_first_in_order_and_none_is_lost() {
     let ring = ring!(32);
-    posted_nops(&ring, 0..20);
+    add_and_submit_without_reaping(&ring, 0..20);
     let mut order = Vec::new();
     // First call claims one, the second a batch: stop inside the batch.
     order.extend(ring.wait().expect("wait").take(3).map(|(ud, _)| ud));
@@ -163,7 +172,7 @@ fn completions_handed_back_come_first_in_order_and_none_is_lost() {
 fn a_forgotten_iterator_does_not_stall_the_ring() {
     let ring = ring!(8);
     let cq = u64::from(ring.cq_entries());
-    posted_nops(&ring, 0..8);
+    add_and_submit_without_reaping(&ring, 0..8);
     let mut completions = ring.wait().expect("wait");
     completions.next();
     completions.next();
@@ -173,7 +182,7 @@ fn a_forgotten_iterator_does_not_stall_the_ring() {
     // ... and many times the completion ring still flows through.
     for round in 0..4 {
         let base = 100 + round * cq;
-        common::add_and_submit_without_reaping(&ring, base..base + cq);
+        add_and_submit_without_reaping(&ring, base..base + cq);
         let got = reap(&ring, cq as usize);
         assert_eq!(got.len(), cq as usize);
     }
@@ -320,7 +329,7 @@ fn completions_handed_back_signal_a_registered_eventfd() {
     let eventfd = common::eventfd();
     ring.register_eventfd(eventfd.as_raw_fd())
         .expect("register_eventfd");
-    posted_nops(&ring, 0..20);
+    add_and_submit_without_reaping(&ring, 0..20);
     // The kernel signals once per batch of posts, not per completion.
     assert!(
         common::eventfd_count(&eventfd).is_some(),

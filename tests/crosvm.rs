@@ -66,12 +66,6 @@ unsafe fn add_one_write(
     unsafe { ring.add_writev(iovecs, fd, offset, user_data) }
 }
 
-fn test_file(size: u64) -> File {
-    let file = tempfile::tempfile().expect("tempfile");
-    file.set_len(size).expect("set_len");
-    file
-}
-
 /// `IoSlice`s as the iovecs crosvm's `_iter` methods take, for writes.
 fn iovecs_of<'a>(slices: impl IntoIterator<Item = IoSlice<'a>>) -> Vec<libc::iovec> {
     slices
@@ -101,7 +95,7 @@ fn read_parallel() {
     const BLOCK: usize = 0x1000;
     let ring = ring!(QUEUE);
     let mut buf = vec![0u8; BLOCK * QUEUE];
-    let file = test_file((BLOCK * QUEUE) as u64);
+    let file = common::scratch_file((BLOCK * QUEUE) as u64);
     for i in 0..QUEUE * 64 {
         let offset = (i % QUEUE) * BLOCK;
         // SAFETY: `buf` outlives the ring, which is dropped (and drained)
@@ -132,7 +126,7 @@ fn read_readv() {
     let queue = 128;
     let ring = ring!(queue);
     let mut buf = [0u8; 0x1000];
-    let file = test_file(0x1000 * 2);
+    let file = common::scratch_file(0x1000 * 2);
     for i in 0..queue * 2 {
         let index = i as u64;
         let iovecs = iovecs_of_mut([IoSliceMut::new(&mut buf)]);
@@ -164,7 +158,7 @@ fn readv_vec() {
         IoSliceMut::new(&mut c),
     ]);
     let total: usize = iovecs.iter().map(|iov| iov.iov_len).sum();
-    let file = test_file(total as u64 * 2);
+    let file = common::scratch_file(total as u64 * 2);
     // SAFETY: `wait` returns the completion before the buffers are used.
     let (user_data, result) = unsafe {
         ring.add_readv_iter(iovecs.into_iter(), file.as_raw_fd(), Some(0), 55)
@@ -179,7 +173,7 @@ fn readv_vec() {
 fn write_one_block() {
     let ring = ring!(16);
     let buf = [0u8; 4096];
-    let mut file = test_file(0);
+    let mut file = common::scratch_file(0);
     file.write_all(&buf).expect("write");
     file.write_all(&buf).expect("write");
     // SAFETY: `wait` returns the completion before `buf` goes away.
@@ -203,7 +197,7 @@ fn write_one_block() {
 fn write_one_submit_poll() {
     let ring = ring!(16);
     let buf = [0u8; 4096];
-    let mut file = test_file(0);
+    let mut file = common::scratch_file(0);
     file.write_all(&buf).expect("write");
     let epoll = common::epoll_watching(ring.as_raw_fd(), 1);
     let ready = common::epoll_ready(&epoll, 1);
@@ -237,7 +231,7 @@ fn writev_vec() {
     let (a, b, c) = ([0xaau8; LEN], [0xffu8; LEN], [0x55u8; LEN]);
     let iovecs = iovecs_of([IoSlice::new(&a), IoSlice::new(&b), IoSlice::new(&c)]);
     let total: usize = iovecs.iter().map(|iov| iov.iov_len).sum();
-    let mut file = test_file(total as u64 * 2);
+    let mut file = common::scratch_file(total as u64 * 2);
     // SAFETY: `wait` returns the completion before the buffers go away.
     let (user_data, result) = unsafe {
         ring.add_writev_iter(iovecs.into_iter(), file.as_raw_fd(), Some(OFFSET), 55)
@@ -567,7 +561,7 @@ fn restrict_ops() {
     let ring = ring!(128, Some(&allowlist));
 
     let mut buf = [0u8; 4];
-    let mut file = test_file(4);
+    let mut file = common::scratch_file(4);
     file.write_all(DATA).expect("write");
     // SAFETY: `wait` returns the completion before `buf` is read.
     unsafe {
@@ -585,7 +579,7 @@ fn restrict_ops() {
     assert!(result.is_ok(), "the read is allowed: {result:?}");
     assert_eq!(&buf, DATA);
 
-    let mut file = test_file(4);
+    let mut file = common::scratch_file(4);
     // SAFETY: as above.
     unsafe { add_one_write(&ring, buf.as_ptr(), buf.len(), file.as_raw_fd(), Some(0), 0) }
         .expect("writev");

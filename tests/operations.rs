@@ -44,10 +44,6 @@ fn only(ring: &URingContext, user_data: u64) -> io::Result<u32> {
 }
 
 /// The errno of a failed completion, if it failed.
-fn errno(result: &io::Result<u32>) -> Option<i32> {
-    result.as_ref().err().and_then(io::Error::raw_os_error)
-}
-
 /// The position of `file`'s open file description.
 fn position(file: &File) -> u64 {
     let mut file = file;
@@ -468,7 +464,7 @@ fn assert_stops_a_pending_poll(stop: Stop) {
     let done = reap_by_user_data(&ring, 2);
     assert!(matches!(done[&2], Ok(0)), "stop: {:?}", done[&2]);
     assert_eq!(
-        errno(&done[&1]),
+        common::errno(&done[&1]),
         Some(libc::ECANCELED),
         "poll: {:?}",
         done[&1]
@@ -495,18 +491,18 @@ fn remove_poll_fd_of_an_unknown_user_data_fails_with_enoent() {
         .unwrap();
     ring.submit().unwrap();
     ring.remove_poll_fd(0xdead_beef, 2).unwrap();
-    assert_eq!(errno(&only(&ring, 2)), Some(libc::ENOENT));
+    assert_eq!(common::errno(&only(&ring, 2)), Some(libc::ENOENT));
     assert_eq!(ring.in_flight(), 1, "the other poll went too");
     ring.remove_poll_fd(1, 3).unwrap();
     let done = reap_by_user_data(&ring, 2);
-    assert_eq!(errno(&done[&1]), Some(libc::ECANCELED));
+    assert_eq!(common::errno(&done[&1]), Some(libc::ECANCELED));
 }
 
 #[test]
 fn async_cancel_of_an_unknown_user_data_fails_with_enoent() {
     let ring = ring!(8);
     ring.async_cancel(0xdead_beef, 1).unwrap();
-    assert_eq!(errno(&only(&ring, 1)), Some(libc::ENOENT));
+    assert_eq!(common::errno(&only(&ring, 1)), Some(libc::ENOENT));
     assert_eq!(ring.in_flight(), 0);
 }
 
@@ -625,7 +621,7 @@ fn nop_wakes_a_thread_blocked_in_wait() {
 
     ring.async_cancel(1, 3).unwrap();
     let done = reap_by_user_data(&ring, 2);
-    assert_eq!(errno(&done[&1]), Some(libc::ECANCELED));
+    assert_eq!(common::errno(&done[&1]), Some(libc::ECANCELED));
     assert!(matches!(done[&3], Ok(0)));
 }
 
@@ -891,7 +887,7 @@ fn cancelling_a_shared_label_cancels_every_operation_and_reports_the_oldest() {
     let sevens: Vec<Option<i32>> = done
         .iter()
         .filter(|(ud, _)| *ud == 7)
-        .map(|(_, result)| errno(result))
+        .map(|(_, result)| common::errno(result))
         .collect();
     assert_eq!(
         sevens
@@ -909,5 +905,5 @@ fn cancelling_a_shared_label_cancels_every_operation_and_reports_the_oldest() {
     assert_eq!(ring.in_flight(), 0);
     // With nothing under the label, the cancel finds nothing.
     ring.async_cancel(7, 71).unwrap();
-    assert_eq!(errno(&only(&ring, 71)), Some(libc::ENOENT));
+    assert_eq!(common::errno(&only(&ring, 71)), Some(libc::ENOENT));
 }

@@ -14,7 +14,7 @@ mod common;
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::{self, Write};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::AsRawFd;
 use std::time::Duration;
 
 use common::{eventfd, eventfd_count};
@@ -92,12 +92,6 @@ fn assert_register_fails(result: Result<(), Error>, want: RegisterOperation, err
 }
 
 /// A scratch file of `len` zero bytes, opened read-write.
-fn scratch_file(len: u64) -> File {
-    let file = tempfile::tempfile().expect("tempfile");
-    file.set_len(len).expect("set_len");
-    file
-}
-
 /// `struct io_uring_getevents_arg` (IORING_ENTER_EXT_ARG).
 #[repr(C)]
 struct GeteventsArg {
@@ -201,7 +195,7 @@ fn allowed_nop_and_readv_complete_normally() {
 fn disallowed_ops_get_eacces_and_the_rest_of_the_batch_still_runs() {
     let list = allowing(&[URingOperation::Nop]);
     let ring = ring!(16, Some(&list));
-    let file = scratch_file(4096);
+    let file = common::scratch_file(4096);
     let fd = file.as_raw_fd();
 
     // user_data -> what the kernel must answer. Refused SQEs at the start,
@@ -232,7 +226,7 @@ fn disallowed_ops_get_eacces_and_the_rest_of_the_batch_still_runs() {
 fn submit_alone_pushes_every_sqe_past_a_refused_one() {
     let list = allowing(&[URingOperation::Nop]);
     let ring = ring!(16, Some(&list));
-    let file = scratch_file(0);
+    let file = common::scratch_file(0);
 
     // The kernel stops consuming at the fsync; submit() itself must offer
     // the rest again, before anyone calls wait().
@@ -269,7 +263,7 @@ fn registering_restrictions_on_an_unrestricted_enabled_ring_is_ebadfd() {
     }
     assert_register_fails(result, RegisterOperation::Restrictions, libc::EBADFD);
     // Refused, so the ring is as unrestricted as before.
-    let file = scratch_file(0);
+    let file = common::scratch_file(0);
     ring.add_fsync(file.as_raw_fd(), 1).expect("add_fsync");
     assert_eq!(reap_one(&ring), (1, Ok(0)));
 }
@@ -317,7 +311,7 @@ fn second_registration_on_a_disabled_ring_is_ebusy_and_changes_nothing() {
     ring.enable().expect("enable");
 
     // The first set is the one in force: fsync is still refused.
-    let file = scratch_file(0);
+    let file = common::scratch_file(0);
     ring.add_nop(1).expect("add_nop");
     ring.add_fsync(file.as_raw_fd(), 2).expect("add_fsync");
     assert_eq!(
@@ -511,7 +505,7 @@ struct Targets {
     /// `/dev/zero`, for readv.
     zero: File,
     /// The read end of a pipe that holds unread data, so it polls readable.
-    readable: OwnedFd,
+    readable: File,
 }
 
 /// Queues one `op` with user_data `ud`, returning what it must complete with
@@ -575,25 +569,12 @@ fn issue(ring: &URingContext, op: URingOperation, ud: u64, targets: &Targets) ->
 
 #[test]
 fn allowlists_over_the_issuable_ops_are_enforced_exactly() {
-    let (readable, mut write_end) = {
-        let mut fds = [0; 2];
-        // SAFETY: `fds` has room for the two fds pipe2 writes.
-        let ret = unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) };
-        assert_eq!(ret, 0, "pipe2: {}", io::Error::last_os_error());
-        // SAFETY: both fds were just created by pipe2 and are owned by
-        // nothing else.
-        unsafe {
-            (
-                OwnedFd::from_raw_fd(fds[0]),
-                File::from(OwnedFd::from_raw_fd(fds[1])),
-            )
-        }
-    };
+    let (readable, mut write_end) = common::pipe();
     // Data that nobody reads: the read end stays readable, so an allowed
     // poll completes at once.
     write_end.write_all(b"x").expect("write to pipe");
     let targets = Targets {
-        file: scratch_file(4096),
+        file: common::scratch_file(4096),
         zero: File::open("/dev/zero").expect("open /dev/zero"),
         readable,
     };

@@ -733,7 +733,7 @@ fn check(shared: &Shared, ud: u64, result: io::Result<u32>) {
         panic!("completion for user_data {ud:#x}, which was never added: {result:?}");
     };
     count(&stats.completed);
-    let errno = result.as_ref().err().and_then(io::Error::raw_os_error);
+    let errno = common::errno(&result);
     let cancelled = |kind| {
         let earlier = lock(&shared.cancellations[producer])
             .cancelled

@@ -9,7 +9,7 @@ mod common;
 
 use std::collections::HashMap;
 use std::fs::File;
-use std::io::{self, Write};
+use std::io::Write;
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::thread;
@@ -367,8 +367,7 @@ fn a_poll_that_fires_after_the_thread_that_submitted_it_exited_completes_with_ec
     (&writer).write_all(b"x").expect("write to the pipe");
     let (ud, result) = reap(&ring, 1).pop().unwrap();
     assert_eq!(ud, 1);
-    let errno = result.as_ref().err().and_then(io::Error::raw_os_error);
-    assert_eq!(errno, Some(libc::ECANCELED), "{result:?}");
+    assert_eq!(common::errno(&result), Some(libc::ECANCELED), "{result:?}");
 }
 
 /// Submits `add` from a thread that then exits, and waits until it has.
@@ -406,8 +405,7 @@ fn a_pipe_read_whose_submitting_thread_exited_stays_in_flight_and_completes_with
     (&writer).write_all(b"12345678").expect("write");
     let (ud, result) = reap(&ring, 1).pop().unwrap();
     assert_eq!(ud, 1);
-    let errno = result.as_ref().err().and_then(io::Error::raw_os_error);
-    assert_eq!(errno, Some(libc::ECANCELED), "{result:?}");
+    assert_eq!(common::errno(&result), Some(libc::ECANCELED), "{result:?}");
     assert_eq!(view, [0x11; 8], "a cancelled read wrote its buffer");
 }
 

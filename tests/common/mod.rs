@@ -72,6 +72,18 @@ pub fn pipe() -> (File, File) {
     unsafe { (File::from_raw_fd(fds[0]), File::from_raw_fd(fds[1])) }
 }
 
+/// The errno of a completion's result, if it failed with one.
+pub fn errno(result: &io::Result<u32>) -> Option<i32> {
+    result.as_ref().err().and_then(io::Error::raw_os_error)
+}
+
+/// A scratch file of `len` bytes (zeros), removed when closed.
+pub fn scratch_file(len: u64) -> File {
+    let file = tempfile::tempfile().expect("tempfile");
+    file.set_len(len).expect("set_len");
+    file
+}
+
 /// Sets `O_NONBLOCK` on `fd`.
 pub fn set_nonblocking(fd: RawFd) {
     // SAFETY: F_GETFL/F_SETFL on an open descriptor take and return plain
