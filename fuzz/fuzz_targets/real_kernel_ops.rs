@@ -44,7 +44,7 @@ use std::time::Duration;
 use common::model::{
     in_flight_cap, Adder, CommonStep, Model, Offset, OpInput, Res, RingConfig, Spec, DRAIN_DEADLINE,
 };
-use common::pool::{iovecs, slot, BUF_LEN};
+use common::pool::{fill_slot, iovecs, Completed, BUF_LEN};
 use common::{
     control_result_ok, files, is_fixed_data, memfd, past_end_read, poll_result_ok, Pipe, MEMFD_LEN,
     OFFSET_STEP,
@@ -136,21 +136,11 @@ impl Real {
         }
     }
 
-    /// Fills the label's slot with `fill` if no operation pins it now (the
-    /// add is then refused anyway).
-    fn prepare(adder: &Adder<'_, Kind>, fill: &dyn Fn(&mut [u8])) {
-        if adder.slot_free() {
-            // SAFETY: no operation that pins this label's slot is in flight,
-            // and the slice is gone before the add.
-            fill(unsafe { slot(adder.label()) });
-        }
-    }
-
     fn readv(&self, input: &OpInput, adder: &mut Adder<'_, Kind>) {
         let files = files();
         // Offsets the context must refuse, whatever the file.
         let invalid = input.offset.refused();
-        Real::prepare(adder, &|buf| buf.fill(0xee));
+        fill_slot(adder, |buf| buf.fill(0xee));
         let label = adder.label();
         match input.file % 4 {
             0 => {
@@ -205,13 +195,13 @@ impl Real {
         let invalid = input.offset.refused();
         match input.file % 3 {
             0 => {
-                Real::prepare(adder, &|buf| buf.fill(b'n'));
+                fill_slot(adder, |buf| buf.fill(b'n'));
                 let op = Writev::new(iovecs(label), files.null.as_fd(), invalid);
                 let spec = Spec::new(Kind::Gives(Ok(BUF_LEN as u32)));
                 adder.push(op, spec.slot().offset(invalid));
             }
             1 => {
-                Real::prepare(adder, &|buf| buf.fill(b'w'));
+                fill_slot(adder, |buf| buf.fill(b'w'));
                 let op = Writev::new(iovecs(label), Arc::clone(&self.pipe.writer), invalid);
                 adder.push(op, Spec::new(Kind::PipeWrite).slot().offset(invalid));
             }
@@ -239,7 +229,7 @@ impl Real {
                         let data: Vec<u8> = (0..BUF_LEN)
                             .map(|i| written.wrapping_mul(31) ^ (i as u8).wrapping_add(input.file))
                             .collect();
-                        Real::prepare(adder, &|buf| buf.copy_from_slice(&data));
+                        fill_slot(adder, |buf| buf.copy_from_slice(&data));
                         let kind = Kind::ScratchWrite {
                             offset,
                             data,
@@ -420,26 +410,23 @@ impl Model for Real {
         }
     }
 
-    fn finished(&mut self, label: u64, kind: Kind, res: Option<Res>, may_cancel: bool) {
+    fn finished(&mut self, done: &Completed, kind: Kind, res: Option<Res>, may_cancel: bool) {
         let full = Some(Ok(BUF_LEN as u32));
-        // SAFETY: only called for an operation that pins the slot once it
-        // has completed (it was alone under its label), so the kernel is done
-        // with the slot; the slice is dropped at the end of the match arm.
-        let read_back = || unsafe { &*slot(label) };
+        let label = done.label();
         match kind {
             Kind::ZeroRead if res == full => assert!(
-                read_back().iter().all(|b| *b == 0),
+                done.slot().iter().all(|b| *b == 0),
                 "readv of /dev/zero ({label:#x}) read non-zero bytes"
             ),
             Kind::FixedRead { offset } if res == full => assert!(
-                is_fixed_data(offset, read_back()),
+                is_fixed_data(offset, done.slot()),
                 "readv of the fixed memfd at {offset} ({label:#x}) read wrong data"
             ),
             Kind::ScratchRead {
                 offset,
                 expected: Some(expected),
             } if res == full => assert!(
-                read_back() == expected.as_slice(),
+                done.slot() == expected.as_slice(),
                 "readv of the scratch memfd at {offset} ({label:#x}) read wrong data"
             ),
             Kind::ScratchWrite {

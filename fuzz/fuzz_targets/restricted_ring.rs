@@ -44,7 +44,7 @@ use std::time::{Duration, Instant};
 use common::model::{
     in_flight_cap, Adder, CommonStep, Model, Offset, OpInput, Res, RingConfig, Spec, DRAIN_DEADLINE,
 };
-use common::pool::{iovecs, slot, BUF_LEN};
+use common::pool::{fill_slot, iovecs, Completed, BUF_LEN};
 use common::{
     control_result_ok, files, is_fixed_data, memfd, past_end_read, poll_result_ok, Pipe,
     OFFSET_STEP,
@@ -275,11 +275,7 @@ impl Restricted {
     fn readv(&self, input: &OpInput, adder: &mut Adder<'_, Kind>) {
         let files = files();
         let label = adder.label();
-        if adder.slot_free() {
-            // SAFETY: no operation that pins this label's slot is in
-            // flight, and the slice is gone before the add.
-            unsafe { slot(label) }.fill(0xee);
-        }
+        fill_slot(adder, |buf| buf.fill(0xee));
         if input.file & 1 == 0 {
             let offset = input.offset.refused();
             let op = Readv::new(iovecs(label), files.zero.as_fd(), offset);
@@ -377,21 +373,18 @@ impl Model for Restricted {
         }
     }
 
-    fn finished(&mut self, label: u64, kind: Kind, res: Option<Res>, _may_cancel: bool) {
+    fn finished(&mut self, done: &Completed, kind: Kind, res: Option<Res>, _may_cancel: bool) {
         if res != Some(Ok(BUF_LEN as u32)) {
             return;
         }
-        // SAFETY: only called for an operation that pins the slot once it
-        // has completed (it was alone under its label), so the kernel is done
-        // with the slot; the slice is dropped at the end of the match arm.
-        let read_back = || unsafe { &*slot(label) };
+        let label = done.label();
         match kind {
             Kind::ZeroRead => assert!(
-                read_back().iter().all(|b| *b == 0),
+                done.slot().iter().all(|b| *b == 0),
                 "readv of /dev/zero ({label:#x}) read non-zero bytes"
             ),
             Kind::FixedRead { offset } => assert!(
-                is_fixed_data(offset, read_back()),
+                is_fixed_data(offset, done.slot()),
                 "readv of the fixed memfd at {offset} ({label:#x}) read wrong data"
             ),
             _ => {}

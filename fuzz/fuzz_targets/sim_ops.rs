@@ -40,7 +40,7 @@ use libfuzzer_sys::fuzz_target;
 use model::{
     Adder, CommonStep, Model, Offset, OpInput, Reap, Res, RingConfig, Spec, DRAIN_DEADLINE,
 };
-use pool::{iovecs, slot, BUF_LEN};
+use pool::{fill_slot, iovecs, Completed, BUF_LEN};
 use ringfence::op::{EventType, Fallocate, Fsync, Nop, PollAdd, Readv, Target, Writev};
 use ringfence::sim::{Fault, SimConfig, SimKernel};
 use ringfence::URingOperation;
@@ -134,13 +134,9 @@ impl Model for Sim {
                 );
             }
             URingOperation::Readv => {
-                if adder.slot_free() {
-                    // A sentinel, so a read whose data never lands cannot
-                    // pass for one that did.
-                    // SAFETY: no operation that pins this slot is in flight,
-                    // and the slice is gone before the add.
-                    unsafe { slot(label) }.fill(0xee);
-                }
+                // A sentinel, so a read whose data never lands cannot pass
+                // for one that did.
+                fill_slot(adder, |buf| buf.fill(0xee));
                 let offset = match input.offset {
                     Offset::At(n) => {
                         Some(u64::from(n) * OFFSET_STEP % (SOURCE_LEN + BUF_LEN as u64))
@@ -213,14 +209,11 @@ impl Model for Sim {
         }
     }
 
-    fn finished(&mut self, label: u64, kind: Kind, res: Option<Res>, _may_cancel: bool) {
+    fn finished(&mut self, done: &Completed, kind: Kind, res: Option<Res>, _may_cancel: bool) {
         let Some(Ok(n)) = res else {
             return;
         };
-        // SAFETY: only called for an operation that pins the slot once it
-        // has completed (it was alone under its label), so the kernel is done
-        // with the slot; the slice is dropped at the end of the match arm.
-        let read = || unsafe { &slot(label)[..n as usize] };
+        let read = || &done.slot()[..n as usize];
         match kind {
             Kind::Read { offset } => {
                 for (i, &byte) in read().iter().enumerate() {

@@ -51,6 +51,8 @@ use libfuzzer_sys::arbitrary::{self, Arbitrary};
 use ringfence::op::{OpBatch, Operation, ISSUABLE};
 use ringfence::{Error, IosqeFlags, SqeFlags, URingContext, URingOperation};
 
+use super::pool::Completed;
+
 /// A completion's result, with the errno of a failure.
 pub type Res = Result<u32, i32>;
 
@@ -352,11 +354,19 @@ pub trait Model {
     /// A new operation was accepted while `others` are in the model.
     fn on_add(&mut self, _new: &mut Self::Kind, _others: Vec<&mut Self::Kind>) {}
 
-    /// The operation has completed. `res` is its result when its label had
-    /// no other operation (always so for one that pins caller memory); with
-    /// several, which result was whose is not known. `may_cancel`: it may
-    /// have been cancelled.
-    fn finished(&mut self, _label: u64, _kind: Self::Kind, _res: Option<Res>, _may_cancel: bool) {}
+    /// The operation has completed, and so has every other one under its
+    /// label (`done`, which reads the label's buffer slot). `res` is its
+    /// result when its label had no other operation (always so for one that
+    /// pins caller memory); with several, which result was whose is not
+    /// known. `may_cancel`: it may have been cancelled.
+    fn finished(
+        &mut self,
+        _done: &Completed,
+        _kind: Self::Kind,
+        _res: Option<Res>,
+        _may_cancel: bool,
+    ) {
+    }
 
     /// Whether the kernel refuses an SQE with this opcode and these flags
     /// (a restricted ring).
@@ -792,10 +802,15 @@ impl<M: Model> Book<M> {
         if group.in_flight() == 0 {
             let group = self.groups.remove(&label).expect("the group is there");
             let alone = group.ops.len() == 1;
+            // SAFETY: every operation added with `label` has completed (its
+            // group is closed), and no `Adder` is made before `done` is
+            // dropped at the end of this block (adds need `&mut self`, which
+            // this call holds).
+            let done = unsafe { Completed::new(label) };
             for (op, r) in group.ops.into_iter().zip(group.op_match) {
                 let res = group.received[r.expect("every operation is matched")].res;
                 self.model
-                    .finished(label, op.kind, alone.then_some(res), op.may_cancel);
+                    .finished(&done, op.kind, alone.then_some(res), op.may_cancel);
             }
         }
     }

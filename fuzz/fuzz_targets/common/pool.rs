@@ -6,16 +6,17 @@
 //! checks `Operation::PINS_CALLER_MEMORY`), and the context refuses to let
 //! such an operation share its label with any other operation in flight
 //! (`DuplicateUserData`), so at most one operation in flight uses a slot. A
-//! target reads or writes a slot itself only while no operation that pins
-//! it is in flight (`Adder::slot_free`, or in `Model::finished` for the
-//! operation that just completed). Labels map to slots one to one.
+//! target touches a slot itself only through [`fill_slot`] (while no
+//! operation that pins it is in flight, `Adder::slot_free`) and
+//! [`Completed::slot`] (once every operation under its label has
+//! completed). Labels map to slots one to one.
 
 use std::pin::Pin;
 use std::sync::OnceLock;
 
 use ringfence::IoBufMut;
 
-use super::model::{label_index, LABELS};
+use super::model::{label_index, Adder, LABELS};
 
 /// Every buffer is this long.
 pub const BUF_LEN: usize = 256;
@@ -45,16 +46,49 @@ pub fn iovecs(label: u64) -> Pin<Box<[IoBufMut<'static>]>> {
     Box::pin([unsafe { IoBufMut::from_raw_parts(slot_ptr(label), BUF_LEN) }])
 }
 
-/// The slot of `label`, to fill before an operation or check after its
-/// completion.
+/// Fills the slot of `adder`'s label with `fill` before the add, unless an
+/// operation that pins the slot is in flight (the add is then refused with
+/// `DuplicateUserData`, and the slot is the kernel's).
+pub fn fill_slot<K>(adder: &Adder<'_, K>, fill: impl FnOnce(&mut [u8])) {
+    if !adder.slot_free() {
+        return;
+    }
+    // SAFETY: the slot is BUF_LEN bytes of leaked, initialised memory; no
+    // operation that pins it is in flight (`slot_free`), and none is added
+    // while `fill` runs: adds go through `adder`, borrowed here, and the
+    // slice cannot outlive the call.
+    fill(unsafe { std::slice::from_raw_parts_mut(slot_ptr(adder.label()), BUF_LEN) });
+}
+
+/// A label whose operations have all completed, as `Model::finished` gets
+/// it: its slot holds what the last operation that pinned it left there.
 ///
-/// # Safety
-///
-/// No operation that pins memory may be in flight with this label, and the
-/// slice must be gone before one is added.
-pub unsafe fn slot(label: u64) -> &'static mut [u8] {
-    // SAFETY: the slot is BUF_LEN bytes of leaked, initialised memory; the
-    // caller guarantees the kernel is not using it, and a target holds at
-    // most one reference to a slot at a time.
-    unsafe { std::slice::from_raw_parts_mut(slot_ptr(label), BUF_LEN) }
+/// Invariant: while the value lives, no operation with the label is in
+/// flight and no `Adder` exists (so neither the kernel nor [`fill_slot`]
+/// writes the slot).
+pub struct Completed {
+    label: u64,
+}
+
+impl Completed {
+    /// # Safety
+    ///
+    /// No operation with `label` may be in flight, and no `Adder` may be
+    /// made, while the value lives.
+    pub unsafe fn new(label: u64) -> Completed {
+        Completed { label }
+    }
+
+    #[allow(dead_code)] // Used by some targets only.
+    pub fn label(&self) -> u64 {
+        self.label
+    }
+
+    /// What the label's slot holds.
+    pub fn slot(&self) -> &[u8] {
+        // SAFETY: the slot is BUF_LEN bytes of leaked, initialised memory,
+        // and nothing writes it while `self`, which the slice borrows, lives
+        // (the type's invariant).
+        unsafe { std::slice::from_raw_parts(slot_ptr(self.label), BUF_LEN) }
+    }
 }
