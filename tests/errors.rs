@@ -61,90 +61,40 @@ fn max_entries_is_accepted() {
     }
 }
 
-/// io_uring refused by a seccomp filter, on the architectures whose
-/// `AUDIT_ARCH` value the filter knows.
-#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+/// io_uring refused by a seccomp filter, on the architectures seccompiler
+/// builds filters for. Its filters check each call's `AUDIT_ARCH` and kill
+/// the process on a call made through another architecture's ABI (such as
+/// 32-bit `int 0x80` on x86_64); the filtered thread makes none.
+#[cfg(all(
+    target_endian = "little",
+    any(
+        target_arch = "x86_64",
+        target_arch = "aarch64",
+        target_arch = "riscv64"
+    )
+))]
 mod seccomp {
     use super::*;
 
-    // Classic BPF, from the seccomp(2) and bpf headers.
-    const BPF_LD: u16 = 0x00;
-    const BPF_JMP: u16 = 0x05;
-    const BPF_RET: u16 = 0x06;
-    const BPF_W: u16 = 0x00;
-    const BPF_ABS: u16 = 0x20;
-    const BPF_JEQ: u16 = 0x10;
-    const BPF_K: u16 = 0x00;
-    /// Offsets in `struct seccomp_data`.
-    const SECCOMP_DATA_NR: u32 = 0;
-    const SECCOMP_DATA_ARCH: u32 = 4;
-    /// `AUDIT_ARCH_*` of the running architecture: the ELF machine with the
-    /// 64-bit and little-endian bits.
-    #[cfg(target_arch = "x86_64")]
-    const AUDIT_ARCH: u32 = 0xc000_003e;
-    #[cfg(target_arch = "aarch64")]
-    const AUDIT_ARCH: u32 = 0xc000_00b7;
+    use seccompiler::{BpfProgram, SeccompAction, SeccompFilter};
 
-    fn stmt(code: u16, k: u32) -> libc::sock_filter {
-        libc::sock_filter {
-            code,
-            jt: 0,
-            jf: 0,
-            k,
-        }
-    }
-
-    fn jump(code: u16, k: u32, jt: u8, jf: u8) -> libc::sock_filter {
-        libc::sock_filter { code, jt, jf, k }
-    }
-
-    /// Makes `io_uring_setup` fail with `errno` on the calling thread (seccomp
-    /// filters apply to the thread that installs them and its future children),
-    /// and allows every other system call.
+    /// Makes `io_uring_setup` fail with `errno` on the calling thread, and
+    /// allows every other system call. `apply_filter` installs the filter
+    /// without `SECCOMP_FILTER_FLAG_TSYNC`, so it applies to this thread (and
+    /// threads it would spawn) only, not to the rest of the test process.
     fn fail_io_uring_setup_on_this_thread(errno: i32) {
-        let program = [
-            // Another architecture's syscall numbers mean something else: allow.
-            stmt(BPF_LD | BPF_W | BPF_ABS, SECCOMP_DATA_ARCH),
-            jump(BPF_JMP | BPF_JEQ | BPF_K, AUDIT_ARCH, 1, 0),
-            stmt(BPF_RET | BPF_K, libc::SECCOMP_RET_ALLOW),
-            stmt(BPF_LD | BPF_W | BPF_ABS, SECCOMP_DATA_NR),
-            jump(
-                BPF_JMP | BPF_JEQ | BPF_K,
-                libc::SYS_io_uring_setup as u32,
-                0,
-                1,
-            ),
-            stmt(
-                BPF_RET | BPF_K,
-                libc::SECCOMP_RET_ERRNO | (errno as u32 & libc::SECCOMP_RET_DATA),
-            ),
-            stmt(BPF_RET | BPF_K, libc::SECCOMP_RET_ALLOW),
-        ];
-        let fprog = libc::sock_fprog {
-            len: program.len() as u16,
-            filter: program.as_ptr().cast_mut(),
-        };
-        // SAFETY: PR_SET_NO_NEW_PRIVS takes integer arguments only and affects
-        // only the calling thread.
-        let ret = unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) };
-        assert_eq!(
-            ret,
-            0,
-            "PR_SET_NO_NEW_PRIVS: {}",
-            io::Error::last_os_error()
-        );
-        // SAFETY: `fprog` points to `program`, a valid filter of `len`
-        // instructions; both live across the call, and the kernel copies the
-        // program before returning. Without SECCOMP_FILTER_FLAG_TSYNC the filter
-        // applies to this thread only.
-        let ret = unsafe {
-            libc::prctl(
-                libc::PR_SET_SECCOMP,
-                libc::SECCOMP_MODE_FILTER as libc::c_ulong,
-                &fprog as *const libc::sock_fprog,
-            )
-        };
-        assert_eq!(ret, 0, "PR_SET_SECCOMP: {}", io::Error::last_os_error());
+        let arch = std::env::consts::ARCH
+            .try_into()
+            .expect("seccompiler supports the architectures this module is built for");
+        let filter: BpfProgram = SeccompFilter::new(
+            [(libc::SYS_io_uring_setup, vec![])].into(),
+            SeccompAction::Allow,
+            SeccompAction::Errno(errno as u32),
+            arch,
+        )
+        .and_then(BpfProgram::try_from)
+        .expect("building the seccomp filter");
+        seccompiler::apply_filter(&filter).expect("installing the seccomp filter");
     }
 
     /// An errno for io_uring_setup, how to recognise the error it must become,

@@ -27,7 +27,7 @@ use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::thread;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use common::{pinned, pipe, set_nonblocking};
 use ringfence::{Error, EventType, IoBufMut, URingContext};
@@ -65,43 +65,6 @@ const READ_FILL: u8 = 0xee;
 const INDEX_BITS: u32 = 48;
 const INDEX_MASK: u64 = (1 << INDEX_BITS) - 1;
 
-/// xorshift64: small, seedable, and good enough to pick operations.
-struct Rng(u64);
-
-impl Rng {
-    fn new(seed: u64) -> Rng {
-        // xorshift must not start at 0.
-        Rng(mix(seed).max(1))
-    }
-
-    fn next(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        self.0 = x;
-        x
-    }
-
-    /// Uniform enough in `0..n`, for small `n > 0`.
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-
-    /// Uniform enough in `1..=n`.
-    fn one_to(&mut self, n: u64) -> u64 {
-        1 + self.below(n)
-    }
-}
-
-/// splitmix64's finaliser: spreads seeds that differ in few bits.
-fn mix(mut x: u64) -> u64 {
-    x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    x ^ (x >> 31)
-}
-
 /// The contents of global block `block` after the write of `version`;
 /// version 0 is the zeros of a fresh memfd.
 fn block_pattern(block: usize, version: u64, out: &mut [u8]) {
@@ -109,10 +72,10 @@ fn block_pattern(block: usize, version: u64, out: &mut [u8]) {
         out.fill(0);
         return;
     }
-    let mut rng = Rng::new(((block as u64) << 32) ^ version);
-    for chunk in out.chunks_mut(8) {
-        chunk.copy_from_slice(&rng.next().to_le_bytes()[..chunk.len()]);
-    }
+    // A generator seeded with the (block, version) pair: the same bytes each
+    // time they are asked for (written, then checked against a read), and
+    // different for every other block or version.
+    fastrand::Rng::with_seed(((block as u64) << 32) ^ version).fill(out);
 }
 
 /// A heap buffer handed to the kernel by a readv or writev. It is freed by
@@ -430,7 +393,7 @@ fn pinned_iovecs(iovecs: &[libc::iovec]) -> std::pin::Pin<Box<[IoBufMut<'static>
 struct Producer<'a> {
     shared: &'a Shared,
     me: usize,
-    rng: Rng,
+    rng: fastrand::Rng,
     next_index: u64,
     /// Per owned block: the version of the last write added to it.
     versions: Vec<u64>,
@@ -469,17 +432,15 @@ impl Producer<'_> {
 
     /// A random run of owned blocks, as (global first block, count).
     fn random_range(&mut self) -> (usize, usize) {
-        let blocks = self.rng.one_to(MAX_OP_BLOCKS as u64) as usize;
-        let start = self.rng.below((BLOCKS_PER_PRODUCER - blocks + 1) as u64) as usize;
+        let blocks = self.rng.usize(1..=MAX_OP_BLOCKS);
+        let start = self.rng.usize(..=BLOCKS_PER_PRODUCER - blocks);
         (self.first_block() + start, blocks)
     }
 
     /// Where to cut `len` bytes into 1 to `MAX_OP_IOVECS` iovecs.
     fn random_cuts(&mut self, len: usize) -> Vec<usize> {
-        let pieces = self.rng.one_to(MAX_OP_IOVECS as u64) as usize;
-        let mut cuts: Vec<usize> = (1..pieces)
-            .map(|_| self.rng.one_to(len as u64 - 1) as usize)
-            .collect();
+        let pieces = self.rng.usize(1..=MAX_OP_IOVECS);
+        let mut cuts: Vec<usize> = (1..pieces).map(|_| self.rng.usize(1..len)).collect();
         cuts.sort_unstable();
         cuts.dedup();
         cuts
@@ -507,7 +468,7 @@ impl Producer<'_> {
         }
         let buf = Buf::new(data);
         let iovecs = buf.iovecs(&self.random_cuts(blocks * BLOCK));
-        let raw = self.rng.below(2) == 0;
+        let raw = self.rng.bool();
         let offset = (block * BLOCK) as u64;
         let op = Op::Write { block, blocks, buf };
         self.issue(op, Issue::Write(offset, iovecs, raw));
@@ -531,7 +492,7 @@ impl Producer<'_> {
         }
         let buf = Buf::new(vec![READ_FILL; blocks * BLOCK]);
         let iovecs = buf.iovecs(&self.random_cuts(blocks * BLOCK));
-        let raw = self.rng.below(2) == 0;
+        let raw = self.rng.bool();
         let offset = (block * BLOCK) as u64;
         let op = Op::Read {
             block,
@@ -559,14 +520,14 @@ impl Producer<'_> {
         if recent.is_empty() {
             return None;
         }
-        let index = self.rng.below(recent.len() as u64) as usize;
+        let index = self.rng.usize(..recent.len());
         Some(recent[index])
     }
 
     /// One random step: an operation, or firing or emptying a pipe.
     fn step(&mut self) {
         let shared = self.shared;
-        let roll = self.rng.below(100);
+        let roll = self.rng.u32(..100);
         let done = match roll {
             0..=19 => {
                 self.issue(Op::Nop, Issue::Nop);
@@ -580,7 +541,7 @@ impl Producer<'_> {
                 true
             }
             65..=71 => {
-                let from_polls = self.rng.below(4) != 0;
+                let from_polls = self.rng.u32(..4) != 0;
                 match self.pick(from_polls) {
                     Some(target) => {
                         self.issue(Op::Cancel { target }, Issue::Cancel(target));
@@ -603,7 +564,7 @@ impl Producer<'_> {
             }
             86..=92 => {
                 // Fire some producer's pipe: its pending polls complete.
-                let whose = self.rng.below(PRODUCERS as u64) as usize;
+                let whose = self.rng.usize(..PRODUCERS);
                 fire(&shared.pipes[whose].1);
                 count(&shared.stats.pipe_fires);
                 true
@@ -643,7 +604,8 @@ fn produce(shared: &Shared, me: usize, seed: u64, stop_at: Instant) {
     let mut producer = Producer {
         shared,
         me,
-        rng: Rng::new(seed ^ (me as u64 + 1).wrapping_mul(0xA24B_AED4_963E_E407)),
+        // One stream per producer, all from the one seed.
+        rng: fastrand::Rng::with_seed(seed ^ (me as u64 + 1).wrapping_mul(0xA24B_AED4_963E_E407)),
         next_index: 0,
         versions: vec![0; BLOCKS_PER_PRODUCER],
         next_version: 1,
@@ -651,7 +613,7 @@ fn produce(shared: &Shared, me: usize, seed: u64, stop_at: Instant) {
         recent_fsyncs: VecDeque::new(),
     };
     while Instant::now() < stop_at && !shared.abort.load(Ordering::SeqCst) {
-        let batch = producer.rng.one_to(MAX_BATCH);
+        let batch = producer.rng.u64(1..=MAX_BATCH);
         for _ in 0..batch {
             producer.step();
         }
@@ -878,10 +840,9 @@ fn describe_pending(shared: &Shared) -> String {
 #[test]
 fn random_operations_from_four_producers_each_complete_exactly_once() {
     let secs = env_u64("RINGFENCE_STRESS_SECS").unwrap_or(3);
-    let seed = env_u64("RINGFENCE_STRESS_SEED").unwrap_or_else(|| {
-        let now = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH);
-        mix(now.map_or(0, |d| d.as_nanos() as u64))
-    });
+    // A fresh seed for each run unless one is given, printed so that a
+    // failure can be replayed.
+    let seed = env_u64("RINGFENCE_STRESS_SEED").unwrap_or_else(|| fastrand::u64(..));
     eprintln!(
         "stress: seed {seed:#x} (RINGFENCE_STRESS_SEED replays it), {secs} s, \
          {PRODUCERS} producers, {REAPERS} reapers, ring of {RING_ENTRIES}"

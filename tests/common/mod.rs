@@ -218,15 +218,9 @@ pub fn kernel_version() -> (u32, u32) {
 /// `len` pseudo-random bytes, different for each `seed`, so a misplaced
 /// block or a short transfer never matches by accident.
 pub fn pattern(len: usize, seed: u64) -> Vec<u8> {
-    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            (state >> 24) as u8
-        })
-        .collect()
+    let mut bytes = vec![0; len];
+    fastrand::Rng::with_seed(seed).fill(&mut bytes);
+    bytes
 }
 
 /// Whether `fd` polls readable within `timeout_ms` (`EINTR` retried).
