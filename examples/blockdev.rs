@@ -24,29 +24,43 @@
 //! Run it with
 //!
 //! ```text
-//! cargo run --release --example blockdev [-- [IMAGE [REQUESTS]]]
+//! cargo run --release --example blockdev [-- [--requests N] [--seed N] [IMAGE [REQUESTS]]]
+//! cargo run --release --example blockdev -- --help
 //! ```
 //!
-//! Without arguments the 16 MiB image goes into a temporary directory that
-//! is removed at exit. With `IMAGE`, the image is created at that path
-//! (which must not exist yet) and left there. `REQUESTS` (or the environment
-//! variable `BLOCKDEV_REQUESTS`) sets how many read/write requests to serve,
-//! 4000 by default, and `BLOCKDEV_SEED` changes the fixed seed of the
-//! pseudo-random image pattern, offsets and lengths. (Which requests have to
-//! be redrawn because they overlap one in flight depends on the order
+//! Without `IMAGE` a new 16 MiB image goes into a temporary directory that
+//! is removed at exit. With `IMAGE`: a path that does not exist gets a new
+//! image, left there afterwards; an existing regular file of exactly 16 MiB
+//! is reused, its contents read in as the shadow copy's starting point;
+//! anything else (a directory, a device, a file of another size) is refused.
+//!
+//! `--requests N` (or a second positional argument, `REQUESTS`) sets how many
+//! read/write requests to serve, 4000 by default; `--seed N` (decimal, or hex
+//! after `0x`) changes the fixed seed (of a `fastrand::Rng`) behind the new
+//! image's pattern, the offsets, lengths and written data. The environment
+//! variables `BLOCKDEV_REQUESTS` and `BLOCKDEV_SEED` are still read as
+//! fallbacks when the option is not given. (Which requests have to be
+//! redrawn because they overlap one in flight depends on the order
 //! completions arrive in, so the exact mix varies a little from run to run.)
-//! The program exits non-zero on any mismatch or unexpected error.
+//! Runs longer than a second report progress on stderr once a second.
+//!
+//! Exit status: 0 when every check passed, 1 on a mismatch, a refused image
+//! or an I/O error, 2 on a bad command line (an unknown option is never taken
+//! for a path; put `--` before an `IMAGE` that starts with `-`).
 
 use std::collections::HashMap;
 use std::error::Error;
+use std::ffi::OsString;
 use std::fmt;
-use std::fs::OpenOptions;
-use std::io::{self, Write};
+use std::fs::{File, Metadata, OpenOptions};
+use std::io::{self, Read, Write};
 use std::os::fd::{AsRawFd, RawFd};
+use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
+use lexopt::prelude::*;
 use ringfence::{IoBufMut, URingAllowlist, URingContext, URingOperation};
 
 /// Size of the disk image.
@@ -61,16 +75,33 @@ const QUEUE_DEPTH: usize = 32;
 const FSYNC_EVERY: u64 = 64;
 /// Read/write requests served unless told otherwise.
 const DEFAULT_REQUESTS: u64 = 4000;
-/// Seed of the pseudo-random generator unless `BLOCKDEV_SEED` says otherwise.
+/// Seed of the pseudo-random generator unless told otherwise.
 const DEFAULT_SEED: u64 = 0x9e37_79b9_7f4a_7c15;
 /// Random draws before giving up on finding a request that does not overlap
 /// one in flight (and reaping a completion first instead).
 const MAX_DRAWS: usize = 16;
+/// How often a long run reports progress.
+const PROGRESS_EVERY: Duration = Duration::from_secs(1);
 
 type BoxError = Box<dyn Error>;
 
 fn main() -> ExitCode {
-    match run() {
+    let config = match Config::from_args() {
+        Ok(Command::Run(config)) => config,
+        Ok(Command::Help) => {
+            print!("{}", help());
+            return ExitCode::SUCCESS;
+        }
+        Ok(Command::Version) => {
+            println!("blockdev (ringfence {})", env!("CARGO_PKG_VERSION"));
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            eprintln!("blockdev: {e}\nrun `blockdev --help` for the arguments and options");
+            return ExitCode::from(2);
+        }
+    };
+    match run(&config) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("blockdev: {e}");
@@ -79,31 +110,26 @@ fn main() -> ExitCode {
     }
 }
 
-fn run() -> Result<(), BoxError> {
-    let config = Config::from_env()?;
-
-    // The disk image, filled with a known pattern. The shadow copy starts as
-    // the same bytes and follows every completed write.
-    let mut rng = XorShift64::new(config.seed);
+fn run(config: &Config) -> Result<(), BoxError> {
+    // The disk image and the shadow copy, which starts as the same bytes and
+    // follows every completed write.
+    let mut rng = fastrand::Rng::with_seed(config.seed);
     let mut shadow = vec![0u8; IMAGE_SIZE];
-    rng.fill(&mut shadow);
     let tempdir;
-    let (path, kept) = match &config.image {
-        Some(path) => (path.clone(), "left in place"),
+    let (path, disk, origin) = match &config.image {
+        Some(path) => {
+            let (disk, origin) = open_image(path, &mut rng, &mut shadow)?;
+            (path.clone(), disk, origin)
+        }
         None => {
             tempdir = tempfile::tempdir()?;
-            (tempdir.path().join("disk.img"), "removed at exit")
+            let path = tempdir.path().join("disk.img");
+            let disk = create_image(&path, &mut rng, &mut shadow)?;
+            (path, disk, "new, removed at exit")
         }
     };
-    let mut disk = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create_new(true)
-        .open(&path)
-        .map_err(|e| format!("cannot create {}: {e}", path.display()))?;
-    disk.write_all(&shadow)?;
     println!(
-        "disk image: {} ({} MiB, seed {:#x}, {kept})",
+        "disk image: {} ({} MiB, {origin}; seed {:#x})",
         path.display(),
         IMAGE_SIZE >> 20,
         config.seed
@@ -140,7 +166,8 @@ fn run() -> Result<(), BoxError> {
     worker.drain()?;
     let elapsed = start.elapsed();
 
-    worker.show_allowlist_enforced()?;
+    // Reported in the order it happened: serving (each read was checked as
+    // it completed), then the allowlist, then the whole image.
     let stats = &worker.stats;
     let ops = stats.reads + stats.writes + stats.fsyncs;
     println!(
@@ -160,10 +187,94 @@ fn run() -> Result<(), BoxError> {
         stats.redrawn,
         stats.queue_full
     );
+    if stats.reads == 0 {
+        println!("no reads, so nothing to check against the shadow copy during serving");
+    } else {
+        println!("every read matched the shadow copy");
+    }
+
+    worker.show_allowlist_enforced()?;
 
     verify_image(&path, &worker.shadow)?;
-    println!("every read matched the shadow copy; all {IMAGE_SIZE} bytes of the image verified");
+    println!("all {IMAGE_SIZE} bytes of the image match the shadow copy");
     Ok(())
+}
+
+/// Creates a new image at `path` (which must not exist yet), filled with
+/// random bytes, and makes `shadow` the same bytes.
+fn create_image(path: &Path, rng: &mut fastrand::Rng, shadow: &mut [u8]) -> Result<File, BoxError> {
+    let mut disk = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .open(path)
+        .map_err(|e| format!("cannot create {}: {e}", path.display()))?;
+    rng.fill(shadow);
+    disk.write_all(shadow)
+        .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    Ok(disk)
+}
+
+/// Creates the image at `path` if nothing is there, or opens an existing one
+/// and reads it into `shadow`. Returns the file and, for the banner, what
+/// was done.
+fn open_image(
+    path: &Path,
+    rng: &mut fastrand::Rng,
+    shadow: &mut [u8],
+) -> Result<(File, &'static str), BoxError> {
+    // Look before opening: opening a FIFO would block, and a device or a
+    // directory is never an image.
+    match std::fs::metadata(path) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            Ok((create_image(path, rng, shadow)?, "new, left in place"))
+        }
+        Err(e) => Err(format!("cannot inspect {}: {e}", path.display()).into()),
+        Ok(found) => {
+            check_image(path, &found)?;
+            let mut disk = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(path)
+                .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+            // Check again what was opened, in case the path changed since.
+            check_image(path, &disk.metadata()?)?;
+            disk.read_exact(shadow)
+                .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+            Ok((disk, "existing, contents read in, left in place"))
+        }
+    }
+}
+
+/// Refuses anything but a regular file of exactly [`IMAGE_SIZE`] bytes,
+/// saying what was found.
+fn check_image(path: &Path, found: &Metadata) -> Result<(), BoxError> {
+    let kind = found.file_type();
+    let what = if kind.is_file() {
+        if found.len() == IMAGE_SIZE as u64 {
+            return Ok(());
+        }
+        format!("a regular file of {} bytes", found.len())
+    } else if kind.is_dir() {
+        "a directory".to_string()
+    } else if kind.is_char_device() {
+        "a character device".to_string()
+    } else if kind.is_block_device() {
+        "a block device".to_string()
+    } else if kind.is_fifo() {
+        "a FIFO".to_string()
+    } else if kind.is_socket() {
+        "a socket".to_string()
+    } else {
+        "not a regular file".to_string()
+    };
+    Err(format!(
+        "{} is {what}; IMAGE must be a regular file of exactly {IMAGE_SIZE} bytes \
+         ({} MiB) to reuse, or a path that does not exist yet to create one",
+        path.display(),
+        IMAGE_SIZE >> 20
+    )
+    .into())
 }
 
 /// Reads the image back with plain `std::fs` and compares it with the
@@ -185,50 +296,163 @@ fn verify_image(path: &Path, shadow: &[u8]) -> Result<(), BoxError> {
     Ok(())
 }
 
-/// What the command line and environment ask for.
+/// What the command line asks for.
+enum Command {
+    Run(Config),
+    Help,
+    Version,
+}
+
+/// What to run.
 struct Config {
     image: Option<PathBuf>,
     requests: u64,
     seed: u64,
 }
 
+/// The options. The parser looks every flag up through [`Opt::ALL`], and
+/// `--help` lists the same array, so the two cannot disagree.
+#[derive(Clone, Copy)]
+enum Opt {
+    Requests,
+    Seed,
+    Help,
+    Version,
+}
+
+impl Opt {
+    const ALL: [Opt; 4] = [Opt::Requests, Opt::Seed, Opt::Help, Opt::Version];
+
+    /// Short name, long name, and the value's placeholder if it takes one.
+    fn names(self) -> (Option<char>, &'static str, Option<&'static str>) {
+        match self {
+            Opt::Requests => (None, "requests", Some("N")),
+            Opt::Seed => (None, "seed", Some("N")),
+            Opt::Help => (Some('h'), "help", None),
+            Opt::Version => (Some('V'), "version", None),
+        }
+    }
+
+    fn help(self) -> String {
+        match self {
+            Opt::Requests => format!(
+                "read/write requests to serve\n\
+                 [default: $BLOCKDEV_REQUESTS, else {DEFAULT_REQUESTS}]"
+            ),
+            Opt::Seed => format!(
+                "seed of the new image's bytes, the offsets, lengths and\n\
+                 written data; decimal, or hex after 0x\n\
+                 [default: $BLOCKDEV_SEED, else {DEFAULT_SEED:#x}]"
+            ),
+            Opt::Help => "print this help and exit".into(),
+            Opt::Version => "print the version and exit".into(),
+        }
+    }
+
+    fn find(arg: &lexopt::Arg<'_>) -> Option<Opt> {
+        Opt::ALL.into_iter().find(|opt| match (arg, opt.names()) {
+            (Short(c), (Some(short), _, _)) => *c == short,
+            (Long(name), (_, long, _)) => *name == long,
+            _ => false,
+        })
+    }
+}
+
+fn help() -> String {
+    let mut text = format!(
+        "A sandboxed block-device worker: random reads and writes against a disk image\n\
+         through an io_uring the kernel restricts to an allowlist, every read checked.\n\
+         \n\
+         usage: blockdev [OPTIONS] [IMAGE [REQUESTS]]\n\
+         \n\
+         arguments:\n\
+         \x20 IMAGE     the disk image (optional). Created ({mib} MiB) if the path does not\n\
+         \x20           exist, and left there; reused if it is a regular file of exactly\n\
+         \x20           {IMAGE_SIZE} bytes, its contents the starting point; anything else is\n\
+         \x20           refused. Without IMAGE, a new image goes into a temporary directory\n\
+         \x20           removed at exit.\n\
+         \x20 REQUESTS  the same as --requests (optional)\n\
+         \n\
+         options:\n",
+        mib = IMAGE_SIZE >> 20
+    );
+    for opt in Opt::ALL {
+        let (short, long, value) = opt.names();
+        let short = short.map_or("    ".to_string(), |c| format!("-{c}, "));
+        let value = value.map_or(String::new(), |v| format!(" {v}"));
+        let names = format!("{short}--{long}{value}");
+        // Continuation lines of a help text line up under its first line.
+        let help = opt.help().replace('\n', &format!("\n{:22}", ""));
+        text += &format!("  {names:<20}{help}\n");
+    }
+    text += "\nexit status: 0 if every check passed, 1 on a mismatch, a refused image or\n\
+             an I/O error, 2 on a bad command line.\n";
+    text
+}
+
 impl Config {
-    fn from_env() -> Result<Config, BoxError> {
-        let usage = "usage: blockdev [IMAGE [REQUESTS]]";
-        let mut args = std::env::args_os().skip(1);
-        let image = args.next().map(PathBuf::from);
-        if image
-            .as_deref()
-            .is_some_and(|p| p == Path::new("-h") || p == Path::new("--help"))
-        {
-            println!("{usage}\nenvironment: BLOCKDEV_REQUESTS, BLOCKDEV_SEED");
-            std::process::exit(0);
+    fn from_args() -> Result<Command, lexopt::Error> {
+        let mut parser = lexopt::Parser::from_env();
+        let mut image = None;
+        let mut positional_requests = None;
+        let mut requests = None;
+        let mut seed = None;
+        while let Some(arg) = parser.next()? {
+            match arg {
+                Value(value) if image.is_none() => image = Some(PathBuf::from(value)),
+                Value(value) if positional_requests.is_none() => {
+                    positional_requests = Some(parse_number(&value, "REQUESTS")?);
+                }
+                Value(value) => return Err(Value(value).unexpected()),
+                Short(_) | Long(_) => match Opt::find(&arg) {
+                    Some(Opt::Requests) => {
+                        requests = Some(parse_number(&parser.value()?, "--requests")?);
+                    }
+                    Some(Opt::Seed) => seed = Some(parse_number(&parser.value()?, "--seed")?),
+                    Some(Opt::Help) => return Ok(Command::Help),
+                    Some(Opt::Version) => return Ok(Command::Version),
+                    None => return Err(arg.unexpected()),
+                },
+            }
         }
-        let requests = match args.next() {
-            Some(arg) => Some(arg.to_string_lossy().into_owned()),
-            None => std::env::var("BLOCKDEV_REQUESTS").ok(),
-        };
+        if requests.is_some() && positional_requests.is_some() {
+            return Err("give the number of requests once: --requests N or REQUESTS".into());
+        }
+        let requests = requests.or(positional_requests);
+        // Options first, then the environment, then the defaults.
         let requests = match requests {
-            Some(s) => s
-                .parse()
-                .map_err(|_| format!("REQUESTS must be a number, not {s:?}; {usage}"))?,
-            None => DEFAULT_REQUESTS,
+            Some(n) => n,
+            None => env_number("BLOCKDEV_REQUESTS")?.unwrap_or(DEFAULT_REQUESTS),
         };
-        let seed = match std::env::var("BLOCKDEV_SEED") {
-            Ok(s) => parse_seed(&s).ok_or_else(|| {
-                format!("BLOCKDEV_SEED must be a non-zero number (0x for hex), not {s:?}")
-            })?,
-            Err(_) => DEFAULT_SEED,
+        let seed = match seed {
+            Some(n) => n,
+            None => env_number("BLOCKDEV_SEED")?.unwrap_or(DEFAULT_SEED),
         };
-        if args.next().is_some() {
-            return Err(usage.into());
-        }
-        Ok(Config {
+        Ok(Command::Run(Config {
             image,
             requests,
             seed,
-        })
+        }))
     }
+}
+
+/// `value` as a number (decimal, or hex after `0x`), with `what` named in
+/// the error.
+fn parse_number(value: &OsString, what: &str) -> Result<u64, lexopt::Error> {
+    let number = value.to_str().and_then(|s| match s.strip_prefix("0x") {
+        Some(hex) => u64::from_str_radix(hex, 16).ok(),
+        None => s.parse().ok(),
+    });
+    number.ok_or_else(|| {
+        format!("{what} must be a number (decimal, or hex after 0x), not {value:?}").into()
+    })
+}
+
+/// Environment variable `name` as a number, if it is set.
+fn env_number(name: &str) -> Result<Option<u64>, lexopt::Error> {
+    std::env::var_os(name)
+        .map(|value| parse_number(&value, name))
+        .transpose()
 }
 
 /// One request the worker has queued and not yet reaped, keyed by its id
@@ -290,7 +514,7 @@ struct Worker<'a> {
     disk: RawFd,
     pool: BufferPool,
     shadow: Vec<u8>,
-    rng: XorShift64,
+    rng: fastrand::Rng,
     in_flight: HashMap<u64, Request>,
     next_id: u64,
     fsync_due: bool,
@@ -299,7 +523,7 @@ struct Worker<'a> {
 }
 
 impl<'a> Worker<'a> {
-    fn new(ring: &'a URingContext, disk: RawFd, shadow: Vec<u8>, rng: XorShift64) -> Worker<'a> {
+    fn new(ring: &'a URingContext, disk: RawFd, shadow: Vec<u8>, rng: fastrand::Rng) -> Worker<'a> {
         Worker {
             ring,
             disk,
@@ -315,8 +539,11 @@ impl<'a> Worker<'a> {
     }
 
     /// Serves `requests` random reads and writes, at most [`QUEUE_DEPTH`] in
-    /// flight, and reaps them all.
+    /// flight, and reaps them all. Reports progress on stderr every
+    /// [`PROGRESS_EVERY`], so a short run prints nothing.
     fn serve(&mut self, requests: u64) -> Result<(), BoxError> {
+        let start = Instant::now();
+        let mut next_report = start + PROGRESS_EVERY;
         let mut issued = 0;
         while issued < requests || !self.in_flight.is_empty() {
             // Fill the queue: every free buffer gets a request.
@@ -332,6 +559,15 @@ impl<'a> Worker<'a> {
             }
             // Submit, wait for at least one completion, handle them all.
             self.reap()?;
+            if Instant::now() >= next_report {
+                next_report += PROGRESS_EVERY;
+                let served = self.stats.reads + self.stats.writes;
+                eprintln!(
+                    "blockdev: {served}/{requests} requests served ({}%) in {:.1?}",
+                    served * 100 / requests.max(1),
+                    start.elapsed()
+                );
+            }
         }
         Ok(())
     }
@@ -357,9 +593,9 @@ impl<'a> Worker<'a> {
     /// [`MAX_DRAWS`] draws all overlapped. The buffer is chosen later.
     fn draw_request(&mut self) -> Option<Io> {
         for _ in 0..MAX_DRAWS {
-            let sectors = 1 + self.rng.below(MAX_REQUEST / SECTOR);
-            let sector = self.rng.below(IMAGE_SIZE / SECTOR - sectors + 1);
-            let dir = if self.rng.below(2) == 0 {
+            let sectors = self.rng.usize(1..=MAX_REQUEST / SECTOR);
+            let sector = self.rng.usize(..=IMAGE_SIZE / SECTOR - sectors);
+            let dir = if self.rng.bool() {
                 Dir::Read
             } else {
                 Dir::Write
@@ -616,37 +852,6 @@ impl BufferPool {
     }
 }
 
-/// A tiny pseudo-random generator (xorshift64), so the example needs no
-/// dependency. Not for anything that needs real randomness.
-struct XorShift64(u64);
-
-impl XorShift64 {
-    fn new(seed: u64) -> XorShift64 {
-        assert_ne!(seed, 0, "zero is xorshift's fixed point: use another seed");
-        XorShift64(seed)
-    }
-
-    fn next_u64(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        self.0 = x;
-        x
-    }
-
-    /// A number in `0..n` (slightly biased, which is fine here).
-    fn below(&mut self, n: usize) -> usize {
-        (self.next_u64() % n as u64) as usize
-    }
-
-    fn fill(&mut self, buf: &mut [u8]) {
-        for chunk in buf.chunks_mut(8) {
-            chunk.copy_from_slice(&self.next_u64().to_le_bytes()[..chunk.len()]);
-        }
-    }
-}
-
 /// Waits for the completion of `id`, the only operation in flight.
 fn wait_for(ring: &URingContext, id: u64) -> Result<io::Result<u32>, BoxError> {
     // `wait` blocks until something completes; a few turns are plenty.
@@ -659,15 +864,6 @@ fn wait_for(ring: &URingContext, id: u64) -> Result<io::Result<u32>, BoxError> {
         }
     }
     Err(format!("no completion for operation {id}").into())
-}
-
-/// A non-zero decimal number, or a hexadecimal one after `0x`.
-fn parse_seed(s: &str) -> Option<u64> {
-    let seed = match s.strip_prefix("0x") {
-        Some(hex) => u64::from_str_radix(hex, 16).ok(),
-        None => s.parse().ok(),
-    };
-    seed.filter(|&seed| seed != 0)
 }
 
 /// The index of the first byte where `a` and `b` differ.
