@@ -7,8 +7,8 @@
 //! and prints nanoseconds per operation.
 //!
 //! `compare_commits.sh` copies it into each commit's `examples/` and runs
-//! the two builds alternately. It lives in a subfolder so that cargo does
-//! not take it for one of this crate's bench targets.
+//! the two builds alternately, so it may use only what both commits' root
+//! packages offer (ringfence and tempfile).
 use std::os::fd::AsRawFd;
 use std::time::Instant;
 
@@ -50,6 +50,8 @@ fn main() {
                 ring.add_nop(user_data).unwrap();
                 continue;
             }
+            // xorshift64 by hand, not fastrand: this file must also build
+            // against commits that lack fastrand.
             offset ^= offset << 13;
             offset ^= offset >> 7;
             offset ^= offset << 17;
