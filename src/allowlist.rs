@@ -19,9 +19,14 @@ use crate::abi::{
 ///   with `EACCES`;
 /// - an SQE that carries a flag outside [`allow_sqe_flags`](Self::allow_sqe_flags),
 ///   or lacks one of [`require_sqe_flags`](Self::require_sqe_flags), completes
-///   with `EACCES` (the context's own SQEs, drain's cancellations and its
-///   wake-up nops, carry the required flags);
-/// - a register call outside the allowlist fails with `EACCES`.
+///   with `EACCES`. The context's own SQEs (drain's cancellations, its
+///   wake-up nops) carry the required flags only within
+///   `FIXED_FILE | ASYNC`: a ring that requires any other flag refuses
+///   them, and cannot cancel on drop (see
+///   [`require_sqe_flags`](Self::require_sqe_flags));
+/// - a register call outside the allowlist fails with `EACCES` (from Linux
+///   7.0, only if the allowlist has a register-call entry: see
+///   [Linux 7.0 and allowlists](crate#linux-70-and-allowlists)).
 ///
 /// [`URingAllowlist::new`] allows nothing, as crosvm's does. Start from
 /// [`allow_housekeeping`](Self::allow_housekeeping) unless you have a reason
@@ -34,23 +39,6 @@ use crate::abi::{
 /// operations in flight cannot stop them: it leaks their state at once
 /// instead of waiting for completions that may never come, and `close`
 /// reports [`Error::CancelNotAllowed`](crate::Error::CancelNotAllowed).
-///
-/// **Register calls and Linux 7.0.** Before Linux 7.0, any restriction set
-/// makes every later `io_uring_register` call on the ring fail with `EACCES`
-/// unless its opcode was allowed with
-/// [`allow_register_operation`](Self::allow_register_operation). From 7.0, a
-/// set with only operation entries leaves register calls open. Do all
-/// registration before the ring is enabled (see
-/// [`URingContext::new_disabled`](crate::URingContext::new_disabled)), and
-/// allow the register calls you need afterwards explicitly, to behave the
-/// same on both.
-///
-/// **Later kernels.** Linux 7.0 also adds per-opcode classic-BPF filters
-/// (`IORING_REGISTER_BPF_FILTER`) and per-task restrictions inherited
-/// across fork. This type keeps its fields private and grows by builder
-/// methods, so both can be added as new methods without breaking callers;
-/// none is offered yet, because the kernels this crate is tested on (6.18)
-/// cannot run them.
 ///
 /// ```
 /// use ringfence::{URingAllowlist, URingOperation};

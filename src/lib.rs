@@ -33,21 +33,7 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 //!
-//! # Kernel versions
-//!
-//! | feature | Linux |
-//! |---|---|
-//! | io_uring, nop, readv, writev, fsync, poll, [`URingContext::new`] without an allowlist | 5.1 |
-//! | [`register_eventfd`](URingContext::register_eventfd) | 5.2 |
-//! | `IORING_FEAT_NODROP` (completions kept when the ring is full), async cancel | 5.5 |
-//! | fallocate | 5.6 |
-//! | allowlists (`IORING_REGISTER_RESTRICTIONS`), disabled rings ([`URingContext::new_disabled`]) | 5.10 |
-//! | register calls left open by an allowlist with only operation entries | 7.0 (see [`URingAllowlist`]) |
-//!
-//! (From the `io_uring_setup(2)`, `io_uring_enter(2)` and
-//! `io_uring_register(2)` man pages, which give the version each flag and
-//! opcode appeared in; fallocate is kernel commit d63d1b5edb7b, in 5.6.
-//! Only 6.18 is tested here.)
+#![doc = include_str!("guide-kernel-versions.md")]
 //!
 //! # Waiting
 //!
@@ -55,50 +41,14 @@
 //! nothing is in flight, as crosvm's does: another thread's nop (or any
 //! operation it submits) wakes it. A thread alone with a ring must not wait
 //! with nothing in flight; [`URingContext::wait_timeout`] bounds the wait
-//! (`Duration::ZERO` only looks). A worker loop with a clean shutdown:
+//! (`Duration::ZERO` only looks). The next section shows a worker thread
+//! that waits, and how another thread stops it.
 //!
-//! ```
-//! use std::time::Duration;
-//! use ringfence::URingContext;
+#![doc = include_str!("guide-worker-loop.md")]
 //!
-//! const STOP: u64 = u64::MAX;
-//! let ring = URingContext::new(16, None)?;
-//! std::thread::scope(|s| {
-//!     let worker = s.spawn(|| -> ringfence::Result<u64> {
-//!         let mut handled = 0;
-//!         loop {
-//!             for (user_data, _result) in ring.wait()? {
-//!                 if user_data == STOP {
-//!                     return Ok(handled);
-//!                 }
-//!                 handled += 1;
-//!             }
-//!         }
-//!     });
-//!     ring.add_nop(1)?;
-//!     ring.submit()?;
-//!     ring.add_nop(STOP)?; // Wakes the worker, which is blocked in wait().
-//!     ring.submit()?;
-//!     assert!(worker.join().unwrap()? <= 1);
-//!     Ok::<_, ringfence::Error>(())
-//! })?;
-//! ring.close(Duration::from_secs(1))?;
-//! # Ok::<(), ringfence::Error>(())
-//! ```
+#![doc = include_str!("guide-owning-buffers.md")]
 //!
-//! # Owning buffers
-//!
-//! Readv and writev point the kernel at memory the caller owns. The rule
-//! ([`IoBufMut::from_raw_parts`], [`URingContext::add_readv`]): each buffer
-//! stays valid, and untouched by anything else, until its operation's
-//! completion has been returned by `wait` or [`URingContext::close`] has
-//! returned `Ok`. A plain drop cannot report whether it drained, so memory
-//! that must outlive a drop with operations in flight should outlive the
-//! process. The simplest way to keep the rule is a pool of buffers that
-//! outlives the ring, one buffer per user_data in flight: the context
-//! refuses a second readv or writev with a user_data still in flight, so no
-//! two operations ever share a buffer. `examples/blockdev.rs` works this
-//! way.
+#![doc = include_str!("guide-linux-7.md")]
 //!
 //! # Safety model
 //!
@@ -142,7 +92,15 @@
 //! - `iobuf`: the iovec array the kernel reads, owned by raw pointer while
 //!   it is in flight.
 //! - `context/setup.rs`: the register calls and the pointers they pass.
-//! - `op`: turning raw iovecs into [`IoBufMut`]s, an `unsafe fn`.
+//! - `context/submit.rs`: the one call of `io_uring_enter` (see `sys`).
+//! - `context/drain.rs`: turning queued, unsubmitted SQEs into nops before
+//!   cancelling, which needs `&mut self` (no enter can run meanwhile).
+//! - `context/fork.rs`: registering the `pthread_atfork` handler that tells
+//!   a forked child's copy of a context from the original.
+//! - `context/crosvm.rs`: the crosvm-named `unsafe fn`s (below), which
+//!   forward their caller's promise to `op`'s raw-iovec conversion.
+//! - `op`: turning raw iovecs into [`IoBufMut`]s, an `unsafe fn`
+//!   (`op/rw.rs`), and [`op::Target::from_raw_fd`] (`op/target.rs`).
 //! - `sim` (tests and the `sim` feature): the simulated kernel's memory.
 //!
 //! The `unsafe` in the public API is the caller's half of the bargain:
@@ -159,7 +117,7 @@
 //! # Porting from crosvm
 //!
 //! The `io_uring` crate in crosvm is this crate's model; a loop written for
-//! it runs unchanged, with these differences (each a hole closed):
+//! it runs here with the changes below (each a hole closed):
 //!
 //! - **User data is a label.** crosvm puts the caller's user_data in the
 //!   SQE and frees an operation's iovecs by it, so two operations with one
@@ -178,6 +136,18 @@
 //! - **`remove_poll_fd(target, user_data)`** names the poll to remove by its
 //!   user_data; crosvm's takes `(fd, events, user_data)` and, leaving the
 //!   SQE's address 0, removes the poll whose user_data is 0.
+//! - **Cancelling or removing by a shared user_data acts on all of them.**
+//!   In crosvm the kernel looks the target up by user_data and stops at
+//!   the first operation it finds (crosvm does not set
+//!   `IORING_ASYNC_CANCEL_ALL`, Linux 5.19, `io_uring_prep_cancel(3)`). Here [`async_cancel`](URingContext::async_cancel) and
+//!   [`remove_poll_fd`](URingContext::remove_poll_fd) act on every
+//!   operation in flight with that user_data whose completion the caller
+//!   does not have yet: the context sends one SQE of its own for each
+//!   further one, whose completions it swallows (they count against the
+//!   in-flight cap, and [`Error::NoSpace`] refuses the whole add when they
+//!   do not fit). The caller's operation completes with the result for the
+//!   oldest of them (the first added): 0, `ENOENT` or `EALREADY`, and
+//!   `ENOENT` when none is in flight.
 //! - **Short submits and busy kernels.** crosvm counts a short submit as
 //!   complete; here the rest stay queued and are offered again, and
 //!   `EAGAIN`/`EBUSY` from `submit` are [`Error::KernelBusy`] with nothing

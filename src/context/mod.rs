@@ -135,8 +135,10 @@ pub struct URingContext {
     ring: sys::Ring,
     sq_entries: u32,
     cq_entries: u32,
-    /// The most operations the caller may have in flight; drain may go one
-    /// over.
+    /// The most operations tracked at once, the caller's and the context's
+    /// own (wake-up nops, the extra SQEs of a cancel by label, drain's
+    /// cancellations) together: an add that would go past it fails with
+    /// `NoSpace`. Drain's cancellations may go one over.
     in_flight_cap: usize,
     /// The fork count when the context was created: a forked child's copy
     /// must not touch the parent's ring (see `fork.rs`).

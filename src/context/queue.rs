@@ -18,8 +18,13 @@ impl URingContext {
     /// handed to the caller.
     ///
     /// Fails, queueing nothing, with:
-    /// - [`Error::NoSpace`]: the submission queue is full; `submit` (or
-    ///   reap) and retry;
+    /// - [`Error::NoSpace`]: the submission queue is full, or the in-flight
+    ///   cap is reached: as many operations are in flight as the ring allows
+    ///   (16 times [`cq_entries`](Self::cq_entries) with
+    ///   `IORING_FEAT_NODROP`, one fewer than `cq_entries` without it),
+    ///   counting the context's own (wake-up nops, the extra cancellations of
+    ///   a cancel by label). `submit` and retry for a full queue; reap
+    ///   completions with [`wait`](Self::wait) for the cap;
     /// - [`Error::DuplicateUserData`]: `op` pins caller memory and an
     ///   operation with this label is in flight, or one in flight with this
     ///   label pins caller memory (see [User data](Self#user-data));
@@ -58,7 +63,9 @@ impl URingContext {
     /// (the label rule also applies between operations of the batch);
     /// [`Error::NoSpace`] if the submission queue lacks room for the whole
     /// batch (submit, then retry; a batch larger than
-    /// [`sq_entries`](Self::sq_entries) never fits).
+    /// [`sq_entries`](Self::sq_entries) never fits), or the batch would take
+    /// the operations in flight past the in-flight cap (see
+    /// [`add`](Self::add); reap completions, then retry).
     pub fn add_batch(&self, batch: &mut OpBatch) -> Result<()> {
         self.queue(batch.ops_mut())?;
         batch.clear();

@@ -18,7 +18,8 @@ use crate::URingAllowlist;
 /// chain them to the caller's SQEs, `BUFFER_SELECT` needs a buffer group).
 const OWN_SQE_FLAGS: IosqeFlags = IosqeFlags::FIXED_FILE.union(IosqeFlags::ASYNC);
 
-/// How many operations may be in flight on a ring with these parameters.
+/// How many operations may be in flight on a ring with these parameters,
+/// the context's own included (see `URingContext::in_flight_cap`).
 ///
 /// With `IORING_FEAT_NODROP` the kernel keeps every completion that does
 /// not fit in the CQ ring on an overflow list, in kernel memory without a
