@@ -140,13 +140,27 @@ impl URingAllowlist {
             .register_operations
             .iter()
             .map(|op| restriction(RestrictionKind::RegisterOp, *op as u8));
+        // From Linux 7.0 the kernel restricts SQEs only if the set has an
+        // SQE entry (see the crate docs' "Linux 7.0 and allowlists"). An
+        // allowed-flags entry, even an empty one, changes nothing before
+        // 7.0, so one goes with any register-call entry: an allowlist of
+        // register calls alone then still allows no operation on 7.0.
+        let sqe_entry_needed = !self.register_operations.is_empty();
         let flags = [
-            (RestrictionKind::SqeFlagsAllowed, self.allowed_sqe_flags),
-            (RestrictionKind::SqeFlagsRequired, self.required_sqe_flags),
+            (
+                RestrictionKind::SqeFlagsAllowed,
+                self.allowed_sqe_flags,
+                sqe_entry_needed,
+            ),
+            (
+                RestrictionKind::SqeFlagsRequired,
+                self.required_sqe_flags,
+                false,
+            ),
         ]
         .into_iter()
-        .filter(|(_, flags)| !flags.is_empty())
-        .map(|(kind, flags)| restriction(kind, flags.bits()));
+        .filter(|(_, flags, needed)| *needed || !flags.is_empty())
+        .map(|(kind, flags, _)| restriction(kind, flags.bits()));
         ops.chain(registers).chain(flags).collect()
     }
 }
@@ -182,6 +196,23 @@ mod tests {
             ]
         );
         assert!(URingAllowlist::new().restrictions().is_empty());
+    }
+
+    #[test]
+    fn register_calls_alone_still_carry_an_sqe_entry() {
+        let mut list = URingAllowlist::new();
+        list.allow_register_operation(RegisterOperation::Eventfd);
+        let decoded: Vec<_> = list.restrictions().iter().map(Restriction::parts).collect();
+        assert_eq!(
+            decoded,
+            [
+                (
+                    Some(RestrictionKind::RegisterOp),
+                    RegisterOperation::Eventfd as u8
+                ),
+                (Some(RestrictionKind::SqeFlagsAllowed), 0),
+            ]
+        );
     }
 
     #[test]
