@@ -76,6 +76,9 @@ impl URingContext {
         self.check_process()?;
         loop {
             self.check_drops()?;
+            // Before sampling `queued`, so an owed wake-up nop goes with
+            // this call's enter instead of waiting for the next one.
+            self.pay_wake_owed();
             let (queued, _) = self.sq.queued();
             if self.completion_ready() {
                 // Send what is queued, but don't block: completions wait. A
@@ -88,7 +91,6 @@ impl URingContext {
                 }
                 return Ok(Completions::new(self));
             }
-            self.pay_wake_owed();
             match self.enter(queued, 1, IORING_ENTER_GETEVENTS) {
                 // A completion arrived (or overflowed ones were flushed), or
                 // a short submit or a signal ended the wait early: look
