@@ -78,11 +78,20 @@ mod sealed {
     pub trait Sealed {}
 }
 
+/// `offset` if the kernel can take it as a file offset (its `loff_t` is
+/// signed), else [`Error::InvalidOffset`](crate::Error::InvalidOffset).
+fn file_offset(offset: u64) -> Result<u64> {
+    if offset > crate::abi::MAX_FILE_OFFSET {
+        return Err(crate::Error::InvalidOffset(offset));
+    }
+    Ok(offset)
+}
+
 /// What the context keeps alive for an operation until its completion has
-/// been handed to the caller (or drop has drained the ring). Never read:
-/// each field is held for its drop.
+/// been handed to the caller (or drop has drained the ring): each field is
+/// held for its drop, or leaked by `leak_all` when the kernel may still
+/// use it.
 #[derive(Default)]
-#[allow(dead_code)]
 pub(crate) struct KeepAlive {
     /// The iovec array the kernel reads.
     pub(crate) iovecs: Option<KernelIovecs>,

@@ -3,7 +3,7 @@
 use std::pin::Pin;
 
 use super::{KeepAlive, Operation, Prepared, Target};
-use crate::abi::{Sqe, URingOperation, MAX_FILE_OFFSET, MAX_IOVECS};
+use crate::abi::{Sqe, URingOperation, MAX_IOVECS};
 use crate::iobuf::{IoBufMut, KernelIovecs};
 use crate::{Error, Result};
 
@@ -24,8 +24,7 @@ impl Vectored {
         let offset = match self.offset {
             // -1 asks the kernel for the file's current position.
             None => u64::MAX,
-            Some(offset) if offset > MAX_FILE_OFFSET => return Err(Error::InvalidOffset(offset)),
-            Some(offset) => offset,
+            Some(offset) => super::file_offset(offset)?,
         };
         let iovecs = KernelIovecs::new(self.iovecs);
         let mut sqe = Sqe::new(O::OPCODE);

@@ -1,8 +1,8 @@
 //! [`Fsync`] and [`Fallocate`].
 
 use super::{KeepAlive, Operation, Prepared, Target};
-use crate::abi::{FsyncFlags, Sqe, URingOperation, MAX_FILE_OFFSET};
-use crate::{Error, Result};
+use crate::abi::{FsyncFlags, Sqe, URingOperation};
+use crate::Result;
 
 /// `IORING_OP_FSYNC` (Linux 5.1): `fsync(2)`, or with
 /// [`FsyncFlags::DATASYNC`] `fdatasync(2)`. Completes with 0.
@@ -54,7 +54,7 @@ impl Fallocate {
     /// `FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE` deallocates (the range
     /// then reads as zeros). An `offset` above
     /// [`MAX_FILE_OFFSET`](crate::MAX_FILE_OFFSET) fails the add with
-    /// [`Error::InvalidOffset`].
+    /// [`Error::InvalidOffset`](crate::Error::InvalidOffset).
     pub fn new(target: impl Into<Target>, offset: u64, len: u64, mode: u32) -> Fallocate {
         Fallocate {
             target: target.into(),
@@ -70,12 +70,10 @@ impl Operation for Fallocate {
     const PINS_CALLER_MEMORY: bool = false;
 
     fn prepare(self) -> Result<Prepared> {
-        if self.offset > MAX_FILE_OFFSET {
-            return Err(Error::InvalidOffset(self.offset));
-        }
+        let offset = super::file_offset(self.offset)?;
         let mut sqe = Sqe::new(Self::OPCODE);
         sqe.set_fd(self.target.raw_fd());
-        sqe.set_offset(self.offset);
+        sqe.set_offset(offset);
         // For fallocate the kernel reads the length from `addr` and the
         // mode from `len`.
         sqe.set_addr(self.len);
