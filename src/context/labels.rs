@@ -11,8 +11,12 @@
 //! - [`UnpinnedCounts`]: for every other operation, a count per hash
 //!   bucket of its label (a counting filter): adding and releasing a nop
 //!   costs an increment and a decrement. A zero means no such operation has
-//!   the label; a non-zero may be another label's, and only an operation
-//!   that pins memory, about to share a label, then looks closer.
+//!   the label; a non-zero may be another label's. Only an operation that
+//!   pins memory reads the filter, and on a non-zero it scans every slot of
+//!   the table for the label. The filter is kept at most half full, so
+//!   with many other operations in flight that scan can run for up to about
+//!   two fifths of pinning adds (1 − e^-load, at load ½): the price of
+//!   giving nops no exact table.
 
 use std::hash::BuildHasher;
 
@@ -151,7 +155,8 @@ impl<T> LabelTable<T> {
 
 /// Per-bucket counts of the labels of operations in flight that pin no
 /// memory; see the module docs. Kept at least twice as many buckets as
-/// counted operations, so that a bucket is rarely shared.
+/// counted operations (rebuilt at twice the size when more than half
+/// full).
 pub(crate) struct UnpinnedCounts {
     counts: Box<[u32]>,
     /// Operations counted.
@@ -176,6 +181,11 @@ impl UnpinnedCounts {
         const MULTIPLIER: u64 = 0x9e37_79b9_7f4a_7c15;
         let product = u128::from(label ^ self.key) * u128::from(MULTIPLIER);
         ((product as u64) ^ ((product >> 64) as u64)) as usize & (self.counts.len() - 1)
+    }
+
+    /// Operations counted.
+    pub(crate) fn len(&self) -> usize {
+        self.total
     }
 
     /// Whether an operation with `label` may be counted: `false` means

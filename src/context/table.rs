@@ -119,8 +119,6 @@ pub(crate) struct OpTable {
     pinned: LabelTable<u32>,
     /// Labels of the caller's other operations, counted by bucket.
     unpinned: UnpinnedCounts,
-    caller_ops: usize,
-    internal_ops: usize,
     /// Operations tracked so far, for their `added` order.
     added: u64,
     /// Claim records by id; one not `in_use` is free.
@@ -150,8 +148,6 @@ impl OpTable {
             free_slots: Vec::new(),
             pinned: LabelTable::new(),
             unpinned: UnpinnedCounts::new(),
-            caller_ops: 0,
-            internal_ops: 0,
             added: 0,
             records: (0..MAX_CLAIMS).map(|_| Record::FREE).collect(),
             returned: VecDeque::new(),
@@ -202,18 +198,18 @@ impl OpTable {
 
     /// Operations tracked, the caller's and the context's own.
     pub(crate) fn tracked(&self) -> usize {
-        self.caller_ops + self.internal_ops
+        self.slots.len() - self.free_slots.len()
     }
 
     /// The caller's operations in flight: not yet handed to the caller.
     /// Call [`settle_all`](Self::settle_all) first for an exact count.
     pub(crate) fn caller_ops(&self) -> usize {
-        self.caller_ops
+        self.pinned.len() + self.unpinned.len()
     }
 
     /// The context's own operations in flight.
     pub(crate) fn internal_ops(&self) -> usize {
-        self.internal_ops
+        self.tracked() - self.caller_ops()
     }
 
     /// Tracks a caller's operation under `label`, taking what it keeps
@@ -247,7 +243,6 @@ impl OpTable {
             let labels: Vec<u64> = self.unpinned_labels().collect();
             self.unpinned.rebuild(labels.into_iter());
         }
-        self.caller_ops += 1;
         Ok(self.identity(slot))
     }
 
@@ -261,7 +256,6 @@ impl OpTable {
             cancels: target.is_some(),
         };
         let slot = self.allocate(owner, target.unwrap_or(0), KeepAlive::default());
-        self.internal_ops += 1;
         Some(self.identity(slot))
     }
 
@@ -293,14 +287,10 @@ impl OpTable {
         self.free_slots.push(slot);
         match owner {
             Owner::Caller { pins: true } => {
-                self.caller_ops -= 1;
                 self.pinned.remove(label);
             }
-            Owner::Caller { pins: false } => {
-                self.caller_ops -= 1;
-                self.unpinned.remove(label);
-            }
-            Owner::Internal { .. } => self.internal_ops -= 1,
+            Owner::Caller { pins: false } => self.unpinned.remove(label),
+            Owner::Internal { .. } => {}
             Owner::Free => unreachable!("released a slot that holds no operation"),
         }
         keep_alive

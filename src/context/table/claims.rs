@@ -118,7 +118,7 @@ impl OpTable {
     /// completions handed back wait, for whose sake a wake-up's completion
     /// keeps the ring fd readable.
     pub(crate) fn swallow_own_at_front(&mut self, cq: &mut CompletionQueue) {
-        if self.internal_ops == 0 || !self.returned.is_empty() {
+        if self.internal_ops() == 0 || !self.returned.is_empty() {
             return;
         }
         while let Some(cqe) = cq.peek() {

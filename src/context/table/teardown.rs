@@ -2,6 +2,7 @@
 //! forgetting everything at once.
 
 use super::super::labels::{LabelTable, UnpinnedCounts};
+use super::super::lock;
 use super::{OpTable, Owner, Slot};
 use crate::iobuf::KernelIovecs;
 
@@ -40,9 +41,7 @@ impl OpTable {
     /// stay for the life of the process. Files held open are closed (the
     /// kernel holds its own reference to a file it uses).
     pub(crate) fn leak_all(&mut self) {
-        let mut leaked = LEAKED
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut leaked = lock(&LEAKED);
         for entry in &mut self.slots {
             if let Some(iovecs) = std::mem::take(&mut entry.keep_alive).iovecs {
                 leaked.push(iovecs);
@@ -67,8 +66,6 @@ impl OpTable {
         self.free_slots.clear();
         self.pinned = LabelTable::new();
         self.unpinned = UnpinnedCounts::new();
-        self.caller_ops = 0;
-        self.internal_ops = 0;
         self.records
             .iter_mut()
             .for_each(|record| record.in_use = false);
