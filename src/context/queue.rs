@@ -6,7 +6,7 @@ use std::sync::atomic::Ordering;
 use super::table::{OpTable, Refusal};
 use super::{lock, URingContext};
 use crate::abi::{Sqe, URingOperation, UserData};
-use crate::op::{OpBatch, Operation, Prepared, Resolve, SharedFd};
+use crate::op::{OpBatch, Operation, Prepared, Resolve};
 use crate::{Error, Result};
 
 impl URingContext {
@@ -84,7 +84,7 @@ impl URingContext {
         self.check_process()?;
         // Files released while settling; declared before the guards, so
         // dropped after both are released.
-        let mut released_files = Vec::new();
+        let _released_files;
         let mut submit = lock(&self.submit);
         let mut side = lock(&self.completion);
         let table = &mut side.table;
@@ -97,7 +97,6 @@ impl URingContext {
             if let Resolve::TargetLabel(target) = prepared.resolve {
                 // Completions the caller already has are no targets.
                 table.settle_all(&self.claim_progress);
-                released_files.append(&mut table.take_released_files());
                 let targets = table.identities_with_label(target);
                 let first = targets.first().copied();
                 prepared.sqe.set_addr(first.unwrap_or(table.no_identity()));
@@ -116,7 +115,7 @@ impl URingContext {
                     break;
                 }
             }
-            match self.track(table, prepared, *label, &mut released_files) {
+            match self.track(table, prepared, *label) {
                 Ok(identity) => {
                     prepared.sqe.set_user_data(identity);
                     tracked += 1;
@@ -127,6 +126,7 @@ impl URingContext {
                 }
             }
         }
+        _released_files = table.take_released_files();
         let count = u32::try_from(ops.len() + extra.len()).ok();
         let slots = match failure {
             None => count.and_then(|count| submit.free_slots(count)),
@@ -154,16 +154,17 @@ impl URingContext {
     /// the path of every single add.
     fn queue_one(&self, mut prepared: Prepared, label: UserData) -> Result<()> {
         self.check_process()?;
-        // Files released while settling, dropped after both guards.
-        let mut released_files = Vec::new();
+        // Files released while settling; declared before the guards, so
+        // dropped after both are released.
+        let released_files;
         let mut submit = lock(&self.submit);
         let mut side = lock(&self.completion);
         let table = &mut side.table;
         // Refusals in the order `queue` gives them: the cap and the label
         // rule, then the submission queue's room.
-        let identity = self
-            .track(table, &mut prepared, label, &mut released_files)
-            .map_err(|refusal| refusal.error(label))?;
+        let tracked = self.track(table, &mut prepared, label);
+        released_files = table.take_released_files();
+        let identity = tracked.map_err(|refusal| refusal.error(label))?;
         let Some(slots) = submit.free_slots(1) else {
             prepared.keep_alive = table.untrack(identity);
             return Err(Error::NoSpace);
@@ -183,7 +184,7 @@ impl URingContext {
     /// When the label rule refuses, the operation in the way may have been
     /// handed to the caller already by an iterator whose progress is not
     /// yet settled: settle and try once more. Files that releases set aside
-    /// go to `released_files`, for the caller to drop once unlocked.
+    /// stay in the table, for the caller to take and drop once unlocked.
     // Inlined into both callers: the one-op path is the hot one.
     #[inline(always)]
     fn track(
@@ -191,14 +192,12 @@ impl URingContext {
         table: &mut OpTable,
         prepared: &mut Prepared,
         label: UserData,
-        released_files: &mut Vec<SharedFd>,
     ) -> std::result::Result<u64, Refusal> {
         let (pins, cap) = (prepared.pins_caller_memory, self.in_flight_cap);
         let keep_alive = &mut prepared.keep_alive;
         let mut result = table.track_caller(label, pins, keep_alive, cap);
         if result == Err(Refusal::SharedLabel) {
             table.settle_all(&self.claim_progress);
-            released_files.append(&mut table.take_released_files());
             result = table.track_caller(label, pins, keep_alive, cap);
         }
         result
