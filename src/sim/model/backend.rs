@@ -161,7 +161,7 @@ impl Backend for SimRing {
         let errno = |e| Err(io::Error::from_raw_os_error(e));
         let mut world = self.shared.world();
         let ring = ring_mut(&mut world, self.id);
-        if ring.restricted {
+        if ring.restricted() {
             let allowed = ring
                 .restrictions
                 .as_ref()
@@ -218,7 +218,6 @@ impl Backend for SimRing {
                 if !ring.disabled {
                     return errno(libc::EBADFD);
                 }
-                ring.restricted = ring.restrictions.is_some();
                 ring.disabled = false;
                 Ok(0)
             }

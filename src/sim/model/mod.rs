@@ -66,8 +66,6 @@ pub(super) struct RingModel {
     pub(super) cq_tail: u32,
     pub(super) disabled: bool,
     pub(super) restrictions: Option<Restrictions>,
-    /// Restrictions registered and the ring enabled: they are enforced.
-    pub(super) restricted: bool,
     pub(super) eventfd: Option<i32>,
     pub(super) polls: Vec<PendingPoll>,
     /// Consumed SQEs whose work is held back (see `defer_completions`).
@@ -143,7 +141,6 @@ impl RingModel {
             cq_tail: 0,
             disabled: params.flags & IORING_SETUP_R_DISABLED != 0,
             restrictions: None,
-            restricted: false,
             eventfd: None,
             polls: Vec::new(),
             deferred: Vec::new(),
@@ -212,9 +209,15 @@ impl RingModel {
         flushed
     }
 
+    /// Whether restrictions are enforced: registered, and the ring enabled
+    /// (they can only be registered while it is disabled).
+    pub(super) fn restricted(&self) -> bool {
+        !self.disabled && self.restrictions.is_some()
+    }
+
     /// `EACCES` if the restrictions forbid `sqe`.
     pub(super) fn check_restrictions(&self, sqe: &Sqe) -> Result<(), i32> {
-        let Some(restrictions) = self.restrictions.as_ref().filter(|_| self.restricted) else {
+        let Some(restrictions) = self.restrictions.as_ref().filter(|_| self.restricted()) else {
             return Ok(());
         };
         let allowed_op = bit_set(restrictions.sqe_ops, sqe.opcode().into());

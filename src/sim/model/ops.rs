@@ -150,13 +150,13 @@ pub(in crate::sim) fn models(op: URingOperation) -> bool {
     crate::op::ISSUABLE.contains(&op)
 }
 
-/// Does the work of a nop, readv, writev, fsync or fallocate; returns its
-/// result.
 /// The largest simulated file, in bytes: a write or an allocation past it
 /// fails with `EFBIG`, as past a file system's limit, rather than make the
 /// simulation allocate that much.
 const MAX_SIM_FILE: usize = 1 << 30;
 
+/// Does the work of a nop, readv, writev, fsync or fallocate; returns its
+/// result.
 pub(super) fn run(world: &mut World, sqe: &Sqe) -> Result<i32, i32> {
     let op = URingOperation::from_raw(sqe.opcode()).ok_or(libc::EINVAL)?;
     if op == URingOperation::Nop {
