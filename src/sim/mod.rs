@@ -190,7 +190,9 @@ struct World {
 
 impl World {
     /// A pseudo-random number (xorshift64*), for choices the config leaves
-    /// to chance.
+    /// to chance. Its own generator rather than fastrand: the `sim` feature
+    /// ships in the library, whose dependencies stay the ring core's four,
+    /// and six lines replay a seed the same way on every version.
     fn random(&mut self) -> u64 {
         let mut x = self.rng;
         x ^= x >> 12;
