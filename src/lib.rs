@@ -29,7 +29,8 @@
 //! // Not in the allowlist: the kernel consumes the fsync but refuses it.
 //! ring.add_fsync(file.as_raw_fd(), 2)?;
 //! let (_, result) = ring.wait()?.next().unwrap();
-//! assert_eq!(result.unwrap_err().raw_os_error(), Some(libc::EACCES));
+//! // EACCES, which `std::io` reports as PermissionDenied.
+//! assert_eq!(result.unwrap_err().kind(), std::io::ErrorKind::PermissionDenied);
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 //!
