@@ -171,11 +171,11 @@ fn run(config: &Config) -> Result<(), BoxError> {
     let stats = &worker.stats;
     let ops = stats.reads + stats.writes + stats.fsyncs;
     println!(
-        "served {} requests ({} reads, {} writes) and {} fsyncs in {:.2?}: {:.0} ops/s",
+        "served {} requests ({} reads, {} writes) and {} in {:.2?}: {:.0} operations/s, fsyncs included",
         stats.reads + stats.writes,
         stats.reads,
         stats.writes,
-        stats.fsyncs,
+        plural(stats.fsyncs, "fsync"),
         elapsed,
         ops as f64 / elapsed.as_secs_f64()
     );
@@ -336,12 +336,14 @@ impl Opt {
     fn help(self) -> String {
         match self {
             Opt::Requests => format!(
-                "read/write requests to serve\n\
+                "read/write requests to serve; decimal, or hex after 0x\n\
                  [default: $BLOCKDEV_REQUESTS, else {DEFAULT_REQUESTS}]"
             ),
             Opt::Seed => format!(
                 "seed of the new image's bytes, the offsets, lengths and\n\
-                 written data; decimal, or hex after 0x\n\
+                 written data (which requests are redrawn still depends on\n\
+                 completion order, so the exact mix varies between runs);\n\
+                 decimal, or hex after 0x\n\
                  [default: $BLOCKDEV_SEED, else {DEFAULT_SEED:#x}]"
             ),
             Opt::Help => "print this help and exit".into(),
@@ -881,4 +883,10 @@ fn first_difference(a: &[u8], b: &[u8]) -> Option<usize> {
 
 fn mib(bytes: u64) -> f64 {
     bytes as f64 / f64::from(1 << 20)
+}
+
+/// `count` and `noun`, with an "s" unless `count` is 1.
+fn plural(count: u64, noun: &str) -> String {
+    let s = if count == 1 { "" } else { "s" };
+    format!("{count} {noun}{s}")
 }
