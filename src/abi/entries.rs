@@ -229,6 +229,14 @@ pub(crate) enum RestrictionKind {
 }
 
 impl RestrictionKind {
+    /// Every kind, for decoding.
+    const ALL: [RestrictionKind; 4] = [
+        RestrictionKind::RegisterOp,
+        RestrictionKind::SqeOp,
+        RestrictionKind::SqeFlagsAllowed,
+        RestrictionKind::SqeFlagsRequired,
+    ];
+
     fn raw(self) -> u32 {
         match self {
             RestrictionKind::RegisterOp => IORING_RESTRICTION_REGISTER_OP,
@@ -259,14 +267,9 @@ pub(crate) fn restriction(kind: RestrictionKind, value: u8) -> Restriction {
 impl Restriction {
     /// What the entry restricts (`None` for an unknown kind) and its value.
     pub(crate) fn parts(&self) -> (Option<RestrictionKind>, u8) {
-        let kind = [
-            RestrictionKind::RegisterOp,
-            RestrictionKind::SqeOp,
-            RestrictionKind::SqeFlagsAllowed,
-            RestrictionKind::SqeFlagsRequired,
-        ]
-        .into_iter()
-        .find(|kind| kind.raw() == u32::from(self.0.opcode));
+        let kind = RestrictionKind::ALL
+            .into_iter()
+            .find(|kind| kind.raw() == u32::from(self.0.opcode));
         // SAFETY: every member of this union is the same `u8`.
         (kind, unsafe { self.0.__bindgen_anon_1.sqe_op })
     }
@@ -321,12 +324,7 @@ mod tests {
 
     #[test]
     fn restrictions_round_trip() {
-        for kind in [
-            RestrictionKind::RegisterOp,
-            RestrictionKind::SqeOp,
-            RestrictionKind::SqeFlagsAllowed,
-            RestrictionKind::SqeFlagsRequired,
-        ] {
+        for kind in RestrictionKind::ALL {
             assert_eq!(restriction(kind, 9).parts(), (Some(kind), 9));
         }
         assert_eq!(
