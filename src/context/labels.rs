@@ -20,6 +20,17 @@
 
 use std::hash::BuildHasher;
 
+/// Hashes a label with a per-table random `key`: a folded multiply, the
+/// full 128-bit product folded so every input bit reaches the low bits that
+/// pick a slot or bucket, and a caller's choice of labels cannot line up
+/// collisions without knowing the key.
+#[inline]
+fn fold_hash(label: u64, key: u64) -> usize {
+    const MULTIPLIER: u64 = 0x9e37_79b9_7f4a_7c15;
+    let product = u128::from(label ^ key) * u128::from(MULTIPLIER);
+    ((product as u64) ^ ((product >> 64) as u64)) as usize
+}
+
 /// Slots in a new table; it doubles when more than half full.
 const INITIAL_SLOTS: usize = 64;
 
@@ -53,11 +64,7 @@ impl<T> LabelTable<T> {
     /// The slot where probing for `user_data` starts.
     #[inline]
     fn home(&self, user_data: u64) -> usize {
-        const MULTIPLIER: u64 = 0x9e37_79b9_7f4a_7c15;
-        // The full 128-bit product, folded, so every input bit reaches the
-        // low bits that pick the slot.
-        let product = u128::from(user_data ^ self.key) * u128::from(MULTIPLIER);
-        ((product as u64) ^ ((product >> 64) as u64)) as usize & self.mask()
+        fold_hash(user_data, self.key) & self.mask()
     }
 
     /// The slot holding `user_data`, if any.
@@ -178,9 +185,7 @@ impl UnpinnedCounts {
 
     #[inline]
     fn bucket(&self, label: u64) -> usize {
-        const MULTIPLIER: u64 = 0x9e37_79b9_7f4a_7c15;
-        let product = u128::from(label ^ self.key) * u128::from(MULTIPLIER);
-        ((product as u64) ^ ((product >> 64) as u64)) as usize & (self.counts.len() - 1)
+        fold_hash(label, self.key) & (self.counts.len() - 1)
     }
 
     /// Operations counted.
