@@ -305,6 +305,7 @@ impl Real {
 
 impl Model for Real {
     type Kind = Kind;
+    const CONTROL: Kind = Kind::Control;
 
     /// The one place this target knows its operations: a new opcode in
     /// `op::ISSUABLE` needs an arm here, and fails at the first input
@@ -334,12 +335,6 @@ impl Model for Real {
             URingOperation::PollAdd => {
                 let op = PollAdd::new(Arc::clone(&self.pipe.reader), EventType::Read);
                 adder.push(op, Spec::new(Kind::Poll));
-            }
-            URingOperation::PollRemove => {
-                adder.push_cancel(true, input.target.value(), Kind::Control)
-            }
-            URingOperation::AsyncCancel => {
-                adder.push_cancel(false, input.target.value(), Kind::Control)
             }
             other => panic!(
                 "{other:?} is in op::ISSUABLE, but real_kernel_ops has no arm for it: add one \

@@ -295,6 +295,7 @@ impl Restricted {
 
 impl Model for Restricted {
     type Kind = Kind;
+    const CONTROL: Kind = Kind::Control;
 
     /// The one place this target knows its operations: a new opcode in
     /// `op::ISSUABLE` needs an arm here, and fails at the first input
@@ -350,12 +351,6 @@ impl Model for Restricted {
                 // first, and the kernel drops its polls with it).
                 let reader = unsafe { Target::from_raw_fd(self.pipe.reader.as_raw_fd()) };
                 adder.push(PollAdd::new(reader, EventType::Read), Spec::new(Kind::Poll));
-            }
-            URingOperation::PollRemove => {
-                adder.push_cancel(true, input.target.value(), Kind::Control)
-            }
-            URingOperation::AsyncCancel => {
-                adder.push_cancel(false, input.target.value(), Kind::Control)
             }
             other => panic!(
                 "{other:?} is in op::ISSUABLE, but restricted_ring has no arm for it: add one \

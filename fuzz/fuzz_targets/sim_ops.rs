@@ -117,6 +117,7 @@ fn sim_fd(fd: RawFd) -> Target {
 
 impl Model for Sim {
     type Kind = Kind;
+    const CONTROL: Kind = Kind::Control;
 
     /// The one place this target knows its operations: a new opcode in
     /// `op::ISSUABLE` needs an arm here, and fails at the first input
@@ -183,12 +184,6 @@ impl Model for Sim {
             URingOperation::PollAdd => {
                 let op = PollAdd::new(sim_fd(self.pollable), EventType::Read);
                 adder.push(op, Spec::new(Kind::Poll));
-            }
-            URingOperation::PollRemove => {
-                adder.push_cancel(true, input.target.value(), Kind::Control)
-            }
-            URingOperation::AsyncCancel => {
-                adder.push_cancel(false, input.target.value(), Kind::Control)
             }
             other => panic!(
                 "{other:?} is in op::ISSUABLE, but sim_ops has no arm for it: add one to `build`"

@@ -292,7 +292,7 @@ impl<'a, K> Adder<'a, K> {
 
     /// Adds a poll removal (`polls_only`) or a cancellation aimed at the
     /// label `target`, whose completion the target checks as `control`.
-    pub fn push_cancel(&mut self, polls_only: bool, target: u64, control: K) {
+    fn push_cancel(&mut self, polls_only: bool, target: u64, control: K) {
         let spec = Spec::new(control).aim(Aim { target, polls_only });
         if polls_only {
             self.push(ringfence::op::PollRemove::new(target), spec);
@@ -338,13 +338,29 @@ impl<'a, K> Adder<'a, K> {
     }
 }
 
+/// Builds the operation `input` names into `adder`: a poll removal or a
+/// cancellation aimed at a label the same way for every target, anything
+/// else with the target's [`Model::build`].
+fn build<M: Model>(model: &M, input: &OpInput, adder: &mut Adder<'_, M::Kind>) {
+    match input.opcode() {
+        URingOperation::PollRemove => adder.push_cancel(true, input.target.value(), M::CONTROL),
+        URingOperation::AsyncCancel => adder.push_cancel(false, input.target.value(), M::CONTROL),
+        _ => model.build(input, adder),
+    }
+}
+
 /// What a target knows of its operations and files.
 pub trait Model {
     /// The target's description of an operation in flight.
     type Kind: Debug;
 
+    /// The kind of a poll removal or cancellation by label, which
+    /// [`build`] adds for every target alike.
+    const CONTROL: Self::Kind;
+
     /// Builds the operation `input` names and pushes it into `adder`: the
-    /// one `match` over opcodes (with a loud arm for any opcode it lacks).
+    /// one `match` over opcodes (with a loud arm for any opcode it lacks),
+    /// except the operations on a label, which [`build`] adds.
     fn build(&self, input: &OpInput, adder: &mut Adder<'_, Self::Kind>);
 
     /// Whether `kind` may complete with `res`; `ECANCELED` and `EACCES` are
@@ -405,7 +421,7 @@ pub fn check_arms<M: Model>(model: &M) {
             };
             assert_eq!(input.opcode(), opcode);
             let mut adder = Adder::new(Mode::Probe, opcode, input.label.value(), false);
-            model.build(&input, &mut adder);
+            build(model, &input, &mut adder);
             adder.finish();
         }
     });
@@ -729,7 +745,7 @@ impl<M: Model> Book<M> {
         let opcode = input.opcode();
         let slot_free = self.slot_free(label);
         let mut adder = Adder::new(Mode::Add(ring), opcode, label, slot_free);
-        self.model.build(input, &mut adder);
+        build(&self.model, input, &mut adder);
         let mut pushed = adder.finish();
         let result = pushed.result.take().expect("added");
         if let Some(offset) = pushed.spec.offset.filter(|o| *o > MAX_OFFSET) {
@@ -919,7 +935,7 @@ impl<M: Model> World<M> {
             let slot_free = self.book.slot_free(label);
             let before = batch.len();
             let mut adder = Adder::new(Mode::Batch(&mut batch), opcode, label, slot_free);
-            self.book.model.build(input, &mut adder);
+            build(&self.book.model, input, &mut adder);
             let mut pushed = adder.finish();
             let result = pushed.result.take().expect("batched");
             match pushed.spec.offset.filter(|o| *o > MAX_OFFSET) {
