@@ -11,16 +11,20 @@ use crate::abi::{RegisterOperation, MAX_ENTRIES, MAX_FILE_OFFSET, MAX_IOVECS};
 pub enum Error {
     /// [`URingContext::close`](crate::URingContext::close) found operations
     /// still in flight on a ring whose allowlist lacks
-    /// [`URingOperation::AsyncCancel`](crate::URingOperation::AsyncCancel):
+    /// [`URingOperation::AsyncCancel`](crate::URingOperation::AsyncCancel),
+    /// or requires an SQE flag the context's own SQEs cannot carry (see
+    /// [`require_sqe_flags`](crate::URingAllowlist::require_sqe_flags)):
     /// nothing can stop them, so their state was leaked at once (the
     /// memory their buffers point to must stay valid for the life of the
     /// process). Allow the housekeeping pair with
-    /// [`URingAllowlist::allow_housekeeping`](crate::URingAllowlist::allow_housekeeping).
+    /// [`URingAllowlist::allow_housekeeping`](crate::URingAllowlist::allow_housekeeping),
+    /// and require no flag beyond `FIXED_FILE` and `ASYNC`.
     #[error(
-        "{0} operations were still in flight on a ring whose allowlist does not allow \
-         AsyncCancel: they cannot be cancelled, so their state was leaked and the memory \
-         their buffers point to must stay valid for the life of the process; allow \
-         AsyncCancel (URingAllowlist::allow_housekeeping) to let close and drop cancel them"
+        "{0} operations were still in flight on a ring that cannot cancel (its allowlist \
+         lacks AsyncCancel, or requires an SQE flag beyond FIXED_FILE and ASYNC): their \
+         state was leaked and the memory their buffers point to must stay valid for the \
+         life of the process; allow AsyncCancel (URingAllowlist::allow_housekeeping) and \
+         require no other flag to let close and drop cancel them"
     )]
     CancelNotAllowed(usize),
     /// The kernel dropped completions it had no memory to keep (its CQ

@@ -40,7 +40,8 @@ impl URingContext {
     ///   iovecs point to must stay valid for the life of the process,
     ///   because the kernel may still write to it.
     /// - [`Error::CancelNotAllowed`]: the ring's allowlist lacks
-    ///   `AsyncCancel`, so nothing could stop the operations still in
+    ///   `AsyncCancel` (or requires an SQE flag beyond `FIXED_FILE` and
+    ///   `ASYNC`), so nothing could stop the operations still in
     ///   flight: close reaped what had already completed and leaked the
     ///   rest at once, without waiting for `timeout`.
     ///
@@ -110,13 +111,20 @@ impl URingContext {
     /// context, so no `io_uring_enter` runs but this one's, and no
     /// completions iterator is alive.
     fn drain(&mut self, timeout: Duration) -> Drained {
+        // No iterator can be alive (`&mut self`), so completions claimed
+        // and not yet yielded will never be: their operations are done.
+        self.table_mut().release_all_claims();
+        // Then the count is exact. With none of the caller's operations
+        // left (an idle ring, or a drop after `close`), what may still be
+        // queued or in the kernel is the context's own, which points at no
+        // memory: nothing to wait for.
+        if self.table_mut().caller_ops() == 0 {
+            return Drained::All;
+        }
         // SAFETY: `&mut self`: every enter goes through a `&self` method, so
         // none runs while this rewrites the queued SQEs; the ring has no
         // SQPOLL thread (the context never sets one up).
         unsafe { lock(&self.submit).replace_queued_with_nops() };
-        // No iterator can be alive (`&mut self`), so completions claimed
-        // and not yet yielded will never be: their operations are done.
-        self.table_mut().release_all_claims();
         let can_cancel = self.can_cancel.load(Ordering::Relaxed);
         let deadline = Deadline::after(if can_cancel { timeout } else { Duration::ZERO });
         loop {

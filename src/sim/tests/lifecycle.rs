@@ -124,3 +124,14 @@ fn close_cancels_a_poll_on_a_ring_whose_allowlist_has_the_housekeeping_pair() {
         "the poll and its cancellation"
     );
 }
+
+#[test]
+fn dropping_a_ring_with_nothing_of_the_callers_in_flight_enters_the_kernel_no_more() {
+    let kernel = SimKernel::new();
+    let ring = kernel.new_context(4, None).unwrap();
+    ring.add_nop(1).unwrap();
+    assert_eq!(ring.wait().unwrap().count(), 1);
+    let enters = kernel.stats().enters;
+    drop(ring);
+    assert_eq!(kernel.stats().enters, enters, "drop drained an idle ring");
+}
