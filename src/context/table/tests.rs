@@ -149,6 +149,10 @@ fn cancelling_by_label_finds_every_operation_with_it_oldest_first() {
         table.untrack(id);
     }
     let c = track(&mut table, 5, false).unwrap();
+    assert!(
+        table.decode(c) < table.decode(a),
+        "the premise: the newest has the lowest slot"
+    );
     assert_eq!(table.identities_with_label(5), [a, b, c]);
     table.untrack(a);
     assert_eq!(table.identities_with_label(5), [b, c]);

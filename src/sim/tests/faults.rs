@@ -2,7 +2,7 @@
 //! enters, dropped completions), the CQ overflow list, and completions held
 //! back and released in a random order.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::super::{Fault, SimConfig, SimKernel};
 use super::{add_without_reaping, errno, iovecs, reap, scaled};
@@ -84,7 +84,14 @@ fn wait_with_work_in_the_kernel_backs_off_then_submits_again_after_ebusy() {
     ring.submit().unwrap();
     ring.add_nop(2).unwrap();
     kernel.inject(Fault::Busy);
+    let started = Instant::now();
     let first: Vec<_> = ring.wait().unwrap().map(|(ud, _)| ud).collect();
+    // The back-off is wait.rs's KERNEL_BUSY_BACKOFF, 10 ms: a poll of the
+    // ring that nothing makes readable runs for all of it.
+    assert!(
+        started.elapsed() >= Duration::from_millis(10),
+        "submitted again without backing off"
+    );
     assert_eq!(first, [2], "the nop, submitted after the back-off");
     assert_eq!(kernel.stats().faults_injected, 1);
     kernel.set_ready(pollable, libc::POLLIN as u32);

@@ -104,6 +104,7 @@ fn completions_posted_by_another_thread_are_read_through_the_cq_ring_protocol_al
         unsafe { ring.add_readv(iovecs(&mut [buf]), fd, Some(i as u64), i as u64) }.unwrap();
     }
     ring.submit().unwrap();
+    let enters = kernel.stats().enters;
     let reaped = std::thread::scope(|s| {
         // The kernel's side runs the reads and posts their completions on
         // its own thread. The reaper never enters the kernel (nothing is
@@ -126,6 +127,11 @@ fn completions_posted_by_another_thread_are_read_through_the_cq_ring_protocol_al
         reaped
     });
     assert_eq!(reaped.len(), OPS);
+    assert_eq!(
+        kernel.stats().enters,
+        enters,
+        "the reaper entered the kernel, whose lock would order the accesses"
+    );
     for (user_data, result) in reaped {
         assert_eq!(result.unwrap(), 1);
         assert_eq!(bufs[user_data as usize][0], user_data as u8);
@@ -180,8 +186,17 @@ fn completions_handed_back_wake_a_waiter_blocked_on_another_thread() {
         // Nothing is ready for it, so it blocks in the kernel; only the
         // hand-back (and the wake-up nop it posts) can end that wait before
         // the simulated kernel's watchdog fails the test.
+        let enters = kernel.stats().enters;
         let waiter = s.spawn(|| ring.wait().unwrap().collect::<Vec<_>>());
+        let deadline = Instant::now() + TEST_DEADLINE;
+        while kernel.stats().enters == enters && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(1));
+        }
         std::thread::sleep(Duration::from_millis(20));
+        assert!(
+            !waiter.is_finished(),
+            "the waiter did not block, so nothing here wakes it"
+        );
         drop(iterator);
         waiter.join().unwrap()
     });
