@@ -43,7 +43,6 @@ fn only(ring: &URingContext, user_data: u64) -> io::Result<u32> {
     result
 }
 
-/// The errno of a failed completion, if it failed.
 /// The position of `file`'s open file description.
 fn position(file: &File) -> u64 {
     let mut file = file;

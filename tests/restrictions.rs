@@ -91,7 +91,6 @@ fn assert_register_fails(result: Result<(), Error>, want: RegisterOperation, err
     }
 }
 
-/// A scratch file of `len` zero bytes, opened read-write.
 /// `struct io_uring_getevents_arg` (IORING_ENTER_EXT_ARG).
 #[repr(C)]
 struct GeteventsArg {
