@@ -75,11 +75,13 @@ impl<'a> Completions<'a> {
         if let Some(id) = self.record.take() {
             side.table.close_record(id, self.len - 1);
         }
-        let want = if self.claimed_before && side.table.record_available() {
-            CLAIM_BATCH
-        } else {
-            1
-        };
+        // A batch needs a record; the first claim of an iterator takes one
+        // completion only.
+        let record = self
+            .claimed_before
+            .then(|| side.table.free_record())
+            .flatten();
+        let want = if record.is_some() { CLAIM_BATCH } else { 1 };
         self.claimed_before = true;
         // Claimed straight into the batch: the first is yielded now, the
         // rest from `batch[1..]`.
@@ -90,11 +92,8 @@ impl<'a> Completions<'a> {
             // The caller has the first one as soon as this returns.
             side.table.yielded(first);
         }
-        if count > 1 {
-            let id = side
-                .table
-                .open_record(&self.batch[1..count])
-                .expect("a record was available for a batch claim");
+        if let (true, Some(id)) = (count > 1, record) {
+            side.table.open_record(id, &self.batch[1..count]);
             // Under the lock, before anyone can settle this record.
             self.ring.claim_progress[id].store(0, Ordering::Relaxed);
             (self.next, self.len, self.record) = (1, count, Some(id));

@@ -93,10 +93,15 @@ impl URingContext {
         let mut extra: Vec<Sqe> = Vec::new();
         let mut tracked = 0;
         let mut failure = None;
+        let mut settled = false;
         for (prepared, label) in ops.iter_mut() {
             if let Resolve::TargetLabel(target) = prepared.resolve {
-                // Completions the caller already has are no targets.
-                table.settle_all(&self.claim_progress);
+                // Completions the caller already has are no targets: settle
+                // once per batch (this call holds the lock throughout).
+                if !settled {
+                    table.settle_all(&self.claim_progress);
+                    settled = true;
+                }
                 let targets = table.identities_with_label(target);
                 let first = targets.first().copied();
                 prepared.sqe.set_addr(first.unwrap_or(table.no_identity()));

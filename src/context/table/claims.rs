@@ -152,19 +152,19 @@ impl OpTable {
         }
     }
 
-    /// Records `items` as a batch a live iterator yields from; returns its
-    /// id, or `None` when [`MAX_CLAIMS`] are outstanding.
-    pub(crate) fn open_record(&mut self, items: &[Claimed]) -> Option<usize> {
-        let id = self.records.iter().position(|record| !record.in_use)?;
-        let record = &mut self.records[id];
-        record.items[..items.len()].copy_from_slice(items);
-        (record.in_use, record.len, record.settled) = (true, items.len(), 0);
-        Some(id)
+    /// A free record id, for a claim that may then take a batch; `None`
+    /// when [`MAX_CLAIMS`] are outstanding.
+    pub(crate) fn free_record(&self) -> Option<usize> {
+        self.records.iter().position(|record| !record.in_use)
     }
 
-    /// Whether a record id is free, so that a claim may take a batch.
-    pub(crate) fn record_available(&self) -> bool {
-        self.records.iter().any(|record| !record.in_use)
+    /// Records `items` in record `id` (from [`free_record`](Self::free_record))
+    /// as a batch a live iterator yields from.
+    pub(crate) fn open_record(&mut self, id: usize, items: &[Claimed]) {
+        let record = &mut self.records[id];
+        debug_assert!(!record.in_use, "record {id} is in use");
+        record.items[..items.len()].copy_from_slice(items);
+        (record.in_use, record.len, record.settled) = (true, items.len(), 0);
     }
 
     /// Releases the operations of record `id`'s first `yielded` items that

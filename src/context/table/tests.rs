@@ -111,7 +111,8 @@ fn records_release_what_was_yielded_and_hand_back_the_rest_in_order() {
         .iter()
         .map(|&id| table.classify(cqe(id, 0, CqeFlags::empty())).unwrap())
         .collect();
-    let record = table.open_record(&items).unwrap();
+    let record = table.free_record().unwrap();
+    table.open_record(record, &items);
     let progress: Vec<AtomicU32> = (0..MAX_CLAIMS).map(|_| AtomicU32::new(0)).collect();
     progress[record].store(1, Ordering::Release);
     table.settle_all(&progress);
