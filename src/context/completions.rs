@@ -70,7 +70,7 @@ impl<'a> Completions<'a> {
             self.exhausted = true;
             return None;
         }
-        let mut guard = lock(&self.ring.completion);
+        let mut guard = lock(&self.ring.state);
         let side = &mut *guard;
         if let Some(id) = self.record.take() {
             side.table.close_record(id, self.len - 1);
@@ -129,7 +129,7 @@ impl Drop for Completions<'_> {
         let Some(id) = self.record.take() else {
             return;
         };
-        let mut side = lock(&self.ring.completion);
+        let mut side = lock(&self.ring.state);
         let handed_back = side.table.close_record(id, self.next - 1);
         self.ring.unlock(side);
         if handed_back > 0 {

@@ -96,7 +96,7 @@ impl URingContext {
     /// are still in flight.
     fn discard_ready(&self) -> usize {
         Completions::new(self).for_each(drop);
-        lock(&self.completion).table.caller_ops()
+        lock(&self.state).table.caller_ops()
     }
 
     /// Cancels every operation in flight and reaps completions until none
@@ -124,7 +124,7 @@ impl URingContext {
         // SAFETY: `&mut self`: every enter goes through a `&self` method, so
         // none runs while this rewrites the queued SQEs; the ring has no
         // SQPOLL thread (the context never sets one up).
-        unsafe { lock(&self.submit).replace_queued_with_nops() };
+        unsafe { lock(&self.state).sq.replace_queued_with_nops() };
         let can_cancel = self.can_cancel.load(Ordering::Relaxed);
         let deadline = Deadline::after(if can_cancel { timeout } else { Duration::ZERO });
         loop {
@@ -153,7 +153,7 @@ impl URingContext {
                     Drained::CannotCancel(left_in_flight)
                 };
             }
-            let targets = lock(&self.completion).table.uncancelled();
+            let targets = lock(&self.state).table.uncancelled();
             for target in targets {
                 let cancel = Sqe::new(URingOperation::AsyncCancel);
                 // May use the slot `add` leaves free (see `in_flight_cap`).
@@ -183,7 +183,7 @@ impl URingContext {
     /// The op table, reached through `&mut self` without locking.
     fn table_mut(&mut self) -> &mut super::table::OpTable {
         &mut self
-            .completion
+            .state
             .get_mut()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .table

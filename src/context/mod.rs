@@ -35,9 +35,10 @@ use table::{OpTable, MAX_CLAIMS};
 /// Operations are queued with [`add`](Self::add) (or the crosvm-named
 /// `add_*` methods), sent to the kernel by [`submit`](Self::submit) or
 /// [`wait`](Self::wait), and come back from the iterator `wait` returns as
-/// `(user_data, result)`. Everything goes through `&self`: the submission
-/// queue and the completion queue each have their own lock, so producers
-/// and reapers on different threads only contend briefly.
+/// `(user_data, result)`. Everything goes through `&self`: one lock, held
+/// for one add or one claim of up to 16 completions, never across a system
+/// call, so producers and reapers on different threads only contend
+/// briefly.
 ///
 /// ```
 /// use ringfence::URingContext;
@@ -108,15 +109,16 @@ use table::{OpTable, MAX_CLAIMS};
 pub struct URingContext {
     // Field order is drop order: both queues point into `memory`, which must
     // outlive them, and the mappings are removed before the ring fd closes.
-    submit: Mutex<SubmissionQueue>,
-    /// The SQ indices, read without the submit lock.
+    state: Mutex<RingState>,
+    /// The SQ indices, read without the lock.
     sq: SqIndices,
-    completion: Mutex<CompletionSide>,
-    /// The CQ indices, read without the completion lock.
+    /// The CQ indices, read without the lock.
     cq: CqIndices,
     /// For each outstanding claim, how many of its completions the
-    /// iterator that holds it has handed to the caller.
-    claim_progress: [AtomicU32; MAX_CLAIMS],
+    /// iterator that holds it has handed to the caller. Written by
+    /// reapers for every completion they yield, so on cache lines of its
+    /// own, apart from the lock that producers take.
+    claim_progress: CacheAligned<[AtomicU32; MAX_CLAIMS]>,
     /// Completions handed back and not yet claimed again (a copy of the
     /// table's count, read without the lock).
     returned: AtomicUsize,
@@ -145,11 +147,28 @@ pub struct URingContext {
     fork_generation: u64,
 }
 
-/// What the completion lock guards: the CQ head and the bookkeeping of
-/// every operation in flight.
-struct CompletionSide {
+/// What the context's one lock guards: the SQ tail and SQE slots, the CQ
+/// head, and the bookkeeping of every operation in flight. One lock, not
+/// one per queue: an add must track its operation and publish its SQE
+/// under the same lock (so a refusal leaves nothing behind and a completion
+/// always finds its record), and a second lock pair cost each add about as
+/// much as the rest of its bookkeeping.
+struct RingState {
+    sq: SubmissionQueue,
     cq: CompletionQueue,
     table: OpTable,
+}
+
+/// `T` on cache lines of its own (64 bytes on x86-64 and most of aarch64),
+/// so that writes to it do not slow readers of its neighbours.
+#[repr(align(64))]
+struct CacheAligned<T>(T);
+
+impl<T> std::ops::Deref for CacheAligned<T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        &self.0
+    }
 }
 
 /// Locks `mutex`, ignoring poisoning: no code panics while it holds a ring
@@ -167,7 +186,7 @@ impl URingContext {
     /// [`wait`](Self::wait)'s iterator, whether still queued, in the
     /// kernel, or completed and waiting in the ring or in an iterator.
     pub fn in_flight(&self) -> usize {
-        let mut side = lock(&self.completion);
+        let mut side = lock(&self.state);
         side.table.settle_all(&self.claim_progress);
         let in_flight = side.table.caller_ops();
         self.unlock(side);
@@ -209,11 +228,11 @@ impl URingContext {
         )
     }
 
-    /// Releases the completion lock, publishing the counts lock-free
-    /// readers use, then drops the files of operations released under it:
-    /// dropping an `Arc`'d file may run the caller's code, which must not
-    /// run under a ring lock (it could call back into the context).
-    fn unlock(&self, mut side: MutexGuard<'_, CompletionSide>) {
+    /// Releases the lock, publishing the counts lock-free readers use,
+    /// then drops the files of operations released under it: dropping an
+    /// `Arc`'d file may run the caller's code, which must not run under the
+    /// ring lock (it could call back into the context).
+    fn unlock(&self, mut side: MutexGuard<'_, RingState>) {
         self.publish_hints(&side.table);
         let files = side.table.take_released_files();
         drop(side);

@@ -78,16 +78,16 @@ impl URingContext {
     ///
     /// Operations are tracked before their SQEs are published, so a
     /// completion always finds its record, and both happen under the
-    /// submit lock, so a refusal leaves nothing behind.
+    /// lock, so a refusal leaves nothing behind.
     fn queue(&self, ops: &mut [(Prepared, UserData)]) -> Result<()> {
         let cap = self.in_flight_cap;
         self.check_process()?;
-        // Files released while settling; declared before the guards, so
-        // dropped after both are released.
+        // Files released while settling; declared before the guard, so
+        // dropped after it is released.
         let _released_files;
-        let mut submit = lock(&self.submit);
-        let mut side = lock(&self.completion);
-        let table = &mut side.table;
+        let mut guard = lock(&self.state);
+        let state = &mut *guard;
+        let table = &mut state.table;
         // Cancellations by label aimed at more than one operation: one
         // extra SQE of the context's own for each further target.
         let mut extra: Vec<Sqe> = Vec::new();
@@ -134,7 +134,7 @@ impl URingContext {
         _released_files = table.take_released_files();
         let count = u32::try_from(ops.len() + extra.len()).ok();
         let slots = match failure {
-            None => count.and_then(|count| submit.free_slots(count)),
+            None => count.and_then(|count| state.sq.free_slots(count)),
             Some(_) => None,
         };
         let Some(slots) = slots else {
@@ -148,10 +148,10 @@ impl URingContext {
             return Err(failure.unwrap_or(Error::NoSpace));
         };
         if !extra.is_empty() {
-            self.publish_hints(&side.table);
+            self.publish_hints(table);
         }
-        drop(side);
-        submit.publish(slots, ops.iter().map(|(op, _)| &op.sqe).chain(&extra));
+        let sqes = ops.iter().map(|(op, _)| &op.sqe).chain(&extra);
+        state.sq.publish(slots, sqes);
         Ok(())
     }
 
@@ -159,25 +159,23 @@ impl URingContext {
     /// the path of every single add.
     fn queue_one(&self, mut prepared: Prepared, label: UserData) -> Result<()> {
         self.check_process()?;
-        // Files released while settling; declared before the guards, so
-        // dropped after both are released.
+        // Files released while settling; declared before the guard, so
+        // dropped after it is released.
         let released_files;
-        let mut submit = lock(&self.submit);
-        let mut side = lock(&self.completion);
-        let table = &mut side.table;
+        let mut guard = lock(&self.state);
+        let state = &mut *guard;
         // Refusals in the order `queue` gives them: the cap and the label
         // rule, then the submission queue's room.
-        let tracked = self.track(table, &mut prepared, label);
-        released_files = table.take_released_files();
+        let tracked = self.track(&mut state.table, &mut prepared, label);
+        released_files = state.table.take_released_files();
         let identity = tracked.map_err(|refusal| refusal.error(label))?;
-        let Some(slots) = submit.free_slots(1) else {
-            prepared.keep_alive = table.untrack(identity);
+        let Some(slots) = state.sq.free_slots(1) else {
+            prepared.keep_alive = state.table.untrack(identity);
             return Err(Error::NoSpace);
         };
-        drop(side);
         prepared.sqe.set_user_data(identity);
-        submit.publish(slots, std::iter::once(&prepared.sqe));
-        drop(submit);
+        state.sq.publish(slots, std::iter::once(&prepared.sqe));
+        drop(guard);
         drop(released_files);
         Ok(())
     }
@@ -214,21 +212,20 @@ impl URingContext {
     /// the submission queue.
     pub(super) fn queue_own(&self, mut sqe: Sqe, target: Option<u64>, cap: usize) -> Result<()> {
         self.check_process()?;
-        let mut submit = lock(&self.submit);
-        let slots = submit.free_slots(1).ok_or(Error::NoSpace)?;
-        let mut side = lock(&self.completion);
-        let identity = side
+        let mut guard = lock(&self.state);
+        let state = &mut *guard;
+        let slots = state.sq.free_slots(1).ok_or(Error::NoSpace)?;
+        let identity = state
             .table
             .track_internal(target, cap)
             .ok_or(Error::NoSpace)?;
-        self.publish_hints(&side.table);
-        drop(side);
+        self.publish_hints(&state.table);
         if let Some(target) = target {
             sqe.set_addr(target);
         }
         sqe.set_user_data(identity);
         sqe.set_flags(self.own_sqe_flags());
-        submit.publish(slots, std::iter::once(&sqe));
+        state.sq.publish(slots, std::iter::once(&sqe));
         Ok(())
     }
 

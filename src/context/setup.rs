@@ -4,7 +4,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU8, AtomicUsize, Ordering};
 use std::sync::Mutex;
 
 use super::table::OpTable;
-use super::{CompletionSide, URingContext};
+use super::{CacheAligned, RingState, URingContext};
 use crate::abi::{IosqeFlags, RegisterOperation, SetupFlags, URingOperation, MAX_ENTRIES};
 use crate::bindings::{io_uring_params, IORING_FEAT_NODROP};
 use crate::error::{setup_error, Error, Result};
@@ -114,18 +114,18 @@ impl URingContext {
         let in_flight_cap = in_flight_cap(&params);
         // SAFETY: `memory` maps the ring `params` describes; the context
         // built below owns it and drops it after the queues (field order).
-        let submit = unsafe { SubmissionQueue::new(&memory, &params) }.map_err(Error::Mmap)?;
+        let sq = unsafe { SubmissionQueue::new(&memory, &params) }.map_err(Error::Mmap)?;
         // SAFETY: as above.
         let cq = unsafe { CompletionQueue::new(&memory, &params) }.map_err(Error::Mmap)?;
         Ok(URingContext {
-            sq: submit.indices(),
-            submit: Mutex::new(submit),
+            sq: sq.indices(),
             cq: cq.indices(),
-            completion: Mutex::new(CompletionSide {
+            state: Mutex::new(RingState {
+                sq,
                 cq,
                 table: OpTable::new(),
             }),
-            claim_progress: std::array::from_fn(|_| AtomicU32::new(0)),
+            claim_progress: CacheAligned(std::array::from_fn(|_| AtomicU32::new(0))),
             returned: AtomicUsize::new(0),
             internal_ops: AtomicUsize::new(0),
             wake_owed: AtomicBool::new(false),

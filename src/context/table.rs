@@ -78,18 +78,20 @@ enum Owner {
     Internal { cancels: bool },
 }
 
-/// One operation's place in the table. Its fields are written in place
-/// when an operation is tracked and cleared when it is released.
-#[derive(Default)]
+/// One operation's place in the table: small and `Copy`, written when an
+/// operation is tracked. What the operation keeps alive lives apart, in
+/// [`OpTable::kept`], touched only by operations that keep something.
+#[derive(Clone, Copy, Default)]
 struct Slot {
     generation: u16,
     owner: Owner,
+    /// The operation's [`KeepAlive`] is in `kept` at this slot's index.
+    keeps: bool,
     /// The caller's label, or the identity an internal cancellation aims
     /// at.
     label: u64,
     /// When it was tracked: operations sharing a label are ordered by it.
     added: u64,
-    keep_alive: KeepAlive,
 }
 
 impl Slot {
@@ -114,6 +116,9 @@ pub(crate) struct OpTable {
     /// The top 16 bits of every identity this table hands out.
     tag: u64,
     slots: Vec<Slot>,
+    /// What each slot's operation keeps alive, where its `keeps` is set
+    /// (empty otherwise); as long as `slots`.
+    kept: Vec<KeepAlive>,
     free_slots: Vec<u32>,
     /// Labels of operations that pin caller memory, with their slots.
     pinned: LabelTable<u32>,
@@ -145,6 +150,7 @@ impl OpTable {
             // another ring posts (`msg_ring`) never look like ours.
             tag: (0x8000 | (random & 0x7fff)) << (SLOT_BITS + GENERATION_BITS),
             slots: Vec::new(),
+            kept: Vec::new(),
             free_slots: Vec::new(),
             pinned: LabelTable::new(),
             unpinned: UnpinnedCounts::new(),
@@ -155,6 +161,7 @@ impl OpTable {
         }
     }
 
+    #[inline]
     fn identity(&self, slot: u32) -> u64 {
         let generation = u64::from(self.slots[slot as usize].generation);
         self.tag | generation << SLOT_BITS | u64::from(slot)
@@ -167,6 +174,7 @@ impl OpTable {
 
     /// The slot `identity` names, if it is an operation of this table in
     /// flight.
+    #[inline]
     pub(super) fn decode(&self, identity: u64) -> Option<u32> {
         let tag_mask = !0u64 << (SLOT_BITS + GENERATION_BITS);
         if identity & tag_mask != self.tag {
@@ -178,22 +186,36 @@ impl OpTable {
         (entry.owner != Owner::Free && entry.generation == generation).then_some(slot)
     }
 
-    fn allocate(&mut self, owner: Owner, label: u64, keep_alive: KeepAlive) -> u32 {
+    /// Takes a free slot for an operation, taking what it keeps alive
+    /// from `keep_alive` (only when there is something).
+    #[inline(always)]
+    fn allocate(&mut self, owner: Owner, label: u64, keep_alive: &mut KeepAlive) -> u32 {
         self.added += 1;
         let slot = match self.free_slots.pop() {
             Some(slot) => slot,
-            None => {
-                self.slots.push(Slot::default());
-                u32::try_from(self.slots.len() - 1).expect("fewer than 2^32 operations in flight")
-            }
+            None => self.grow(),
         };
+        let keeps = !keep_alive.is_empty();
+        if keeps {
+            self.kept[slot as usize] = std::mem::take(keep_alive);
+        }
         let entry = &mut self.slots[slot as usize];
-        entry.generation = entry.generation.wrapping_add(1);
-        entry.owner = owner;
-        entry.label = label;
-        entry.added = self.added;
-        entry.keep_alive = keep_alive;
+        *entry = Slot {
+            generation: entry.generation.wrapping_add(1),
+            owner,
+            keeps,
+            label,
+            added: self.added,
+        };
         slot
+    }
+
+    /// Adds a slot, returning its index.
+    #[cold]
+    fn grow(&mut self) -> u32 {
+        self.slots.push(Slot::default());
+        self.kept.push(KeepAlive::default());
+        u32::try_from(self.slots.len() - 1).expect("fewer than 2^32 operations in flight")
     }
 
     /// Operations tracked, the caller's and the context's own.
@@ -216,6 +238,7 @@ impl OpTable {
     /// alive from `keep_alive`, unless `cap` operations are tracked or the
     /// label rule refuses it (then `keep_alive` is left as it was); returns
     /// its identity.
+    #[inline]
     pub(crate) fn track_caller(
         &mut self,
         label: UserData,
@@ -235,7 +258,7 @@ impl OpTable {
         if shared {
             return Err(Refusal::SharedLabel);
         }
-        let slot = self.allocate(Owner::Caller { pins }, label, std::mem::take(keep_alive));
+        let slot = self.allocate(Owner::Caller { pins }, label, keep_alive);
         if pins {
             // Cannot fail: the label is absent.
             let _ = self.pinned.insert(label, slot);
@@ -255,7 +278,7 @@ impl OpTable {
         let owner = Owner::Internal {
             cancels: target.is_some(),
         };
-        let slot = self.allocate(owner, target.unwrap_or(0), KeepAlive::default());
+        let slot = self.allocate(owner, target.unwrap_or(0), &mut KeepAlive::default());
         Some(self.identity(slot))
     }
 
@@ -263,9 +286,12 @@ impl OpTable {
     /// array and sets aside the file it held, which may run the caller's
     /// code when dropped: [`take_released_files`](Self::take_released_files)
     /// hands those over to be dropped once the lock is released.
+    #[inline]
     pub(super) fn release(&mut self, slot: u32) {
-        let keep_alive = self.stop_tracking(slot);
-        if let Some(file) = keep_alive.file {
+        if let Some(KeepAlive {
+            file: Some(file), ..
+        }) = self.stop_tracking(slot)
+        {
             self.released_files.push(file);
         }
     }
@@ -279,11 +305,17 @@ impl OpTable {
         std::mem::take(&mut self.released_files)
     }
 
-    /// Stops tracking `slot`, returning what it kept alive.
-    fn stop_tracking(&mut self, slot: u32) -> KeepAlive {
+    /// Stops tracking `slot`, returning what it kept alive, if anything.
+    #[inline(always)]
+    fn stop_tracking(&mut self, slot: u32) -> Option<KeepAlive> {
         let entry = &mut self.slots[slot as usize];
-        let (owner, label) = (std::mem::take(&mut entry.owner), entry.label);
-        let keep_alive = std::mem::take(&mut entry.keep_alive);
+        let Slot {
+            owner,
+            label,
+            keeps,
+            ..
+        } = *entry;
+        entry.owner = Owner::Free;
         self.free_slots.push(slot);
         match owner {
             Owner::Caller { pins: true } => {
@@ -293,7 +325,7 @@ impl OpTable {
             Owner::Internal { .. } => {}
             Owner::Free => unreachable!("released a slot that holds no operation"),
         }
-        keep_alive
+        keeps.then(|| std::mem::take(&mut self.kept[slot as usize]))
     }
 
     /// Undoes [`track_caller`](Self::track_caller) or
@@ -303,7 +335,7 @@ impl OpTable {
         let slot = self
             .decode(identity)
             .expect("untracked an unknown identity");
-        self.stop_tracking(slot)
+        self.stop_tracking(slot).unwrap_or_default()
     }
 
     /// The slots of the caller's operations in flight with `label` that pin

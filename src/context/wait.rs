@@ -103,7 +103,7 @@ impl URingContext {
                 Err(e) if is_errno(&e, libc::EBADR) => self.poll_ring(KERNEL_BUSY_BACKOFF)?,
                 Err(e) => match enter_error(e) {
                     Error::KernelBusy(e) => {
-                        let in_kernel = lock(&self.completion).table.tracked();
+                        let in_kernel = lock(&self.state).table.tracked();
                         if in_kernel <= self.sq.queued().0 as usize {
                             return Err(Error::KernelBusy(e));
                         }
@@ -185,7 +185,7 @@ impl URingContext {
     /// Reports completions the kernel dropped since the last report, once.
     fn check_drops(&self) -> Result<()> {
         // The counter is almost always 0: look without the lock first.
-        if self.cq.dropped() != 0 && lock(&self.completion).cq.take_new_drops() {
+        if self.cq.dropped() != 0 && lock(&self.state).cq.take_new_drops() {
             return Err(Error::CompletionsLost);
         }
         Ok(())
@@ -205,7 +205,7 @@ impl URingContext {
         if self.internal_ops.load(Ordering::Relaxed) == 0 {
             return true;
         }
-        let mut guard = lock(&self.completion);
+        let mut guard = lock(&self.state);
         let side = &mut *guard;
         side.table.swallow_own_at_front(&mut side.cq);
         let ready = side.table.has_unclaimed(&side.cq);

@@ -100,6 +100,12 @@ pub(crate) struct KeepAlive {
 }
 
 impl KeepAlive {
+    /// Whether it keeps nothing alive (a nop's, a poll's on a raw fd).
+    #[inline]
+    pub(crate) fn is_empty(&self) -> bool {
+        self.iovecs.is_none() && self.file.is_none()
+    }
+
     /// What an operation on `target` and no caller memory keeps: the file,
     /// if the target holds it open.
     pub(crate) fn target(target: Target) -> KeepAlive {

@@ -4,7 +4,7 @@
 
 use std::sync::atomic::{AtomicU32, Ordering};
 
-use super::{OpTable, Owner, CLAIM_BATCH};
+use super::{OpTable, Owner, CLAIM_BATCH, MAX_CLAIMS};
 use crate::abi::{Cqe, CqeFlags, UserData};
 use crate::ring::CompletionQueue;
 
@@ -186,8 +186,8 @@ impl OpTable {
 
     /// Settles every outstanding record up to what its iterator has
     /// published as yielded in `progress`.
-    pub(crate) fn settle_all(&mut self, progress: &[AtomicU32]) {
-        for (id, progress) in progress.iter().enumerate().take(self.records.len()) {
+    pub(crate) fn settle_all(&mut self, progress: &[AtomicU32; MAX_CLAIMS]) {
+        for (id, progress) in progress.iter().enumerate() {
             if self.records[id].in_use {
                 // Acquire pairs with the iterator's Release store after it
                 // handed the item out: the caller has it.

@@ -42,8 +42,8 @@ impl OpTable {
     /// kernel holds its own reference to a file it uses).
     pub(crate) fn leak_all(&mut self) {
         let mut leaked = lock(&LEAKED);
-        for entry in &mut self.slots {
-            if let Some(iovecs) = std::mem::take(&mut entry.keep_alive).iovecs {
+        for keep_alive in &mut self.kept {
+            if let Some(iovecs) = std::mem::take(keep_alive).iovecs {
                 leaked.push(iovecs);
             }
         }
@@ -54,8 +54,8 @@ impl OpTable {
     /// Forgets every operation, dropping nothing it keeps alive and taking
     /// no lock: for a forked child's copy, whose state is the parent's.
     pub(crate) fn forget_all(&mut self) {
-        for entry in &mut self.slots {
-            std::mem::forget(std::mem::take(&mut entry.keep_alive));
+        for keep_alive in &mut self.kept {
+            std::mem::forget(std::mem::take(keep_alive));
         }
         self.clear();
     }
@@ -63,6 +63,7 @@ impl OpTable {
     /// Empties the table once every slot has been taken care of.
     fn clear(&mut self) {
         self.slots.clear();
+        self.kept.clear();
         self.free_slots.clear();
         self.pinned = LabelTable::new();
         self.unpinned = UnpinnedCounts::new();

@@ -113,7 +113,7 @@ fn records_release_what_was_yielded_and_hand_back_the_rest_in_order() {
         .collect();
     let record = table.free_record().unwrap();
     table.open_record(record, &items);
-    let progress: Vec<AtomicU32> = (0..MAX_CLAIMS).map(|_| AtomicU32::new(0)).collect();
+    let progress: [AtomicU32; MAX_CLAIMS] = std::array::from_fn(|_| AtomicU32::new(0));
     progress[record].store(1, Ordering::Release);
     table.settle_all(&progress);
     assert_eq!(table.caller_ops(), 3, "one yielded, released");
