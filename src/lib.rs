@@ -70,10 +70,9 @@
 //!   issue releases nothing. Labels may be shared by operations that pin no
 //!   caller memory; one that pins memory shares its label with nothing in
 //!   flight, so the caller can always tell which buffer a completion frees.
-//! - **One writer per ring index.** Only the holder of the submit lock
+//! - **One writer per ring index.** Only the holder of the context's lock
 //!   writes SQEs and the SQ tail, and never a slot the kernel has not
-//!   consumed; only the holder of the completion lock reads CQEs and moves
-//!   the CQ head. The kernel's indices (SQ head, CQ tail) are loaded with
+//!   consumed, and only it reads CQEs and moves the CQ head. The kernel's indices (SQ head, CQ tail) are loaded with
 //!   Acquire and ours (SQ tail, CQ head) stored with Release, pairing with
 //!   the kernel's barriers.
 //! - **Drop drains.** Dropping the context cancels what is in flight and

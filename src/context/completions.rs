@@ -1,7 +1,6 @@
 //! The iterator [`URingContext::wait`] returns.
 
 use std::io;
-use std::sync::atomic::Ordering;
 
 use super::table::{Claimed, CLAIM_BATCH};
 use super::{lock, URingContext};
@@ -9,12 +8,12 @@ use crate::abi::UserData;
 
 /// Yields ready completions; see [`URingContext::wait`].
 ///
-/// It claims completions under the completion lock: one on the first call
-/// (the common `wait()?.next()` hands nothing back), then batches. The
-/// first completion of each claim is handed to the caller at once; the rest
-/// are yielded without the lock, each publishing the count yielded so far
-/// through the context's `claim_progress`, so whoever next takes the lock
-/// can release their operations. Dropped early, it hands the unyielded rest
+/// It claims completions under the context's lock: one on the first call
+/// (the common `wait()?.next()` hands nothing back), then batches of up to
+/// 17. The first completion of each claim is handed to the caller at once;
+/// the rest go onto the context's claim board and are yielded without the
+/// lock, each publishing the count yielded so far, so whoever next takes
+/// the lock can release their operations. Dropped early, it hands the unyielded rest
 /// back, to be claimed again first, and posts a wake-up so the ring fd
 /// polls readable for them. It ends after a claim that found nothing more
 /// to claim rather than lock again for completions that arrived since.
@@ -25,9 +24,8 @@ use crate::abi::UserData;
 /// already moved.
 pub(super) struct Completions<'a> {
     ring: &'a URingContext,
-    /// `batch[next..len]` are claimed and not yet yielded; with a record,
-    /// it holds `batch[1..len]` (`batch[0]` was yielded as it was claimed).
-    batch: [Claimed; CLAIM_BATCH],
+    /// With a record, items `next..len` of its batch on the context's
+    /// claim board are claimed and not yet yielded.
     next: usize,
     len: usize,
     /// The record of the current batch, when it has one.
@@ -52,7 +50,6 @@ impl<'a> Completions<'a> {
     pub(super) fn new(ring: &'a URingContext) -> Completions<'a> {
         Completions {
             ring,
-            batch: [Claimed::EMPTY; CLAIM_BATCH],
             next: 0,
             len: 0,
             record: None,
@@ -70,10 +67,11 @@ impl<'a> Completions<'a> {
             self.exhausted = true;
             return None;
         }
+        let board = &self.ring.claim_board;
         let mut guard = lock(&self.ring.state);
         let side = &mut *guard;
         if let Some(id) = self.record.take() {
-            side.table.close_record(id, self.len - 1);
+            side.table.close_record(id, self.len, board);
         }
         // A batch needs a record; the first claim of an iterator takes one
         // completion only.
@@ -81,22 +79,26 @@ impl<'a> Completions<'a> {
             .claimed_before
             .then(|| side.table.free_record())
             .flatten();
-        let want = if record.is_some() { CLAIM_BATCH } else { 1 };
+        let want = if record.is_some() { CLAIM_BATCH + 1 } else { 1 };
         self.claimed_before = true;
-        // Claimed straight into the batch: the first is yielded now, the
-        // rest from `batch[1..]`.
-        let count = side.table.claim(&mut side.cq, &mut self.batch[..want]);
+        // The first is yielded now; the rest go onto the board, for the
+        // record.
+        let mut first = None;
+        let count = side
+            .table
+            .claim(&mut side.cq, want, |i, item| match (i, record) {
+                (0, _) => first = Some(item),
+                (_, Some(id)) => board.write(id, i - 1, item),
+                (_, None) => unreachable!("claimed more than one without a record"),
+            });
         self.exhausted = count < want || !side.table.has_unclaimed(&side.cq);
-        let first = self.batch[..count].first().copied();
         if let Some(first) = &first {
             // The caller has the first one as soon as this returns.
             side.table.yielded(first);
         }
         if let (true, Some(id)) = (count > 1, record) {
-            side.table.open_record(id, &self.batch[1..count]);
-            // Under the lock, before anyone can settle this record.
-            self.ring.claim_progress[id].store(0, Ordering::Relaxed);
-            (self.next, self.len, self.record) = (1, count, Some(id));
+            side.table.open_record(id, count - 1, board);
+            (self.next, self.len, self.record) = (0, count - 1, Some(id));
         }
         self.ring.unlock(guard);
         first.as_ref().map(as_item)
@@ -108,13 +110,11 @@ impl Iterator for Completions<'_> {
 
     fn next(&mut self) -> Option<Self::Item> {
         if self.next < self.len {
-            let item = as_item(&self.batch[self.next]);
-            self.next += 1;
             let id = self.record.expect("a batch has a record");
-            // Release: whoever settles this record with an Acquire load
-            // sees that the caller has every completion of it before
-            // `next` (the record holds `batch[1..len]`).
-            self.ring.claim_progress[id].store(self.next as u32 - 1, Ordering::Release);
+            let board = &self.ring.claim_board;
+            let item = as_item(&board.read(id, self.next));
+            self.next += 1;
+            board.publish_yielded(id, self.next);
             return Some(item);
         }
         if self.exhausted {
@@ -130,7 +130,9 @@ impl Drop for Completions<'_> {
             return;
         };
         let mut side = lock(&self.ring.state);
-        let handed_back = side.table.close_record(id, self.next - 1);
+        let handed_back = side
+            .table
+            .close_record(id, self.next, &self.ring.claim_board);
         self.ring.unlock(side);
         if handed_back > 0 {
             self.ring.post_wake();

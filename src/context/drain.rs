@@ -1,6 +1,7 @@
 //! `close`, drop, and cancelling what is in flight.
 
 use std::sync::atomic::Ordering;
+use std::sync::PoisonError;
 use std::time::Duration;
 
 use super::completions::Completions;
@@ -113,7 +114,8 @@ impl URingContext {
     fn drain(&mut self, timeout: Duration) -> Drained {
         // No iterator can be alive (`&mut self`), so completions claimed
         // and not yet yielded will never be: their operations are done.
-        self.table_mut().release_all_claims();
+        let state = self.state.get_mut().unwrap_or_else(PoisonError::into_inner);
+        state.table.release_all_claims(&self.claim_board);
         // Then the count is exact. With none of the caller's operations
         // left (an idle ring, or a drop after `close`), what may still be
         // queued or in the kernel is the context's own, which points at no
@@ -132,7 +134,8 @@ impl URingContext {
                 // A disabled ring has never consumed an SQE: nothing is in
                 // the kernel, and everything in flight can be released.
                 Err(Error::Enter(e)) if is_errno(&e, libc::EBADFD) => {
-                    self.table_mut().release_everything();
+                    let state = self.state.get_mut().unwrap_or_else(PoisonError::into_inner);
+                    state.table.release_everything(&self.claim_board);
                     return Drained::All;
                 }
                 // Other failures are not fatal here: the deadline bounds us.

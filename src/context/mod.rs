@@ -22,13 +22,13 @@ mod wait;
 
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU8, AtomicUsize};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use crate::abi::IosqeFlags;
 use crate::ring::{CompletionQueue, CqIndices, RingMemory, SqIndices, SubmissionQueue};
 use crate::sys;
-use table::{OpTable, MAX_CLAIMS};
+use table::{ClaimBoard, OpTable};
 
 /// One io_uring instance, shared by any number of threads.
 ///
@@ -114,11 +114,11 @@ pub struct URingContext {
     sq: SqIndices,
     /// The CQ indices, read without the lock.
     cq: CqIndices,
-    /// For each outstanding claim, how many of its completions the
-    /// iterator that holds it has handed to the caller. Written by
-    /// reapers for every completion they yield, so on cache lines of its
-    /// own, apart from the lock that producers take.
-    claim_progress: CacheAligned<[AtomicU32; MAX_CLAIMS]>,
+    /// The batches live iterators yield from without the lock, and how
+    /// far each has got. Written by reapers for every completion they
+    /// yield, so on cache lines of its own, apart from the lock that
+    /// producers take.
+    claim_board: ClaimBoard,
     /// Completions handed back and not yet claimed again (a copy of the
     /// table's count, read without the lock).
     returned: AtomicUsize,
@@ -159,18 +159,6 @@ struct RingState {
     table: OpTable,
 }
 
-/// `T` on cache lines of its own (64 bytes on x86-64 and most of aarch64),
-/// so that writes to it do not slow readers of its neighbours.
-#[repr(align(64))]
-struct CacheAligned<T>(T);
-
-impl<T> std::ops::Deref for CacheAligned<T> {
-    type Target = T;
-    fn deref(&self) -> &T {
-        &self.0
-    }
-}
-
 /// Locks `mutex`, ignoring poisoning: no code panics while it holds a ring
 /// lock with the ring state half updated.
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -187,7 +175,7 @@ impl URingContext {
     /// kernel, or completed and waiting in the ring or in an iterator.
     pub fn in_flight(&self) -> usize {
         let mut side = lock(&self.state);
-        side.table.settle_all(&self.claim_progress);
+        side.table.settle_all(&self.claim_board);
         let in_flight = side.table.caller_ops();
         self.unlock(side);
         in_flight

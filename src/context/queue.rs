@@ -99,7 +99,7 @@ impl URingContext {
                 // Completions the caller already has are no targets: settle
                 // once per batch (this call holds the lock throughout).
                 if !settled {
-                    table.settle_all(&self.claim_progress);
+                    table.settle_all(&self.claim_board);
                     settled = true;
                 }
                 let targets = table.identities_with_label(target);
@@ -200,7 +200,7 @@ impl URingContext {
         let keep_alive = &mut prepared.keep_alive;
         let mut result = table.track_caller(label, pins, keep_alive, cap);
         if result == Err(Refusal::SharedLabel) {
-            table.settle_all(&self.claim_progress);
+            table.settle_all(&self.claim_board);
             result = table.track_caller(label, pins, keep_alive, cap);
         }
         result

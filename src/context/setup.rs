@@ -1,10 +1,10 @@
 //! Creating a context, and the register calls it makes.
 
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
 use std::sync::Mutex;
 
-use super::table::OpTable;
-use super::{CacheAligned, RingState, URingContext};
+use super::table::{ClaimBoard, OpTable};
+use super::{RingState, URingContext};
 use crate::abi::{IosqeFlags, RegisterOperation, SetupFlags, URingOperation, MAX_ENTRIES};
 use crate::bindings::{io_uring_params, IORING_FEAT_NODROP};
 use crate::error::{setup_error, Error, Result};
@@ -125,7 +125,7 @@ impl URingContext {
                 cq,
                 table: OpTable::new(),
             }),
-            claim_progress: CacheAligned(std::array::from_fn(|_| AtomicU32::new(0))),
+            claim_board: ClaimBoard::new(),
             returned: AtomicUsize::new(0),
             internal_ops: AtomicUsize::new(0),
             wake_owed: AtomicBool::new(false),

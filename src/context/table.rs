@@ -3,7 +3,7 @@
 //! the completions claimed from the CQ ring but not yet yielded.
 //!
 //! Pure bookkeeping: no unsafe code, no ring memory. The context keeps it
-//! under the completion lock.
+//! under its lock.
 //!
 //! **Identity.** The SQE's user_data is the context's own: a per-context
 //! tag, a generation and a slot index. A completion releases the state of
@@ -33,8 +33,8 @@ use crate::op::{KeepAlive, SharedFd};
 mod claims;
 mod teardown;
 
-pub(crate) use claims::Claimed;
 use claims::Record;
+pub(crate) use claims::{ClaimBoard, Claimed};
 
 /// The most completions one claim takes.
 pub(crate) const CLAIM_BATCH: usize = 16;
@@ -140,7 +140,7 @@ const GENERATION_BITS: u32 = 16;
 
 /// An identity no operation ever has: its slot index is never allocated.
 /// A cancellation aimed at it finds nothing (`ENOENT`).
-const NO_SLOT: u64 = u32::MAX as u64;
+const NO_SLOT: u32 = u32::MAX;
 
 impl OpTable {
     pub(crate) fn new() -> OpTable {
@@ -169,7 +169,7 @@ impl OpTable {
 
     /// The identity a cancellation carries to find nothing.
     pub(crate) fn no_identity(&self) -> u64 {
-        self.tag | NO_SLOT
+        self.tag | u64::from(NO_SLOT)
     }
 
     /// The slot `identity` names, if it is an operation of this table in
@@ -215,7 +215,10 @@ impl OpTable {
     fn grow(&mut self) -> u32 {
         self.slots.push(Slot::default());
         self.kept.push(KeepAlive::default());
-        u32::try_from(self.slots.len() - 1).expect("fewer than 2^32 operations in flight")
+        u32::try_from(self.slots.len() - 1)
+            .ok()
+            .filter(|&slot| slot != NO_SLOT)
+            .expect("fewer than 2^32 - 1 operations in flight")
     }
 
     /// Operations tracked, the caller's and the context's own.
@@ -297,7 +300,7 @@ impl OpTable {
     }
 
     /// The files of operations released since the last call, to drop
-    /// outside the completion lock. Allocates nothing when there are none.
+    /// outside the lock. Allocates nothing when there are none.
     pub(crate) fn take_released_files(&mut self) -> Vec<SharedFd> {
         if self.released_files.is_empty() {
             return Vec::new();

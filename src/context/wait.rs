@@ -72,6 +72,7 @@ impl URingContext {
     /// again; if there is none, they return [`Error::KernelBusy`] and the
     /// operations stay queued. Completions the kernel dropped for want of
     /// memory are reported once, as [`Error::CompletionsLost`].
+    #[inline]
     pub fn wait(&self) -> Result<impl Iterator<Item = (UserData, io::Result<u32>)> + '_> {
         self.check_process()?;
         loop {

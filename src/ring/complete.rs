@@ -85,25 +85,26 @@ impl CompletionQueue {
             return None;
         }
         let index = (head & self.mask) as usize;
-        // SAFETY: as in `pop_batch`: the masked index is inside the CQE
+        // SAFETY: as in `pop_each`: the masked index is inside the CQE
         // array, and the kernel wrote this CQE before the tail we loaded
         // with Acquire covered it; it stays until we move the head.
         Some(unsafe { Cqe::read(self.cqes.add(index)) })
     }
 
-    /// Pops up to `out.len()` CQEs into `out`, oldest first, with one
-    /// Acquire load of the tail and one Release store of the head for all;
-    /// returns how many.
-    pub(crate) fn pop_batch(&mut self, out: &mut [Cqe]) -> usize {
+    /// Pops up to `max` CQEs, oldest first, handing each to `each`, with
+    /// one Acquire load of the tail and one Release store of the head for
+    /// all; returns how many.
+    #[inline]
+    pub(crate) fn pop_each(&mut self, max: usize, mut each: impl FnMut(Cqe)) -> usize {
         let (head, tail) = self.head_and_tail();
-        let take = (tail.wrapping_sub(head) as usize).min(out.len());
-        for (i, slot) in out[..take].iter_mut().enumerate() {
+        let take = (tail.wrapping_sub(head) as usize).min(max);
+        for i in 0..take {
             let index = (head.wrapping_add(i as u32) & self.mask) as usize;
             // SAFETY: the masked index is inside the CQE array. The kernel
             // wrote this CQE before the tail we loaded with Acquire covered
             // it, and will not overwrite it until we move the head past it
             // below. `Cqe::read` copies the fields through the raw pointer.
-            *slot = unsafe { Cqe::read(self.cqes.add(index)) };
+            each(unsafe { Cqe::read(self.cqes.add(index)) });
         }
         if take > 0 {
             // SAFETY: `head` points into live ring memory. Release orders our
@@ -118,7 +119,7 @@ impl CompletionQueue {
 }
 
 /// Reads the CQ indices, the overflow counter and the SQ flags without the
-/// completion lock, for decisions that only need a recent value (whether to
+/// ring lock, for decisions that only need a recent value (whether to
 /// wait, whether completions were lost).
 ///
 /// Invariant: every pointer points into the ring memory of the

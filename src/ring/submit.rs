@@ -31,7 +31,7 @@ pub(crate) struct SubmissionQueue {
 
 /// Proof that the `count` SQE slots from `tail` on are free, handed out by
 /// [`SubmissionQueue::free_slots`] and consumed by
-/// [`SubmissionQueue::publish`]. It stays valid while the submit lock is
+/// [`SubmissionQueue::publish`]. It stays valid while the ring lock is
 /// held: only the kernel moves the head, and only forward, which frees slots
 /// and never takes one back.
 #[must_use]
@@ -155,7 +155,7 @@ impl SubmissionQueue {
     }
 }
 
-/// Reads the SQ indices without the submit lock, for decisions that only
+/// Reads the SQ indices without the ring lock, for decisions that only
 /// need a recent value: the kernel's head and the tail we published.
 ///
 /// Invariant: both pointers point into the ring memory of the

@@ -1,10 +1,15 @@
 //! Claims: completions taken from the CQ ring for an iterator, the
 //! records of batches a live iterator yields from, and completions handed
 //! back. See the parent module's docs.
+//!
+//! A claimed batch is written once, into the context's [`ClaimBoard`],
+//! where its iterator reads it without the lock and the table (under the
+//! lock) reads what it must release or hand back; the iterator itself
+//! stays a few words, cheap to return from `wait`.
 
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
-use super::{OpTable, Owner, CLAIM_BATCH, MAX_CLAIMS};
+use super::{OpTable, Owner, CLAIM_BATCH, MAX_CLAIMS, NO_SLOT};
 use crate::abi::{Cqe, CqeFlags, UserData};
 use crate::ring::CompletionQueue;
 
@@ -14,48 +19,133 @@ pub(crate) struct Claimed {
     /// The caller's label (a foreign completion's own user_data).
     pub(crate) label: UserData,
     pub(crate) res: i32,
-    /// The slot to release once the caller has the completion: `None` for
-    /// a foreign completion, or one that says more will follow.
-    release: Option<u32>,
+    /// The slot to release once the caller has the completion, or
+    /// [`NO_SLOT`] for a foreign completion, or one that says more will
+    /// follow.
+    release: u32,
 }
 
 impl Claimed {
-    pub(crate) const EMPTY: Claimed = Claimed {
-        label: 0,
-        res: 0,
-        release: None,
-    };
+    /// The slot to release once the caller has it, if any.
+    #[inline]
+    fn release(&self) -> Option<u32> {
+        (self.release != NO_SLOT).then_some(self.release)
+    }
 }
 
-/// A claimed batch that a live iterator yields from.
+/// The table's record of a claimed batch that a live iterator yields
+/// from; the batch itself is on the [`ClaimBoard`] under the same id.
 pub(super) struct Record {
     /// An iterator holds this record (otherwise its id is free).
     pub(super) in_use: bool,
-    items: [Claimed; CLAIM_BATCH],
     len: usize,
-    /// `items[..settled]` have been released.
+    /// The batch's first `settled` items have been released.
     settled: usize,
 }
 
 impl Record {
     pub(super) const FREE: Record = Record {
         in_use: false,
-        items: [Claimed::EMPTY; CLAIM_BATCH],
         len: 0,
         settled: 0,
     };
+}
+
+/// The claimed batches of live iterators, one per record id, and how far
+/// each iterator has yielded: shared by the iterators, which read their
+/// own batch and publish their progress without the lock, and the table,
+/// which reads both under the lock.
+///
+/// Ordering: a batch is written under the lock by the thread whose
+/// iterator then holds its record, and rewritten only after that record
+/// was closed and reopened, both under the lock. So the iterator reads what
+/// its own thread wrote (program order), and a thread reading under the
+/// lock sees it through the lock. Relaxed loads and stores suffice for the
+/// items; the progress is published with Release and read with Acquire,
+/// because it says the caller has the items before it.
+pub(crate) struct ClaimBoard {
+    records: [BoardRecord; MAX_CLAIMS],
+}
+
+/// One record's batch and progress, on cache lines of its own: a reaper
+/// writes them for every completion it yields.
+#[repr(align(64))]
+struct BoardRecord {
+    /// How many of the batch's items the iterator has handed to the caller.
+    yielded: AtomicU32,
+    items: [SharedClaimed; CLAIM_BATCH],
+}
+
+/// A [`Claimed`] in two atomic words: the label, and the result with the
+/// slot to release.
+struct SharedClaimed {
+    label: AtomicU64,
+    res_and_release: AtomicU64,
+}
+
+impl ClaimBoard {
+    pub(crate) fn new() -> ClaimBoard {
+        ClaimBoard {
+            records: std::array::from_fn(|_| BoardRecord {
+                yielded: AtomicU32::new(0),
+                items: std::array::from_fn(|_| SharedClaimed {
+                    label: AtomicU64::new(0),
+                    res_and_release: AtomicU64::new(0),
+                }),
+            }),
+        }
+    }
+
+    /// Writes item `i` of record `id`'s batch; under the lock, by the
+    /// thread that opens the record.
+    #[inline]
+    pub(crate) fn write(&self, id: usize, i: usize, item: Claimed) {
+        let shared = &self.records[id].items[i];
+        shared.label.store(item.label, Ordering::Relaxed);
+        let packed = u64::from(item.res as u32) | u64::from(item.release) << 32;
+        shared.res_and_release.store(packed, Ordering::Relaxed);
+    }
+
+    /// Item `i` of record `id`'s batch; see the type's docs for who may
+    /// read it.
+    #[inline]
+    pub(crate) fn read(&self, id: usize, i: usize) -> Claimed {
+        let shared = &self.records[id].items[i];
+        let packed = shared.res_and_release.load(Ordering::Relaxed);
+        Claimed {
+            label: shared.label.load(Ordering::Relaxed),
+            res: packed as u32 as i32,
+            release: (packed >> 32) as u32,
+        }
+    }
+
+    /// Publishes that the caller has the first `yielded` items of record
+    /// `id`'s batch. Release: whoever settles the record with an Acquire
+    /// load sees that the caller has them.
+    #[inline]
+    pub(crate) fn publish_yielded(&self, id: usize, yielded: usize) {
+        self.records[id]
+            .yielded
+            .store(yielded as u32, Ordering::Release);
+    }
+
+    /// How many of record `id`'s items the caller has, as published.
+    fn yielded(&self, id: usize) -> usize {
+        self.records[id].yielded.load(Ordering::Acquire) as usize
+    }
 }
 
 impl OpTable {
     /// What a popped CQE means: a caller's completion (released once
     /// yielded, unless more will follow), a foreign one (released never), or
     /// one of the context's own, which is released here and swallowed.
+    #[inline]
     pub(super) fn classify(&mut self, cqe: Cqe) -> Option<Claimed> {
         let Some(slot) = self.decode(cqe.user_data) else {
             return Some(Claimed {
                 label: cqe.user_data,
                 res: cqe.res,
-                release: None,
+                release: NO_SLOT,
             });
         };
         let label = match self.slots[slot as usize].caller() {
@@ -69,7 +159,8 @@ impl OpTable {
         };
         // A multishot operation stays in flight until its last completion,
         // the one without IORING_CQE_F_MORE.
-        let release = (!cqe.flags.contains(CqeFlags::MORE)).then_some(slot);
+        let more = cqe.flags.contains(CqeFlags::MORE);
+        let release = if more { NO_SLOT } else { slot };
         Some(Claimed {
             label,
             res: cqe.res,
@@ -77,32 +168,33 @@ impl OpTable {
         })
     }
 
-    /// Claims up to `out.len()` completions into `out`: those handed back
-    /// first, then the CQ ring's. Swallows the context's own completions.
-    /// Returns how many it claimed.
-    pub(crate) fn claim(&mut self, cq: &mut CompletionQueue, out: &mut [Claimed]) -> usize {
+    /// Claims up to `max` completions, handing each to `take` with its
+    /// index: those handed back first, then the CQ ring's. Swallows the
+    /// context's own completions. Returns how many it claimed.
+    pub(crate) fn claim(
+        &mut self,
+        cq: &mut CompletionQueue,
+        max: usize,
+        mut take: impl FnMut(usize, Claimed),
+    ) -> usize {
         let mut claimed = 0;
-        while claimed < out.len() {
+        while claimed < max {
             let Some(item) = self.returned.pop_front() else {
                 break;
             };
-            out[claimed] = item;
+            take(claimed, item);
             claimed += 1;
         }
-        let mut cqes = [Cqe {
-            user_data: 0,
-            res: 0,
-            flags: CqeFlags::empty(),
-        }; CLAIM_BATCH];
-        while claimed < out.len() {
-            let want = (out.len() - claimed).min(CLAIM_BATCH);
-            let popped = cq.pop_batch(&mut cqes[..want]);
-            for cqe in &cqes[..popped] {
-                if let Some(item) = self.classify(*cqe) {
-                    out[claimed] = item;
+        // The context's own completions are swallowed, so a pop may yield
+        // fewer than it took: pop again for the rest.
+        while claimed < max {
+            let want = max - claimed;
+            let popped = cq.pop_each(want, |cqe| {
+                if let Some(item) = self.classify(cqe) {
+                    take(claimed, item);
                     claimed += 1;
                 }
-            }
+            });
             if popped < want {
                 break;
             }
@@ -128,10 +220,10 @@ impl OpTable {
             if !own {
                 return;
             }
-            let mut popped = [cqe];
-            cq.pop_batch(&mut popped);
-            let swallowed = self.classify(cqe);
-            debug_assert!(swallowed.is_none());
+            cq.pop_each(1, |cqe| {
+                let swallowed = self.classify(cqe);
+                debug_assert!(swallowed.is_none());
+            });
         }
     }
 
@@ -147,7 +239,7 @@ impl OpTable {
 
     /// Releases the operation of a completion handed to the caller now.
     pub(crate) fn yielded(&mut self, item: &Claimed) {
-        if let Some(slot) = item.release {
+        if let Some(slot) = item.release() {
             self.release(slot);
         }
     }
@@ -158,18 +250,19 @@ impl OpTable {
         self.records.iter().position(|record| !record.in_use)
     }
 
-    /// Records `items` in record `id` (from [`free_record`](Self::free_record))
-    /// as a batch a live iterator yields from.
-    pub(crate) fn open_record(&mut self, id: usize, items: &[Claimed]) {
+    /// Opens record `id` (from [`free_record`](Self::free_record)) over
+    /// the `len` items of its batch on `board`, none yielded yet.
+    pub(crate) fn open_record(&mut self, id: usize, len: usize, board: &ClaimBoard) {
         let record = &mut self.records[id];
         debug_assert!(!record.in_use, "record {id} is in use");
-        record.items[..items.len()].copy_from_slice(items);
-        (record.in_use, record.len, record.settled) = (true, items.len(), 0);
+        (record.in_use, record.len, record.settled) = (true, len, 0);
+        // Under the lock, before anyone can settle this record.
+        board.publish_yielded(id, 0);
     }
 
     /// Releases the operations of record `id`'s first `yielded` items that
     /// are not yet released.
-    fn settle(&mut self, id: usize, yielded: usize) {
+    fn settle(&mut self, id: usize, yielded: usize, board: &ClaimBoard) {
         let record = &mut self.records[id];
         if !record.in_use {
             return;
@@ -178,21 +271,18 @@ impl OpTable {
         let from = record.settled.min(yielded);
         record.settled = record.settled.max(yielded);
         for i in from..yielded {
-            if let Some(slot) = self.records[id].items[i].release {
+            if let Some(slot) = board.read(id, i).release() {
                 self.release(slot);
             }
         }
     }
 
     /// Settles every outstanding record up to what its iterator has
-    /// published as yielded in `progress`.
-    pub(crate) fn settle_all(&mut self, progress: &[AtomicU32; MAX_CLAIMS]) {
-        for (id, progress) in progress.iter().enumerate() {
+    /// published on `board` as yielded.
+    pub(crate) fn settle_all(&mut self, board: &ClaimBoard) {
+        for id in 0..MAX_CLAIMS {
             if self.records[id].in_use {
-                // Acquire pairs with the iterator's Release store after it
-                // handed the item out: the caller has it.
-                let yielded = progress.load(Ordering::Acquire) as usize;
-                self.settle(id, yielded);
+                self.settle(id, board.yielded(id), board);
             }
         }
     }
@@ -200,14 +290,14 @@ impl OpTable {
     /// Ends record `id`: releases what was yielded and hands the rest back,
     /// to be claimed again first, in order. Returns how many it handed
     /// back.
-    pub(crate) fn close_record(&mut self, id: usize, yielded: usize) -> usize {
-        self.settle(id, yielded);
+    pub(crate) fn close_record(&mut self, id: usize, yielded: usize, board: &ClaimBoard) -> usize {
+        self.settle(id, yielded, board);
         let record = &mut self.records[id];
         assert!(record.in_use, "closed a free record");
         record.in_use = false;
         let rest = yielded.min(record.len)..record.len;
         for i in rest.clone().rev() {
-            self.returned.push_front(self.records[id].items[i]);
+            self.returned.push_front(board.read(id, i));
         }
         rest.len()
     }
@@ -215,16 +305,41 @@ impl OpTable {
     /// Releases every claimed completion, yielded or not, and frees every
     /// record: for drain, when no iterator can be alive (the context is
     /// borrowed mutably), so none of them will ever be yielded.
-    pub(crate) fn release_all_claims(&mut self) {
+    pub(crate) fn release_all_claims(&mut self, board: &ClaimBoard) {
         for id in 0..self.records.len() {
             if self.records[id].in_use {
                 let len = self.records[id].len;
-                self.settle(id, len);
+                self.settle(id, len, board);
                 self.records[id].in_use = false;
             }
         }
         while let Some(item) = self.returned.pop_front() {
             self.yielded(&item);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_claim_board_keeps_every_field_of_a_claimed_completion() {
+        let board = ClaimBoard::new();
+        let cases = [
+            (u64::MAX, -libc::ECANCELED, NO_SLOT),
+            (0, i32::MIN, 0),
+            (7, i32::MAX, NO_SLOT - 1),
+        ];
+        for (label, res, release) in cases {
+            let item = Claimed {
+                label,
+                res,
+                release,
+            };
+            board.write(MAX_CLAIMS - 1, CLAIM_BATCH - 1, item);
+            let read = board.read(MAX_CLAIMS - 1, CLAIM_BATCH - 1);
+            assert_eq!((read.label, read.res, read.release), (label, res, release));
         }
     }
 }

@@ -3,7 +3,7 @@
 
 use super::super::labels::{LabelTable, UnpinnedCounts};
 use super::super::lock;
-use super::{OpTable, Owner, Slot};
+use super::{ClaimBoard, OpTable, Owner, Slot};
 use crate::iobuf::KernelIovecs;
 
 /// The iovec arrays contexts leaked because the kernel might still read
@@ -27,8 +27,8 @@ impl OpTable {
 
     /// Releases every operation, dropping what it keeps alive: for a ring
     /// the kernel never consumed an SQE of (it is still disabled).
-    pub(crate) fn release_everything(&mut self) {
-        self.release_all_claims();
+    pub(crate) fn release_everything(&mut self, board: &ClaimBoard) {
+        self.release_all_claims(board);
         for slot in 0..self.slots.len() as u32 {
             if self.slots[slot as usize].owner != Owner::Free {
                 self.release(slot);

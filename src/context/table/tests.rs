@@ -3,7 +3,6 @@
 
 use super::claims::Claimed;
 use super::*;
-use std::sync::atomic::{AtomicU32, Ordering};
 
 use crate::abi::{Cqe, CqeFlags};
 
@@ -112,24 +111,27 @@ fn records_release_what_was_yielded_and_hand_back_the_rest_in_order() {
         .map(|&id| table.classify(cqe(id, 0, CqeFlags::empty())).unwrap())
         .collect();
     let record = table.free_record().unwrap();
-    table.open_record(record, &items);
-    let progress: [AtomicU32; MAX_CLAIMS] = std::array::from_fn(|_| AtomicU32::new(0));
-    progress[record].store(1, Ordering::Release);
-    table.settle_all(&progress);
+    let board = ClaimBoard::new();
+    for (i, item) in items.iter().enumerate() {
+        board.write(record, i, *item);
+    }
+    table.open_record(record, items.len(), &board);
+    board.publish_yielded(record, 1);
+    table.settle_all(&board);
     assert_eq!(table.caller_ops(), 3, "one yielded, released");
     assert!(
         track(&mut table, 0, true).is_ok(),
         "its label is free again"
     );
     assert_eq!(track(&mut table, 1, true), Err(Refusal::SharedLabel));
-    assert_eq!(table.close_record(record, 2), 2);
+    assert_eq!(table.close_record(record, 2, &board), 2);
     assert_eq!(table.caller_ops(), 3, "two handed back, still in flight");
     assert_eq!(table.returned(), 2);
     assert_eq!(
         table.returned.iter().map(|c| c.label).collect::<Vec<_>>(),
         [2, 3]
     );
-    table.release_all_claims();
+    table.release_all_claims(&board);
     assert_eq!(table.caller_ops(), 1, "only the new label-0 operation");
 }
 

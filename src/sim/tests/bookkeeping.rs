@@ -104,7 +104,7 @@ fn a_label_yielded_inside_the_for_loop_is_free_for_a_new_read_at_once() {
     ring.submit().unwrap();
     let mut again = Vec::new();
     // One wait claims all six: the first alone, then the rest as a batch,
-    // whose later items are yielded without the completion lock.
+    // whose later items are yielded without the ring lock.
     for (label, result) in ring.wait().unwrap() {
         assert_eq!(result.unwrap(), 1);
         let buf = &mut bufs[label as usize];
