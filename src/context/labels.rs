@@ -9,9 +9,10 @@
 //!   multiply of the label with a per-table random key, so a caller's
 //!   choice of labels cannot line up collisions on purpose.
 //! - [`UnpinnedCounts`]: for every other operation, a count per hash
-//!   bucket of its label (a counting filter): adding and releasing a nop
-//!   costs an increment and a decrement. A zero means no such operation has
-//!   the label; a non-zero may be another label's. Only an operation that
+//!   bucket of its label (a counting filter): adding a nop costs a hash
+//!   and an increment, releasing it a decrement (its slot keeps the
+//!   bucket). A zero means no such operation has the label; a non-zero may
+//!   be another label's. Only an operation that
 //!   pins memory, and a cancellation or poll removal by label, read the
 //!   filter, and on a non-zero they scan every slot of the table for the
 //!   label. The filter is kept at most half full, so
@@ -201,32 +202,31 @@ impl UnpinnedCounts {
         self.counts[self.bucket(label)] != 0
     }
 
-    /// Counts one more operation with `label`. Returns whether the filter
-    /// is now too full: then [`rebuild`](Self::rebuild) it.
+    /// Counts one more operation with `label`. Returns its bucket, for
+    /// [`remove`](Self::remove), and whether the filter is now too full:
+    /// then count every operation again after
+    /// [`clear_and_grow`](Self::clear_and_grow).
     #[inline]
-    pub(crate) fn add(&mut self, label: u64) -> bool {
+    pub(crate) fn add(&mut self, label: u64) -> (u32, bool) {
         let bucket = self.bucket(label);
         self.counts[bucket] += 1;
         self.total += 1;
-        2 * self.total > self.counts.len()
+        (bucket as u32, 2 * self.total > self.counts.len())
     }
 
-    /// Counts one operation with `label` fewer.
+    /// Counts one operation fewer in `bucket`, which [`add`](Self::add)
+    /// returned for it (since the last [`clear_and_grow`](Self::clear_and_grow)).
     #[inline]
-    pub(crate) fn remove(&mut self, label: u64) {
-        let bucket = self.bucket(label);
-        self.counts[bucket] -= 1;
+    pub(crate) fn remove(&mut self, bucket: u32) {
+        self.counts[bucket as usize] -= 1;
         self.total -= 1;
     }
 
-    /// Doubles the buckets and counts `labels` (every operation counted)
-    /// again.
-    pub(crate) fn rebuild(&mut self, labels: impl Iterator<Item = u64>) {
+    /// Empties the filter and doubles its buckets, for every operation to
+    /// be counted again.
+    pub(crate) fn clear_and_grow(&mut self) {
         self.counts = vec![0; 2 * self.counts.len()].into_boxed_slice();
         self.total = 0;
-        for label in labels {
-            self.add(label);
-        }
     }
 }
 
@@ -276,16 +276,21 @@ mod tests {
     fn the_unpinned_counts_never_miss_a_label_they_hold() {
         let mut counts = UnpinnedCounts::new();
         let labels: Vec<u64> = (0..2000).map(|i| i * 0x1_0000_0001).collect();
+        let mut buckets = Vec::new();
         for (i, &label) in labels.iter().enumerate() {
-            if counts.add(label) {
-                counts.rebuild(labels[..=i].iter().copied());
+            let (bucket, too_full) = counts.add(label);
+            buckets.push(bucket);
+            if too_full {
+                counts.clear_and_grow();
+                buckets = labels[..=i].iter().map(|&l| counts.add(l).0).collect();
             }
         }
         assert!(counts.counts.len() >= 2 * labels.len());
         assert!(labels.iter().all(|&label| counts.may_contain(label)));
-        for &label in &labels {
-            counts.remove(label);
+        for bucket in buckets {
+            counts.remove(bucket);
         }
+        assert_eq!(counts.len(), 0);
         assert!(labels.iter().all(|&label| !counts.may_contain(label)));
     }
 }

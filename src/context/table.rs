@@ -87,6 +87,11 @@ struct Slot {
     owner: Owner,
     /// The operation's [`KeepAlive`] is in `kept` at this slot's index.
     keeps: bool,
+    /// A free slot: the next free one ([`NO_SLOT`] ends the list).
+    next_free: u32,
+    /// A caller's operation that pins no memory: its label's bucket in
+    /// the unpinned counts, so releasing it needs no second hash.
+    bucket: u32,
     /// The caller's label, or the identity an internal cancellation aims
     /// at.
     label: u64,
@@ -119,7 +124,11 @@ pub(crate) struct OpTable {
     /// What each slot's operation keeps alive, where its `keeps` is set
     /// (empty otherwise); as long as `slots`.
     kept: Vec<KeepAlive>,
-    free_slots: Vec<u32>,
+    /// The first free slot, [`NO_SLOT`] if none: free slots are a list
+    /// linked through their `next_free`, newest first.
+    free_head: u32,
+    /// Operations tracked, the caller's and the context's own.
+    tracked: usize,
     /// Labels of operations that pin caller memory, with their slots.
     pinned: LabelTable<u32>,
     /// Labels of the caller's other operations, counted by bucket.
@@ -151,7 +160,8 @@ impl OpTable {
             tag: (0x8000 | (random & 0x7fff)) << (SLOT_BITS + GENERATION_BITS),
             slots: Vec::new(),
             kept: Vec::new(),
-            free_slots: Vec::new(),
+            free_head: NO_SLOT,
+            tracked: 0,
             pinned: LabelTable::new(),
             unpinned: UnpinnedCounts::new(),
             added: 0,
@@ -191,39 +201,47 @@ impl OpTable {
     #[inline(always)]
     fn allocate(&mut self, owner: Owner, label: u64, keep_alive: &mut KeepAlive) -> u32 {
         self.added += 1;
-        let slot = match self.free_slots.pop() {
-            Some(slot) => slot,
-            None => self.grow(),
-        };
+        self.tracked += 1;
+        if self.free_head == NO_SLOT {
+            self.grow();
+        }
+        let slot = self.free_head;
         let keeps = !keep_alive.is_empty();
         if keeps {
             self.kept[slot as usize] = std::mem::take(keep_alive);
         }
         let entry = &mut self.slots[slot as usize];
+        self.free_head = entry.next_free;
         *entry = Slot {
             generation: entry.generation.wrapping_add(1),
             owner,
             keeps,
+            next_free: NO_SLOT,
+            bucket: 0,
             label,
             added: self.added,
         };
         slot
     }
 
-    /// Adds a slot, returning its index.
+    /// Adds a free slot, when none is left.
     #[cold]
-    fn grow(&mut self) -> u32 {
-        self.slots.push(Slot::default());
-        self.kept.push(KeepAlive::default());
-        u32::try_from(self.slots.len() - 1)
+    fn grow(&mut self) {
+        let slot = u32::try_from(self.slots.len())
             .ok()
             .filter(|&slot| slot != NO_SLOT)
-            .expect("fewer than 2^32 - 1 operations in flight")
+            .expect("fewer than 2^32 - 1 operations in flight");
+        self.slots.push(Slot {
+            next_free: self.free_head,
+            ..Slot::default()
+        });
+        self.kept.push(KeepAlive::default());
+        self.free_head = slot;
     }
 
     /// Operations tracked, the caller's and the context's own.
     pub(crate) fn tracked(&self) -> usize {
-        self.slots.len() - self.free_slots.len()
+        self.tracked
     }
 
     /// The caller's operations in flight: not yet handed to the caller.
@@ -265,9 +283,12 @@ impl OpTable {
         if pins {
             // Cannot fail: the label is absent.
             let _ = self.pinned.insert(label, slot);
-        } else if self.unpinned.add(label) {
-            let labels: Vec<u64> = self.unpinned_labels().collect();
-            self.unpinned.rebuild(labels.into_iter());
+        } else {
+            let (bucket, too_full) = self.unpinned.add(label);
+            self.slots[slot as usize].bucket = bucket;
+            if too_full {
+                self.rebuild_unpinned();
+            }
         }
         Ok(self.identity(slot))
     }
@@ -319,12 +340,15 @@ impl OpTable {
             ..
         } = *entry;
         entry.owner = Owner::Free;
-        self.free_slots.push(slot);
+        entry.next_free = self.free_head;
+        let bucket = entry.bucket;
+        self.free_head = slot;
+        self.tracked -= 1;
         match owner {
             Owner::Caller { pins: true } => {
                 self.pinned.remove(label);
             }
-            Owner::Caller { pins: false } => self.unpinned.remove(label),
+            Owner::Caller { pins: false } => self.unpinned.remove(bucket),
             Owner::Internal { .. } => {}
             Owner::Free => unreachable!("released a slot that holds no operation"),
         }
@@ -348,12 +372,16 @@ impl OpTable {
             .filter(move |&slot| self.slots[slot as usize].caller() == Some((label, false)))
     }
 
-    /// The labels of the caller's operations in flight that pin no memory.
-    fn unpinned_labels(&self) -> impl Iterator<Item = u64> + '_ {
-        self.slots.iter().filter_map(|entry| match entry.caller() {
-            Some((label, false)) => Some(label),
-            _ => None,
-        })
+    /// Counts the labels of the caller's operations in flight that pin no
+    /// memory again, in twice the buckets, noting each one's new bucket.
+    #[cold]
+    fn rebuild_unpinned(&mut self) {
+        self.unpinned.clear_and_grow();
+        for entry in &mut self.slots {
+            if let Some((label, false)) = entry.caller() {
+                entry.bucket = self.unpinned.add(label).0;
+            }
+        }
     }
 
     /// The identities of every caller operation in flight with `label`,

@@ -3,7 +3,7 @@
 
 use super::super::labels::{LabelTable, UnpinnedCounts};
 use super::super::lock;
-use super::{ClaimBoard, OpTable, Owner, Slot};
+use super::{ClaimBoard, OpTable, Owner, Slot, NO_SLOT};
 use crate::iobuf::KernelIovecs;
 
 /// The iovec arrays contexts leaked because the kernel might still read
@@ -64,7 +64,8 @@ impl OpTable {
     fn clear(&mut self) {
         self.slots.clear();
         self.kept.clear();
-        self.free_slots.clear();
+        self.free_head = NO_SLOT;
+        self.tracked = 0;
         self.pinned = LabelTable::new();
         self.unpinned = UnpinnedCounts::new();
         self.records
