@@ -200,6 +200,7 @@ impl URingContext {
 
     /// Fails with [`Error::Forked`](crate::Error::Forked) in a forked
     /// child: its copy of the context must not touch the parent's ring.
+    #[inline]
     fn check_process(&self) -> crate::Result<()> {
         if fork::forked_since(self.fork_generation) {
             return Err(crate::Error::Forked);
@@ -220,6 +221,7 @@ impl URingContext {
     /// then drops the files of operations released under it: dropping an
     /// `Arc`'d file may run the caller's code, which must not run under the
     /// ring lock (it could call back into the context).
+    #[inline]
     fn unlock(&self, mut side: MutexGuard<'_, RingState>) {
         self.publish_hints(&side.table);
         let files = side.table.take_released_files();
@@ -228,6 +230,7 @@ impl URingContext {
     }
 
     /// Publishes the table's counts that lock-free readers use.
+    #[inline]
     fn publish_hints(&self, table: &OpTable) {
         use std::sync::atomic::Ordering::Relaxed;
         self.returned.store(table.returned(), Relaxed);

@@ -240,9 +240,17 @@ impl URingContext {
     }
 
     /// Queues the wake-up nop owed, if one is.
+    #[inline]
     pub(super) fn pay_wake_owed(&self) {
-        if !self.wake_owed.load(Ordering::Relaxed) || !self.wake_owed.swap(false, Ordering::Relaxed)
-        {
+        if self.wake_owed.load(Ordering::Relaxed) {
+            self.pay_wake_owed_now();
+        }
+    }
+
+    /// [`pay_wake_owed`](Self::pay_wake_owed) once one is owed.
+    #[cold]
+    fn pay_wake_owed_now(&self) {
+        if !self.wake_owed.swap(false, Ordering::Relaxed) {
             return;
         }
         if self

@@ -322,6 +322,7 @@ impl OpTable {
 
     /// The files of operations released since the last call, to drop
     /// outside the lock. Allocates nothing when there are none.
+    #[inline]
     pub(crate) fn take_released_files(&mut self) -> Vec<SharedFd> {
         if self.released_files.is_empty() {
             return Vec::new();

@@ -184,9 +184,19 @@ impl URingContext {
     }
 
     /// Reports completions the kernel dropped since the last report, once.
+    #[inline]
     fn check_drops(&self) -> Result<()> {
         // The counter is almost always 0: look without the lock first.
-        if self.cq.dropped() != 0 && lock(&self.state).cq.take_new_drops() {
+        if self.cq.dropped() != 0 {
+            return self.report_new_drops();
+        }
+        Ok(())
+    }
+
+    /// [`check_drops`](Self::check_drops) once the kernel has dropped some.
+    #[cold]
+    fn report_new_drops(&self) -> Result<()> {
+        if lock(&self.state).cq.take_new_drops() {
             return Err(Error::CompletionsLost);
         }
         Ok(())
@@ -196,6 +206,7 @@ impl URingContext {
     /// by an iterator, or in the CQ ring. Completions of the context's own
     /// at the front of the ring are swallowed first, so that they never
     /// make `wait` return an empty iterator.
+    #[inline]
     fn completion_ready(&self) -> bool {
         if self.returned.load(Ordering::Relaxed) > 0 {
             return true;
@@ -206,6 +217,13 @@ impl URingContext {
         if self.internal_ops.load(Ordering::Relaxed) == 0 {
             return true;
         }
+        self.completion_ready_past_own()
+    }
+
+    /// [`completion_ready`](Self::completion_ready) while operations of the
+    /// context's own are in flight: swallows theirs at the front first.
+    #[cold]
+    fn completion_ready_past_own(&self) -> bool {
         let mut guard = lock(&self.state);
         let side = &mut *guard;
         side.table.swallow_own_at_front(&mut side.cq);

@@ -209,10 +209,18 @@ impl OpTable {
     /// CQ ring, up to the first that is for the caller; none while
     /// completions handed back wait, for whose sake a wake-up's completion
     /// keeps the ring fd readable.
+    #[inline]
     pub(crate) fn swallow_own_at_front(&mut self, cq: &mut CompletionQueue) {
         if self.internal_ops() == 0 || !self.returned.is_empty() {
             return;
         }
+        self.swallow_own_at_front_of_ring(cq);
+    }
+
+    /// [`swallow_own_at_front`](Self::swallow_own_at_front) once some of
+    /// the context's own operations are in flight.
+    #[cold]
+    fn swallow_own_at_front_of_ring(&mut self, cq: &mut CompletionQueue) {
         while let Some(cqe) = cq.peek() {
             let own = self.decode(cqe.user_data).is_some_and(|slot| {
                 matches!(self.slots[slot as usize].owner, Owner::Internal { .. })
@@ -228,6 +236,7 @@ impl OpTable {
     }
 
     /// Whether completions wait to be claimed: handed back, or in the ring.
+    #[inline]
     pub(crate) fn has_unclaimed(&self, cq: &CompletionQueue) -> bool {
         !self.returned.is_empty() || cq.ready() > 0
     }
@@ -238,6 +247,7 @@ impl OpTable {
     }
 
     /// Releases the operation of a completion handed to the caller now.
+    #[inline]
     pub(crate) fn yielded(&mut self, item: &Claimed) {
         if let Some(slot) = item.release() {
             self.release(slot);
