@@ -21,6 +21,11 @@
 //! (`cargo bench -p ringfence-benches`) measures more points and more
 //! carefully; this is for a first look, and only ratios within one run mean
 //! anything on a shared machine.
+//!
+//! `quick ringfence|io-uring BATCH ROUNDS` runs one library's round trip
+//! ROUNDS times and prints nothing: under `valgrind --tool=callgrind`, the
+//! difference between two round counts is the user-space instructions of
+//! the extra round trips, set-up cancelled out.
 
 use std::error::Error;
 use std::time::{Duration, Instant};
@@ -150,20 +155,50 @@ fn median(values: &[f64]) -> f64 {
     }
 }
 
-/// The round count from the command line: `quick [ROUNDS]`.
-fn rounds_from_args() -> Result<usize> {
-    let usage = "usage: quick [ROUNDS]  (ROUNDS >= 1, default 11)";
+/// What the command line asks for.
+enum Command {
+    /// Compare both libraries over this many rounds.
+    Compare(usize),
+    /// Run one library's round trip `rounds` times at `batch`, untimed:
+    /// for `valgrind --tool=callgrind`, which counts its instructions.
+    Only {
+        library: Library,
+        batch: usize,
+        rounds: usize,
+    },
+}
+
+fn command_from_args() -> Result<Command> {
+    let usage = "usage: quick [ROUNDS]  (ROUNDS >= 1, default 11)\n       \
+                 quick ringfence|io-uring BATCH ROUNDS  (one library, untimed)";
     let args: Vec<String> = std::env::args().skip(1).collect();
+    let count = |arg: &str| match arg.parse() {
+        Ok(n) if n >= 1 => Ok(n),
+        _ => Err(format!("not a count: {arg:?}\n{usage}")),
+    };
     match args.as_slice() {
-        [] => Ok(DEFAULT_ROUNDS),
+        [] => Ok(Command::Compare(DEFAULT_ROUNDS)),
         [flag] if flag == "-h" || flag == "--help" => {
             println!("{usage}");
             std::process::exit(0);
         }
-        [rounds] => match rounds.parse() {
-            Ok(rounds) if rounds >= 1 => Ok(rounds),
-            _ => Err(format!("not a round count: {rounds:?}\n{usage}").into()),
-        },
+        [rounds] => Ok(Command::Compare(count(rounds)?)),
+        [library, batch, rounds] => {
+            let library = match library.as_str() {
+                "ringfence" => Library::Ringfence,
+                "io-uring" => Library::IoUring,
+                _ => return Err(format!("not a library: {library:?}\n{usage}").into()),
+            };
+            let (batch, rounds) = (count(batch)?, count(rounds)?);
+            if batch > RING_ENTRIES as usize {
+                return Err(format!("BATCH is at most {RING_ENTRIES}").into());
+            }
+            Ok(Command::Only {
+                library,
+                batch,
+                rounds,
+            })
+        }
         _ => Err(usage.into()),
     }
 }
@@ -177,8 +212,18 @@ fn main() {
 
 /// Measures both batch sizes and prints the table.
 fn run() -> Result<()> {
-    let rounds = rounds_from_args()?;
     let mut rings = Rings::new()?;
+    let rounds = match command_from_args()? {
+        Command::Compare(rounds) => rounds,
+        Command::Only {
+            library,
+            batch,
+            rounds,
+        } => {
+            rings.time(library, batch, batch * rounds)?;
+            return Ok(());
+        }
+    };
     let mut table = Vec::new();
     let mut ops_per_round = Vec::new();
     for batch in BATCHES {

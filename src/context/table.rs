@@ -64,54 +64,74 @@ impl Refusal {
     }
 }
 
-/// Who a slot's operation is for.
+/// Who a slot's operation is for. One byte, so that a slot is 16.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 enum Owner {
     /// No operation: the slot is free.
     #[default]
     Free,
-    /// The caller, under the slot's `label`; `pins`: it pins caller memory.
-    Caller { pins: bool },
-    /// The context itself (a wake-up nop, or with `cancels` drain's
-    /// cancellation of the identity in the slot's `label`): its completion
-    /// is swallowed.
-    Internal { cancels: bool },
+    /// The caller, under the slot's `label`; it pins no caller memory.
+    Caller,
+    /// The caller, under the slot's `label`; it pins caller memory.
+    CallerPinning,
+    /// The context itself (a wake-up nop): its completion is swallowed.
+    Internal,
+    /// The context's own cancellation (drain's, or a further target of a
+    /// cancel by label) of the identity in the slot's `label`: its
+    /// completion is swallowed.
+    InternalCancel,
 }
 
-/// One operation's place in the table: small and `Copy`, written when an
-/// operation is tracked. What the operation keeps alive lives apart, in
-/// [`OpTable::kept`], touched only by operations that keep something.
+impl Owner {
+    fn caller(pins: bool) -> Owner {
+        if pins {
+            Owner::CallerPinning
+        } else {
+            Owner::Caller
+        }
+    }
+
+    fn is_internal(self) -> bool {
+        matches!(self, Owner::Internal | Owner::InternalCancel)
+    }
+}
+
+/// One operation's place in the table: 16 bytes and `Copy`, written when
+/// an operation is tracked and read when its completion comes back, often
+/// by threads on different cores, so four share a cache line. What the
+/// operation keeps alive lives apart, in [`OpTable::kept`], touched only by
+/// operations that keep something, and its order in [`OpTable::added`].
 #[derive(Clone, Copy, Default)]
 struct Slot {
+    /// The caller's label, or the identity an internal cancellation aims
+    /// at.
+    label: u64,
+    /// A free slot: the next free one ([`NO_SLOT`] ends the list). A
+    /// caller's operation that pins no memory: its label's bucket in the
+    /// unpinned counts, so releasing it needs no second hash.
+    link: u32,
     generation: u16,
     owner: Owner,
     /// The operation's [`KeepAlive`] is in `kept` at this slot's index.
     keeps: bool,
-    /// A free slot: the next free one ([`NO_SLOT`] ends the list).
-    next_free: u32,
-    /// A caller's operation that pins no memory: its label's bucket in
-    /// the unpinned counts, so releasing it needs no second hash.
-    bucket: u32,
-    /// The caller's label, or the identity an internal cancellation aims
-    /// at.
-    label: u64,
-    /// When it was tracked: operations sharing a label are ordered by it.
-    added: u64,
 }
+
+const _: () = assert!(std::mem::size_of::<Slot>() == 16);
 
 impl Slot {
     /// The caller's label, if this is a caller's operation, and whether it
     /// pins memory.
     fn caller(&self) -> Option<(UserData, bool)> {
         match self.owner {
-            Owner::Caller { pins } => Some((self.label, pins)),
+            Owner::Caller => Some((self.label, false)),
+            Owner::CallerPinning => Some((self.label, true)),
             _ => None,
         }
     }
 
     /// The identity this slot's internal cancellation aims at.
     fn cancels(&self) -> Option<u64> {
-        (self.owner == Owner::Internal { cancels: true }).then_some(self.label)
+        (self.owner == Owner::InternalCancel).then_some(self.label)
     }
 }
 
@@ -125,7 +145,7 @@ pub(crate) struct OpTable {
     /// (empty otherwise); as long as `slots`.
     kept: Vec<KeepAlive>,
     /// The first free slot, [`NO_SLOT`] if none: free slots are a list
-    /// linked through their `next_free`, newest first.
+    /// linked through their `link`, newest first.
     free_head: u32,
     /// Operations tracked, the caller's and the context's own.
     tracked: usize,
@@ -133,8 +153,11 @@ pub(crate) struct OpTable {
     pinned: LabelTable<u32>,
     /// Labels of the caller's other operations, counted by bucket.
     unpinned: UnpinnedCounts,
-    /// Operations tracked so far, for their `added` order.
-    added: u64,
+    /// For each slot, when its operation was tracked (the count of adds
+    /// then): operations sharing a label are ordered by it.
+    added: Vec<u64>,
+    /// Operations tracked so far.
+    adds: u64,
     /// Claim records by id; one not `in_use` is free.
     records: Vec<Record>,
     /// Completions handed back by an iterator dropped before yielding
@@ -164,7 +187,8 @@ impl OpTable {
             tracked: 0,
             pinned: LabelTable::new(),
             unpinned: UnpinnedCounts::new(),
-            added: 0,
+            added: Vec::new(),
+            adds: 0,
             records: (0..MAX_CLAIMS).map(|_| Record::FREE).collect(),
             returned: VecDeque::new(),
             released_files: Vec::new(),
@@ -200,7 +224,7 @@ impl OpTable {
     /// from `keep_alive` (only when there is something).
     #[inline(always)]
     fn allocate(&mut self, owner: Owner, label: u64, keep_alive: &mut KeepAlive) -> u32 {
-        self.added += 1;
+        self.adds += 1;
         self.tracked += 1;
         if self.free_head == NO_SLOT {
             self.grow();
@@ -211,16 +235,15 @@ impl OpTable {
             self.kept[slot as usize] = std::mem::take(keep_alive);
         }
         let entry = &mut self.slots[slot as usize];
-        self.free_head = entry.next_free;
+        self.free_head = entry.link;
         *entry = Slot {
+            label,
+            link: 0,
             generation: entry.generation.wrapping_add(1),
             owner,
             keeps,
-            next_free: NO_SLOT,
-            bucket: 0,
-            label,
-            added: self.added,
         };
+        self.added[slot as usize] = self.adds;
         slot
     }
 
@@ -232,10 +255,11 @@ impl OpTable {
             .filter(|&slot| slot != NO_SLOT)
             .expect("fewer than 2^32 - 1 operations in flight");
         self.slots.push(Slot {
-            next_free: self.free_head,
+            link: self.free_head,
             ..Slot::default()
         });
         self.kept.push(KeepAlive::default());
+        self.added.push(0);
         self.free_head = slot;
     }
 
@@ -279,13 +303,13 @@ impl OpTable {
         if shared {
             return Err(Refusal::SharedLabel);
         }
-        let slot = self.allocate(Owner::Caller { pins }, label, keep_alive);
+        let slot = self.allocate(Owner::caller(pins), label, keep_alive);
         if pins {
             // Cannot fail: the label is absent.
             let _ = self.pinned.insert(label, slot);
         } else {
             let (bucket, too_full) = self.unpinned.add(label);
-            self.slots[slot as usize].bucket = bucket;
+            self.slots[slot as usize].link = bucket;
             if too_full {
                 self.rebuild_unpinned();
             }
@@ -299,8 +323,9 @@ impl OpTable {
         if self.tracked() >= cap {
             return None;
         }
-        let owner = Owner::Internal {
-            cancels: target.is_some(),
+        let owner = match target {
+            Some(_) => Owner::InternalCancel,
+            None => Owner::Internal,
         };
         let slot = self.allocate(owner, target.unwrap_or(0), &mut KeepAlive::default());
         Some(self.identity(slot))
@@ -340,17 +365,17 @@ impl OpTable {
             keeps,
             ..
         } = *entry;
+        let bucket = entry.link;
         entry.owner = Owner::Free;
-        entry.next_free = self.free_head;
-        let bucket = entry.bucket;
+        entry.link = self.free_head;
         self.free_head = slot;
         self.tracked -= 1;
         match owner {
-            Owner::Caller { pins: true } => {
+            Owner::CallerPinning => {
                 self.pinned.remove(label);
             }
-            Owner::Caller { pins: false } => self.unpinned.remove(bucket),
-            Owner::Internal { .. } => {}
+            Owner::Caller => self.unpinned.remove(bucket),
+            Owner::Internal | Owner::InternalCancel => {}
             Owner::Free => unreachable!("released a slot that holds no operation"),
         }
         keeps.then(|| std::mem::take(&mut self.kept[slot as usize]))
@@ -380,7 +405,7 @@ impl OpTable {
         self.unpinned.clear_and_grow();
         for entry in &mut self.slots {
             if let Some((label, false)) = entry.caller() {
-                entry.bucket = self.unpinned.add(label).0;
+                entry.link = self.unpinned.add(label).0;
             }
         }
     }
@@ -396,7 +421,7 @@ impl OpTable {
         }
         let mut found: Vec<(u64, u32)> = self
             .unpinned_with(label)
-            .map(|slot| (self.slots[slot as usize].added, slot))
+            .map(|slot| (self.added[slot as usize], slot))
             .collect();
         found.sort_unstable();
         found

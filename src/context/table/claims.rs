@@ -9,7 +9,7 @@
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
-use super::{OpTable, Owner, CLAIM_BATCH, MAX_CLAIMS, NO_SLOT};
+use super::{OpTable, CLAIM_BATCH, MAX_CLAIMS, NO_SLOT};
 use crate::abi::{Cqe, CqeFlags, UserData};
 use crate::ring::CompletionQueue;
 
@@ -222,9 +222,9 @@ impl OpTable {
     #[cold]
     fn swallow_own_at_front_of_ring(&mut self, cq: &mut CompletionQueue) {
         while let Some(cqe) = cq.peek() {
-            let own = self.decode(cqe.user_data).is_some_and(|slot| {
-                matches!(self.slots[slot as usize].owner, Owner::Internal { .. })
-            });
+            let own = self
+                .decode(cqe.user_data)
+                .is_some_and(|slot| self.slots[slot as usize].owner.is_internal());
             if !own {
                 return;
             }

@@ -64,6 +64,7 @@ impl OpTable {
     fn clear(&mut self) {
         self.slots.clear();
         self.kept.clear();
+        self.added.clear();
         self.free_head = NO_SLOT;
         self.tracked = 0;
         self.pinned = LabelTable::new();

@@ -207,3 +207,59 @@ fn completions_handed_back_wake_a_waiter_blocked_on_another_thread() {
     );
     assert_eq!(ring.in_flight(), 0);
 }
+
+#[test]
+fn a_batch_yielded_on_another_thread_is_settled_on_this_one_exactly_as_far_as_yielded() {
+    use std::sync::atomic::AtomicUsize;
+    const OPS: usize = scaled(48, 20);
+    let kernel = SimKernel::new();
+    let ring = kernel.new_context(64, None).unwrap();
+    for user_data in 0..OPS as u64 {
+        ring.add_nop(user_data).unwrap();
+    }
+    ring.submit().unwrap();
+    // Lockstep: the reaper holds `held` completions (its iterator published
+    // them as yielded before handing them over) and waits until this
+    // thread has `checked` that count.
+    let (held, checked) = (AtomicUsize::new(0), AtomicUsize::new(0));
+    let deadline = Instant::now() + TEST_DEADLINE;
+    std::thread::scope(|s| {
+        let reaper = s.spawn(|| {
+            let mut seen = Vec::new();
+            // One iterator yields the whole ring: the first item alone, then
+            // batches from the claim board, without the lock.
+            for (user_data, result) in ring.wait().unwrap() {
+                assert_eq!(result.unwrap(), 0);
+                seen.push(user_data);
+                held.store(seen.len(), Ordering::Release);
+                while checked.load(Ordering::Acquire) < seen.len() {
+                    assert!(Instant::now() < deadline, "the checker stopped");
+                    std::thread::yield_now();
+                }
+            }
+            seen
+        });
+        // This thread settles the reaper's records under the lock: what it
+        // counts in flight is exactly what the caller does not hold yet.
+        let mut done = 0;
+        while done < OPS {
+            assert!(Instant::now() < deadline, "the reaper stopped at {done}");
+            let now_held = held.load(Ordering::Acquire);
+            if now_held == done {
+                std::thread::yield_now();
+                continue;
+            }
+            assert_eq!(ring.in_flight(), OPS - now_held, "with {now_held} held");
+            done = now_held;
+            checked.store(done, Ordering::Release);
+        }
+        let mut seen = reaper.join().unwrap();
+        seen.sort_unstable();
+        assert_eq!(
+            seen,
+            (0..OPS as u64).collect::<Vec<_>>(),
+            "each exactly once"
+        );
+    });
+    assert_eq!(ring.in_flight(), 0);
+}
