@@ -31,10 +31,12 @@ use crate::abi::UserData;
 use crate::op::{KeepAlive, SharedFd};
 
 mod claims;
+mod slot;
 mod teardown;
 
 use claims::Record;
 pub(crate) use claims::{ClaimBoard, Claimed};
+use slot::{Owner, Slot};
 
 /// The most completions one claim takes.
 pub(crate) const CLAIM_BATCH: usize = 16;
@@ -61,77 +63,6 @@ impl Refusal {
             Refusal::SharedLabel => crate::Error::DuplicateUserData(label),
             Refusal::Full => crate::Error::NoSpace,
         }
-    }
-}
-
-/// Who a slot's operation is for. One byte, so that a slot is 16.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-enum Owner {
-    /// No operation: the slot is free.
-    #[default]
-    Free,
-    /// The caller, under the slot's `label`; it pins no caller memory.
-    Caller,
-    /// The caller, under the slot's `label`; it pins caller memory.
-    CallerPinning,
-    /// The context itself (a wake-up nop): its completion is swallowed.
-    Internal,
-    /// The context's own cancellation (drain's, or a further target of a
-    /// cancel by label) of the identity in the slot's `label`: its
-    /// completion is swallowed.
-    InternalCancel,
-}
-
-impl Owner {
-    fn caller(pins: bool) -> Owner {
-        if pins {
-            Owner::CallerPinning
-        } else {
-            Owner::Caller
-        }
-    }
-
-    fn is_internal(self) -> bool {
-        matches!(self, Owner::Internal | Owner::InternalCancel)
-    }
-}
-
-/// One operation's place in the table: 16 bytes and `Copy`, written when
-/// an operation is tracked and read when its completion comes back, often
-/// by threads on different cores, so four share a cache line. What the
-/// operation keeps alive lives apart, in [`OpTable::kept`], touched only by
-/// operations that keep something, and its order in [`OpTable::added`].
-#[derive(Clone, Copy, Default)]
-struct Slot {
-    /// The caller's label, or the identity an internal cancellation aims
-    /// at.
-    label: u64,
-    /// A free slot: the next free one ([`NO_SLOT`] ends the list). A
-    /// caller's operation that pins no memory: its label's bucket in the
-    /// unpinned counts, so releasing it needs no second hash.
-    link: u32,
-    generation: u16,
-    owner: Owner,
-    /// The operation's [`KeepAlive`] is in `kept` at this slot's index.
-    keeps: bool,
-}
-
-const _: () = assert!(std::mem::size_of::<Slot>() == 16);
-
-impl Slot {
-    /// The caller's label, if this is a caller's operation, and whether it
-    /// pins memory.
-    fn caller(&self) -> Option<(UserData, bool)> {
-        match self.owner {
-            Owner::Caller => Some((self.label, false)),
-            Owner::CallerPinning => Some((self.label, true)),
-            _ => None,
-        }
-    }
-
-    /// The identity this slot's internal cancellation aims at.
-    fn cancels(&self) -> Option<u64> {
-        (self.owner == Owner::InternalCancel).then_some(self.label)
     }
 }
 
