@@ -72,9 +72,9 @@
 //!   flight, so the caller can always tell which buffer a completion frees.
 //! - **One writer per ring index.** Only the holder of the context's lock
 //!   writes SQEs and the SQ tail, and never a slot the kernel has not
-//!   consumed, and only it reads CQEs and moves the CQ head. The kernel's indices (SQ head, CQ tail) are loaded with
-//!   Acquire and ours (SQ tail, CQ head) stored with Release, pairing with
-//!   the kernel's barriers.
+//!   consumed, and only it reads CQEs and moves the CQ head. The kernel's
+//!   indices (SQ head, CQ tail) are loaded with Acquire and ours (SQ tail,
+//!   CQ head) stored with Release, pairing with the kernel's barriers.
 //! - **Drop drains.** Dropping the context cancels what is in flight and
 //!   waits for the kernel to finish with it; if it cannot, it leaks that
 //!   state rather than free memory the kernel may still use.

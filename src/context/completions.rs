@@ -133,6 +133,11 @@ impl Drop for Completions<'_> {
         let Some(id) = self.record.take() else {
             return;
         };
+        if self.ring.check_process().is_err() {
+            // Carried across fork: the lock may have been held by a parent
+            // thread the child does not have. Leave the parent's state be.
+            return;
+        }
         let mut side = lock(&self.ring.state);
         let handed_back = side
             .table

@@ -17,11 +17,12 @@
 //! share its label with no other operation in flight.
 //!
 //! **Claims.** An operation is in flight until the caller has its
-//! completion. A completions iterator claims a batch under the lock and
-//! yields from it without the lock, publishing how many it has yielded
-//! through an atomic ([`settle_all`](OpTable::settle_all) reads it); the
-//! batch is recorded here, so the yielded part can be released by whoever
-//! next holds the lock, and the rest handed back if the iterator is dropped.
+//! completion. A completions iterator claims a batch under the lock, onto
+//! the context's [`ClaimBoard`], and yields from it without the lock,
+//! publishing how many it has yielded ([`settle_all`](OpTable::settle_all)
+//! reads that); the table records the batch's length and how far it is
+//! settled, so the yielded part can be released by whoever next holds the
+//! lock, and the rest handed back if the iterator is dropped.
 
 use std::collections::VecDeque;
 use std::hash::BuildHasher;
@@ -38,7 +39,9 @@ use claims::Record;
 pub(crate) use claims::{ClaimBoard, Claimed};
 use slot::{Owner, Slot};
 
-/// The most completions one claim takes.
+/// The most completions of one claim that go onto the claim board (the
+/// claim's first is handed to the caller at once, so a claim takes up to
+/// one more).
 pub(crate) const CLAIM_BATCH: usize = 16;
 
 /// The most claims that may be outstanding at once (live iterators with a
@@ -162,6 +165,10 @@ impl OpTable {
         }
         let slot = self.free_head;
         let keeps = !keep_alive.is_empty();
+        debug_assert!(
+            self.kept[slot as usize].is_empty(),
+            "a free slot keeps something"
+        );
         if keeps {
             self.kept[slot as usize] = std::mem::take(keep_alive);
         }
@@ -296,6 +303,12 @@ impl OpTable {
             keeps,
             ..
         } = *entry;
+        // Checked before anything changes: a second release must not put
+        // the slot on the free list twice (two operations would share it).
+        assert!(
+            owner != Owner::Free,
+            "released a slot that holds no operation"
+        );
         let bucket = entry.link;
         entry.owner = Owner::Free;
         entry.link = self.free_head;
@@ -306,8 +319,7 @@ impl OpTable {
                 self.pinned.remove(label);
             }
             Owner::Caller => self.unpinned.remove(bucket),
-            Owner::Internal | Owner::InternalCancel => {}
-            Owner::Free => unreachable!("released a slot that holds no operation"),
+            Owner::Internal | Owner::InternalCancel | Owner::Free => {}
         }
         keeps.then(|| std::mem::take(&mut self.kept[slot as usize]))
     }

@@ -103,7 +103,10 @@ impl KeepAlive {
     /// Whether it keeps nothing alive (a nop's, a poll's on a raw fd).
     #[inline]
     pub(crate) fn is_empty(&self) -> bool {
-        self.iovecs.is_none() && self.file.is_none()
+        // Every field by name: a new one must be counted here, or an
+        // operation keeping only it would be freed at once.
+        let KeepAlive { iovecs, file } = self;
+        iovecs.is_none() && file.is_none()
     }
 
     /// What an operation on `target` and no caller memory keeps: the file,

@@ -137,7 +137,7 @@ impl CqIndices {
     /// CQEs posted and not yet popped, as of recent loads of both indices.
     pub(crate) fn ready(&self) -> u32 {
         // SAFETY: both point into live ring memory (type invariant). Acquire
-        // on our head pairs with the Release store in `pop_batch` made by
+        // on our head pairs with the Release store in `pop_each` made by
         // another thread; Acquire on the kernel's tail pairs with its
         // `smp_store_release`. The result is a hint: either may move on.
         let (head, tail) = unsafe {

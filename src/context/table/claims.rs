@@ -58,9 +58,11 @@ impl Record {
 ///
 /// Ordering: a batch is written under the lock by the thread whose
 /// iterator then holds its record, and rewritten only after that record
-/// was closed and reopened, both under the lock. So the iterator reads what
-/// its own thread wrote (program order), and a thread reading under the
-/// lock sees it through the lock. Relaxed loads and stores suffice for the
+/// was closed and reopened, both under the lock. So the iterator's reads
+/// happen after the writes: on the same thread, or on another one it was
+/// moved to, through whatever synchronised the move (safe code cannot move
+/// it otherwise); and a thread reading under the lock sees them through the
+/// lock. Relaxed loads and stores suffice for the
 /// items; the progress is published with Release and read with Acquire,
 /// because it says the caller has the items before it.
 pub(crate) struct ClaimBoard {

@@ -38,8 +38,9 @@ impl Owner {
 /// One operation's place in the table: 16 bytes and `Copy`, written when
 /// an operation is tracked and read when its completion comes back, often
 /// by threads on different cores, so four share a cache line. What the
-/// operation keeps alive lives apart, in [`OpTable::kept`], touched only by
-/// operations that keep something, and its order in [`OpTable::added`](super::OpTable).
+/// operation keeps alive lives apart, in the table's `kept`, touched only
+/// by operations that keep something, and its order in the table's
+/// `added`.
 #[derive(Clone, Copy, Default)]
 pub(super) struct Slot {
     /// The caller's label, or the identity an internal cancellation aims
@@ -51,7 +52,8 @@ pub(super) struct Slot {
     pub(super) link: u32,
     pub(super) generation: u16,
     pub(super) owner: Owner,
-    /// The operation's [`KeepAlive`] is in `kept` at this slot's index.
+    /// The operation's [`KeepAlive`](crate::op::KeepAlive) is in the
+    /// table's `kept` at this slot's index.
     pub(super) keeps: bool,
 }
 

@@ -41,13 +41,17 @@ impl OpTable {
     /// stay for the life of the process. Files held open are closed (the
     /// kernel holds its own reference to a file it uses).
     pub(crate) fn leak_all(&mut self) {
+        let kept = std::mem::take(&mut self.kept);
+        let mut files = Vec::new();
         let mut leaked = lock(&LEAKED);
-        for keep_alive in &mut self.kept {
-            if let Some(iovecs) = std::mem::take(keep_alive).iovecs {
-                leaked.push(iovecs);
-            }
+        for keep_alive in kept {
+            leaked.extend(keep_alive.iovecs);
+            files.extend(keep_alive.file);
         }
         drop(leaked);
+        // Closed once the lock is released: dropping a caller's `Arc` may
+        // run its code, which may drop another context that leaks too.
+        drop(files);
         self.clear();
     }
 

@@ -263,3 +263,31 @@ fn a_batch_yielded_on_another_thread_is_settled_on_this_one_exactly_as_far_as_yi
     });
     assert_eq!(ring.in_flight(), 0);
 }
+
+#[test]
+fn an_iterator_moved_to_another_thread_mid_batch_yields_the_rest_there_once() {
+    const OPS: usize = scaled(40, 20);
+    let kernel = SimKernel::new();
+    let ring = kernel.new_context(64, None).unwrap();
+    for user_data in 0..OPS as u64 {
+        ring.add_nop(user_data).unwrap();
+    }
+    ring.submit().unwrap();
+    let mut completions = ring.wait().unwrap();
+    // The first claim takes one; the second puts a batch on the claim
+    // board, written by this thread, which the other thread then reads.
+    let mut seen: Vec<u64> = completions.by_ref().take(3).map(|(ud, _)| ud).collect();
+    let rest: Vec<u64> = std::thread::scope(|s| {
+        s.spawn(move || completions.map(|(user_data, _)| user_data).collect())
+            .join()
+            .unwrap()
+    });
+    seen.extend(rest);
+    seen.sort_unstable();
+    assert_eq!(
+        seen,
+        (0..OPS as u64).collect::<Vec<_>>(),
+        "each exactly once"
+    );
+    assert_eq!(ring.in_flight(), 0);
+}
