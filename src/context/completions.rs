@@ -10,7 +10,7 @@ use crate::abi::UserData;
 ///
 /// It claims completions under the context's lock: one on the first call
 /// (the common `wait()?.next()` hands nothing back), then batches of up to
-/// 17. The first completion of each claim is handed to the caller at once;
+/// 65. The first completion of each claim is handed to the caller at once;
 /// the rest go onto the context's claim board and are yielded without the
 /// lock, each publishing the count yielded so far, so whoever next takes
 /// the lock can release their operations. Dropped early, it hands the unyielded rest

@@ -36,7 +36,7 @@ use table::{ClaimBoard, OpTable};
 /// `add_*` methods), sent to the kernel by [`submit`](Self::submit) or
 /// [`wait`](Self::wait), and come back from the iterator `wait` returns as
 /// `(user_data, result)`. Everything goes through `&self`: one lock, held
-/// for one add or one claim of up to 17 completions, never across a system
+/// for one add or one claim of up to 65 completions, never across a system
 /// call, so producers and reapers on different threads only contend
 /// briefly.
 ///
