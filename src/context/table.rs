@@ -48,7 +48,7 @@ pub(crate) const CLAIM_BATCH: usize = 64;
 
 /// The most claims that may be outstanding at once (live iterators with a
 /// batch). Past it, iterators claim one completion at a time, which needs
-/// no record. With [`CLAIM_BATCH`], the claim board is 16 KiB.
+/// no record. With [`CLAIM_BATCH`], the claim board is about 17 KiB.
 pub(crate) const MAX_CLAIMS: usize = 16;
 
 /// Why an operation could not be tracked.
