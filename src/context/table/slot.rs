@@ -37,7 +37,7 @@ impl Owner {
 
 /// One operation's place in the table: 16 bytes and `Copy`, written when
 /// an operation is tracked and read when its completion comes back, often
-/// by threads on different cores, so four share a cache line. What the
+/// by threads on different cores, so four fit in a cache line. What the
 /// operation keeps alive lives apart, in the table's `kept`, touched only
 /// by operations that keep something, and its order in the table's
 /// `added`.

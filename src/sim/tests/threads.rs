@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use super::super::{SimConfig, SimKernel};
-use super::{iovecs, labels, scaled, TEST_DEADLINE};
+use super::{add_without_reaping, iovecs, labels, scaled, TEST_DEADLINE};
 use crate::{Error, EventType};
 
 #[test]
@@ -172,10 +172,7 @@ fn wait_with_nothing_in_flight_blocks_until_another_thread_submits_a_nop() {
 fn completions_handed_back_wake_a_waiter_blocked_on_another_thread() {
     let kernel = SimKernel::new();
     let ring = kernel.new_context(8, None).unwrap();
-    for user_data in 0..4 {
-        ring.add_nop(user_data).unwrap();
-    }
-    ring.submit().unwrap();
+    add_without_reaping(&ring, 4);
     let mut iterator = ring.wait().unwrap();
     // The first call claims one; the second claims the rest as a batch and
     // yields its first: 2 and 3 are now this iterator's, and the CQ ring is
@@ -214,10 +211,7 @@ fn a_batch_yielded_on_another_thread_is_settled_on_this_one_exactly_as_far_as_yi
     const OPS: usize = scaled(48, 20);
     let kernel = SimKernel::new();
     let ring = kernel.new_context(64, None).unwrap();
-    for user_data in 0..OPS as u64 {
-        ring.add_nop(user_data).unwrap();
-    }
-    ring.submit().unwrap();
+    add_without_reaping(&ring, OPS as u64);
     // Lockstep: the reaper holds `held` completions (its iterator published
     // them as yielded before handing them over) and waits until this
     // thread has `checked` that count.
@@ -253,13 +247,7 @@ fn a_batch_yielded_on_another_thread_is_settled_on_this_one_exactly_as_far_as_yi
             done = now_held;
             checked.store(done, Ordering::Release);
         }
-        let mut seen = reaper.join().unwrap();
-        seen.sort_unstable();
-        assert_eq!(
-            seen,
-            (0..OPS as u64).collect::<Vec<_>>(),
-            "each exactly once"
-        );
+        assert_each_once(reaper.join().unwrap(), OPS);
     });
     assert_eq!(ring.in_flight(), 0);
 }
@@ -269,10 +257,7 @@ fn an_iterator_moved_to_another_thread_mid_batch_yields_the_rest_there_once() {
     const OPS: usize = scaled(40, 20);
     let kernel = SimKernel::new();
     let ring = kernel.new_context(64, None).unwrap();
-    for user_data in 0..OPS as u64 {
-        ring.add_nop(user_data).unwrap();
-    }
-    ring.submit().unwrap();
+    add_without_reaping(&ring, OPS as u64);
     let mut completions = ring.wait().unwrap();
     // The first claim takes one; the second puts a batch on the claim
     // board, written by this thread, which the other thread then reads.
@@ -283,11 +268,16 @@ fn an_iterator_moved_to_another_thread_mid_batch_yields_the_rest_there_once() {
             .unwrap()
     });
     seen.extend(rest);
+    assert_each_once(seen, OPS);
+    assert_eq!(ring.in_flight(), 0);
+}
+
+/// Asserts that `seen` holds each of the labels `0..count` exactly once.
+fn assert_each_once(mut seen: Vec<u64>, count: usize) {
     seen.sort_unstable();
     assert_eq!(
         seen,
-        (0..OPS as u64).collect::<Vec<_>>(),
+        (0..count as u64).collect::<Vec<_>>(),
         "each exactly once"
     );
-    assert_eq!(ring.in_flight(), 0);
 }
