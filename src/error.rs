@@ -66,6 +66,18 @@ pub enum Error {
         max = MAX_ENTRIES
     )]
     EntriesOutOfRange(usize),
+    /// The operation was given a registered file
+    /// ([`Target::fixed`](crate::op::Target::fixed)), but cannot take one:
+    /// the kernel refuses `IOSQE_FIXED_FILE` on it (openat, openat2, close
+    /// and statx with `EBADF`; files_update and timeout_remove with
+    /// `EINVAL`). On a ring that requires `FIXED_FILE`, such an operation
+    /// cannot run at all: leave it out of the allowlist.
+    #[error(
+        "{0:?} cannot address a registered (fixed) file: the kernel refuses IOSQE_FIXED_FILE \
+         on it; give it a plain descriptor, and on a ring that requires FIXED_FILE, do \
+         without it"
+    )]
+    FixedFileNotSupported(crate::URingOperation),
     /// The context was used in a child after `fork`: it belongs to the
     /// process that created it, and the child's copy must not touch the
     /// parent's ring. Create a new context in the child.
@@ -180,6 +192,7 @@ impl From<Error> for io::Error {
             Error::DuplicateUserData(_) => io::Error::new(io::ErrorKind::AlreadyExists, err),
             Error::Enter(e) => e,
             Error::EntriesOutOfRange(_) => io::Error::new(io::ErrorKind::InvalidInput, err),
+            Error::FixedFileNotSupported(_) => io::Error::new(io::ErrorKind::InvalidInput, err),
             Error::Forked => io::Error::other(err),
             Error::InvalidOffset(_) => io::Error::new(io::ErrorKind::InvalidInput, err),
             Error::IoUringDisabled => io::Error::from_raw_os_error(libc::EPERM),

@@ -96,6 +96,55 @@ impl Sqe {
         self.0.len = len;
     }
 
+    /// `addr2`: a second address (connect's and accept's address length,
+    /// a timeout removal's new timespec), sharing the field with `off`.
+    #[allow(dead_code)] // For the operations being added (issue 10).
+    pub(crate) fn set_addr2(&mut self, addr2: u64) {
+        self.0.__bindgen_anon_1.addr2 = addr2;
+    }
+
+    /// `addr3`: a third address (the kernel's `addr3`, the first word of
+    /// the SQE's last union).
+    #[allow(dead_code)] // For the operations being added (issue 10).
+    pub(crate) fn set_addr3(&mut self, addr3: u64) {
+        // bindgen spells this union as its storage, two `u64`s: `addr3`
+        // is the first.
+        self.0.__bindgen_anon_6.bindgen_union_field[0] = addr3;
+    }
+
+    /// `buf_index`: which registered buffer a fixed read or write uses.
+    #[allow(dead_code)] // For the operations being added (issue 10).
+    pub(crate) fn set_buf_index(&mut self, index: u16) {
+        self.0.__bindgen_anon_4.buf_index = index;
+    }
+
+    /// `buf_group`: the provided-buffer group a `BUFFER_SELECT` operation
+    /// picks from.
+    #[allow(dead_code)] // For the operations being added (issue 10).
+    pub(crate) fn set_buf_group(&mut self, group: u16) {
+        self.0.__bindgen_anon_4.buf_group = group;
+    }
+
+    /// `file_index`: the fixed-file slot an open, accept or socket installs
+    /// its file into, plus one (0 means "a plain descriptor").
+    #[allow(dead_code)] // For the operations being added (issue 10).
+    pub(crate) fn set_file_index(&mut self, index: u32) {
+        self.0.__bindgen_anon_5.file_index = index;
+    }
+
+    /// `splice_fd_in`: splice's and tee's source descriptor.
+    #[allow(dead_code)] // For the operations being added (issue 10).
+    pub(crate) fn set_splice_fd_in(&mut self, fd: i32) {
+        self.0.__bindgen_anon_5.splice_fd_in = fd;
+    }
+
+    /// `ioprio`: for several operations, their own extra flags (multishot
+    /// accept, recv's poll-first, send's zero-copy flags).
+    #[allow(dead_code)] // For the operations being added (issue 10).
+    pub(crate) fn set_ioprio(&mut self, ioprio: u16) {
+        self.0.ioprio = ioprio;
+    }
+
     /// The operation's own flags (`rw_flags`, `fsync_flags`, `cancel_flags`
     /// ...: one `u32` union member, named by each operation).
     pub(crate) fn set_op_flags(&mut self, flags: u32) {

@@ -97,6 +97,10 @@ pub(crate) struct KeepAlive {
     pub(crate) iovecs: Option<KernelIovecs>,
     /// The file the operation works on, held open.
     pub(crate) file: Option<target::SharedFd>,
+    /// Memory of the operation's own that the SQE points into (a
+    /// timespec, a socket address, a path, a `msghdr`), on the heap so it
+    /// stays put while the context moves the `KeepAlive` around.
+    pub(crate) owned: Option<Box<dyn Send>>,
 }
 
 impl KeepAlive {
@@ -105,16 +109,20 @@ impl KeepAlive {
     pub(crate) fn is_empty(&self) -> bool {
         // Every field by name: a new one must be counted here, or an
         // operation keeping only it would be freed at once.
-        let KeepAlive { iovecs, file } = self;
-        iovecs.is_none() && file.is_none()
+        let KeepAlive {
+            iovecs,
+            file,
+            owned,
+        } = self;
+        iovecs.is_none() && file.is_none() && owned.is_none()
     }
 
     /// What an operation on `target` and no caller memory keeps: the file,
     /// if the target holds it open.
     pub(crate) fn target(target: Target) -> KeepAlive {
         KeepAlive {
-            iovecs: None,
             file: target.keep_alive(),
+            ..KeepAlive::default()
         }
     }
 }

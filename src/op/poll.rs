@@ -51,7 +51,7 @@ impl Operation for PollAdd {
 
     fn prepare(self) -> Result<Prepared> {
         let mut sqe = Sqe::new(Self::OPCODE);
-        sqe.set_fd(self.target.raw_fd());
+        self.target.fill(&mut sqe);
         sqe.set_poll_events(self.events.poll_events());
         Ok(Prepared::new::<Self>(sqe, KeepAlive::target(self.target)))
     }

@@ -28,7 +28,7 @@ impl Vectored {
         };
         let iovecs = KernelIovecs::new(self.iovecs);
         let mut sqe = Sqe::new(O::OPCODE);
-        sqe.set_fd(self.target.raw_fd());
+        self.target.fill(&mut sqe);
         sqe.set_offset(offset);
         // `IoBufMut` is `repr(transparent)` over `iovec`, and the array
         // stays put while the context keeps it.

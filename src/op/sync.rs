@@ -33,7 +33,7 @@ impl Operation for Fsync {
 
     fn prepare(self) -> Result<Prepared> {
         let mut sqe = Sqe::new(Self::OPCODE);
-        sqe.set_fd(self.target.raw_fd());
+        self.target.fill(&mut sqe);
         sqe.set_op_flags(self.flags.bits());
         Ok(Prepared::new::<Self>(sqe, KeepAlive::target(self.target)))
     }
@@ -72,7 +72,7 @@ impl Operation for Fallocate {
     fn prepare(self) -> Result<Prepared> {
         let offset = super::file_offset(self.offset)?;
         let mut sqe = Sqe::new(Self::OPCODE);
-        sqe.set_fd(self.target.raw_fd());
+        self.target.fill(&mut sqe);
         sqe.set_offset(offset);
         // For fallocate the kernel reads the length from `addr` and the
         // mode from `len`.

@@ -6,11 +6,23 @@ use super::super::lock;
 use super::{ClaimBoard, OpTable, Owner, Slot, NO_SLOT};
 use crate::iobuf::KernelIovecs;
 
-/// The iovec arrays contexts leaked because the kernel might still read
-/// them, kept for the life of the process. Holding it
-/// here rather than forgetting it keeps it reachable, so leak checkers
-/// (LeakSanitizer, Miri) tell these deliberate leaks from real ones.
-static LEAKED: std::sync::Mutex<Vec<KernelIovecs>> = std::sync::Mutex::new(Vec::new());
+/// The memory contexts leaked because the kernel might still use it, kept
+/// for the life of the process. Holding it here rather than forgetting it
+/// keeps it reachable, so leak checkers (LeakSanitizer, Miri) tell these
+/// deliberate leaks from real ones.
+static LEAKED: std::sync::Mutex<Leaked> = std::sync::Mutex::new(Leaked {
+    iovecs: Vec::new(),
+    owned: Vec::new(),
+});
+
+/// What [`LEAKED`] holds: each kind of memory a [`KeepAlive`] can point
+/// the kernel at.
+///
+/// [`KeepAlive`]: crate::op::KeepAlive
+struct Leaked {
+    iovecs: Vec<KernelIovecs>,
+    owned: Vec<Box<dyn Send>>,
+}
 
 impl OpTable {
     /// The identities of the caller's operations in flight that no
@@ -37,16 +49,24 @@ impl OpTable {
     }
 
     /// Stops tracking every operation without freeing the memory the
-    /// kernel may still use: the iovec arrays go to [`LEAKED`], where they
-    /// stay for the life of the process. Files held open are closed (the
+    /// kernel may still use: the iovec arrays and the operations' own
+    /// memory go to [`LEAKED`], where they stay for the life of the
+    /// process. Files held open are closed (the
     /// kernel holds its own reference to a file it uses).
     pub(crate) fn leak_all(&mut self) {
         let kept = std::mem::take(&mut self.kept);
         let mut files = Vec::new();
         let mut leaked = lock(&LEAKED);
         for keep_alive in kept {
-            leaked.extend(keep_alive.iovecs);
-            files.extend(keep_alive.file);
+            // Every field by name: a new kind of memory must be leaked too.
+            let crate::op::KeepAlive {
+                iovecs,
+                file,
+                owned,
+            } = keep_alive;
+            leaked.iovecs.extend(iovecs);
+            leaked.owned.extend(owned);
+            files.extend(file);
         }
         drop(leaked);
         // Closed once the lock is released: dropping a caller's `Arc` may
