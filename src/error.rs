@@ -86,6 +86,13 @@ pub enum Error {
          used here: create a new context in the child"
     )]
     Forked,
+    /// A chain of linked operations that the kernel would cut or
+    /// misread: one whose last operation is linked to whatever is queued
+    /// next, or a [`LinkTimeout`](crate::op::LinkTimeout) that does not
+    /// follow a linked operation. Chains are built in an
+    /// [`OpBatch`](crate::OpBatch) (see its Chains section).
+    #[error("invalid chain of linked operations: {0}")]
+    InvalidChain(&'static str),
     /// A file offset the kernel cannot take: above
     /// [`MAX_FILE_OFFSET`](crate::MAX_FILE_OFFSET) (`i64::MAX`), it would be
     /// negative to the kernel, and `u64::MAX` would mean "the current file
@@ -194,6 +201,7 @@ impl From<Error> for io::Error {
             Error::EntriesOutOfRange(_) => io::Error::new(io::ErrorKind::InvalidInput, err),
             Error::FixedFileNotSupported(_) => io::Error::new(io::ErrorKind::InvalidInput, err),
             Error::Forked => io::Error::other(err),
+            Error::InvalidChain(_) => io::Error::new(io::ErrorKind::InvalidInput, err),
             Error::InvalidOffset(_) => io::Error::new(io::ErrorKind::InvalidInput, err),
             Error::IoUringDisabled => io::Error::from_raw_os_error(libc::EPERM),
             Error::IoUringUnavailable => io::Error::from_raw_os_error(libc::ENOSYS),

@@ -729,6 +729,28 @@ fn wait_timeout_with_nothing_in_flight_blocks_until_the_timeout() {
     assert!(took < PROMPTLY, "overran: {took:?}");
 }
 
+/// On 5.11 and later the kernel times the wait (`IORING_ENTER_EXT_ARG`),
+/// to the nanosecond; poll(2), the fallback, rounds up to a millisecond.
+/// The shortest of a few 100 µs waits shows which one ran.
+#[test]
+fn wait_timeout_has_sub_millisecond_resolution_on_this_kernel() {
+    let ring = ring!(8);
+    let timeout = Duration::from_micros(100);
+    let shortest = (0..20)
+        .map(|_| {
+            let start = Instant::now();
+            assert_eq!(ring.wait_timeout(timeout).unwrap().count(), 0);
+            start.elapsed()
+        })
+        .min()
+        .unwrap();
+    assert!(shortest >= timeout, "returned after {shortest:?}");
+    assert!(
+        shortest < Duration::from_micros(900),
+        "the shortest 100 µs wait took {shortest:?}: rounded to milliseconds?"
+    );
+}
+
 #[test]
 fn wait_timeout_wakes_for_a_nop_from_another_thread() {
     let ring = ring!(8);

@@ -18,8 +18,10 @@ use std::os::fd::AsRawFd;
 use std::time::Duration;
 
 use common::{eventfd, eventfd_count};
+use ringfence::op::{LinkTimeout, Nop, Timeout, TimeoutRemove};
 use ringfence::{
-    Error, IosqeFlags, RegisterOperation, SqeFlags, URingAllowlist, URingContext, URingOperation,
+    Error, IosqeFlags, OpBatch, RegisterOperation, SqeFlags, URingAllowlist, URingContext,
+    URingOperation,
 };
 
 /// Whether this kernel applies the pre-7.0 rule: any registered restriction
@@ -408,19 +410,28 @@ fn sqe_flags_outside_the_allowlist_are_refused() {
         HashMap::from([(1, Err(libc::EACCES)), (2, Ok(0))])
     );
 
-    // ASYNC allowed: ASYNC passes, HARDLINK does not. The refused HARDLINK
-    // nop goes last: a refused link head would cancel what it links to.
+    // ASYNC allowed: ASYNC passes, HARDLINK does not: the refused head of
+    // a hard-linked chain fails, and takes the rest of its chain with it.
     let mut list = allowing(&[URingOperation::Nop]);
     list.allow_sqe_flags(IosqeFlags::ASYNC);
     let ring = ring!(8, Some(&list));
     ring.add_nop_with_flags(SqeFlags::ASYNC, 1)
         .expect("add_nop_with_flags");
     ring.add_nop(3).expect("add_nop");
-    ring.add_nop_with_flags(SqeFlags::HARDLINK, 2)
-        .expect("add_nop_with_flags");
+    let mut chain = OpBatch::new();
+    chain
+        .add_hardlinked(Nop::new(), 2)
+        .and_then(|chain| chain.add(Nop::new(), 4))
+        .expect("chain");
+    ring.add_batch(&mut chain).expect("add_batch");
     assert_eq!(
-        reap_all(&ring, 3),
-        HashMap::from([(1, Ok(0)), (2, Err(libc::EACCES)), (3, Ok(0))])
+        reap_all(&ring, 4),
+        HashMap::from([
+            (1, Ok(0)),
+            (2, Err(libc::EACCES)),
+            (3, Ok(0)),
+            (4, Err(libc::ECANCELED))
+        ])
     );
 }
 
@@ -453,34 +464,64 @@ fn allows_sqe_flags_agrees_with_the_kernel() {
         (hardlink, async_),
         (link, hardlink),
     ];
+    // Flags on a nop, and whether it heads a chain (soft or hard link):
+    // links exist only inside a batch, so a linked probe is followed by a
+    // plain nop that ends its chain.
     let probes = [
-        SqeFlags::empty(),
-        SqeFlags::ASYNC,
-        SqeFlags::HARDLINK,
-        SqeFlags::LINK,
-        SqeFlags::ASYNC | SqeFlags::HARDLINK,
-        SqeFlags::ASYNC | SqeFlags::LINK,
-        SqeFlags::HARDLINK | SqeFlags::LINK,
+        (SqeFlags::empty(), none),
+        (SqeFlags::ASYNC, none),
+        (SqeFlags::empty(), hardlink),
+        (SqeFlags::empty(), link),
+        (SqeFlags::ASYNC, hardlink),
+        (SqeFlags::ASYNC, link),
     ];
+    const CHAIN_END: u64 = 100;
     let (mut passed, mut refused) = (0, 0);
     for (allowed, required) in rules {
         let mut list = allowing(&[URingOperation::Nop]);
         list.allow_sqe_flags(allowed).require_sqe_flags(required);
         let ring = ring!(8, Some(&list));
-        // One SQE per submission, so a refused LINK never drags a
-        // following SQE into its chain.
-        for (i, flags) in probes.iter().enumerate() {
+        for (i, (flags, joins)) in probes.iter().enumerate() {
             let ud = i as u64;
-            ring.add_nop_with_flags(*flags, ud)
-                .expect("add_nop_with_flags");
-            let got = reap_one(&ring);
-            let predicted = list.allows_sqe_flags((*flags).into());
-            let want = if predicted { Ok(0) } else { Err(libc::EACCES) };
+            let probe = Nop::new().flags(*flags);
+            let mut batch = OpBatch::new();
+            let added = if *joins == link {
+                batch.add_linked(probe, ud)
+            } else if *joins == hardlink {
+                batch.add_hardlinked(probe, ud)
+            } else {
+                batch.add(probe, ud)
+            };
+            added.expect("probe");
+            if !joins.is_empty() {
+                batch.add(Nop::new(), CHAIN_END).expect("chain end");
+            }
+            ring.add_batch(&mut batch).expect("add_batch");
+            let got = reap_all(&ring, batch_len(joins));
+            let sent = IosqeFlags::from(*flags) | *joins;
+            let predicted = list.allows_sqe_flags(sent);
+            let end_refused = !joins.is_empty() && !list.allows_sqe_flags(IosqeFlags::empty());
+            // A head the kernel accepts still fails when a later member of
+            // its chain is refused (`io_submit_fail_init`).
+            let want = match (predicted, end_refused) {
+                (false, _) => Err(libc::EACCES),
+                (true, true) => Err(libc::ECANCELED),
+                (true, false) => Ok(0),
+            };
             assert_eq!(
-                got,
-                (ud, want),
-                "allowed {allowed:?}, required {required:?}, flags {flags:?}: allows_sqe_flags says {predicted}"
+                got[&ud], want,
+                "allowed {allowed:?}, required {required:?}, flags {sent:?}: allows_sqe_flags says {predicted}"
             );
+            if !predicted && !joins.is_empty() {
+                // A refused chain head takes the rest of its chain with it,
+                // unless the kernel refuses that member for itself.
+                let end = if list.allows_sqe_flags(IosqeFlags::empty()) {
+                    libc::ECANCELED
+                } else {
+                    libc::EACCES
+                };
+                assert_eq!(got[&CHAIN_END], Err(end));
+            }
             if predicted {
                 passed += 1;
             } else {
@@ -494,6 +535,16 @@ fn allows_sqe_flags_agrees_with_the_kernel() {
     );
 }
 
+/// Completions a probe of `allows_sqe_flags_agrees_with_the_kernel` makes:
+/// one, or two for a chain.
+fn batch_len(joins: &IosqeFlags) -> usize {
+    if joins.is_empty() {
+        1
+    } else {
+        2
+    }
+}
+
 /// The operations ringfence can issue: the crate's own list.
 const ISSUABLE: &[URingOperation] = ringfence::op::ISSUABLE;
 
@@ -505,6 +556,22 @@ struct Targets {
     zero: File,
     /// The read end of a pipe that holds unread data, so it polls readable.
     readable: File,
+}
+
+/// The user_data of the nop a link timeout recipe bounds.
+const LINK_TIMEOUT_HEAD: u64 = 1000;
+
+/// What the nop a link timeout bounds completes with under `list`: refused
+/// itself, cancelled by its refused link timeout (`io_submit_fail_init`
+/// fails a chain's head when a later member is refused), or done.
+fn link_timeout_head_result(list: &URingAllowlist) -> Result<u32, i32> {
+    if !list.allows_submit_operation(URingOperation::Nop) {
+        Err(libc::EACCES)
+    } else if !list.allows_submit_operation(URingOperation::LinkTimeout) {
+        Err(libc::ECANCELED)
+    } else {
+        Ok(0)
+    }
 }
 
 /// Queues one `op` with user_data `ud`, returning what it must complete with
@@ -562,6 +629,30 @@ fn issue(ring: &URingContext, op: URingOperation, ud: u64, targets: &Targets) ->
             ring.async_cancel(u64::MAX - 2, ud).expect("async_cancel");
             Err(libc::ENOENT)
         }
+        URingOperation::Timeout => {
+            // A zero timeout fires at once.
+            ring.add(Timeout::new(Duration::ZERO), ud)
+                .expect("add Timeout");
+            Err(libc::ETIME)
+        }
+        URingOperation::TimeoutRemove => {
+            // No timeout with this user_data is pending.
+            ring.add(TimeoutRemove::new(u64::MAX - 3), ud)
+                .expect("add TimeoutRemove");
+            Err(libc::ENOENT)
+        }
+        URingOperation::LinkTimeout => {
+            // Bounding a nop, which completes first (or is refused): the
+            // link timeout is cancelled either way. The nop's own result is
+            // `link_timeout_head_result`'s.
+            let mut chain = OpBatch::new();
+            chain
+                .add_linked(Nop::new(), LINK_TIMEOUT_HEAD)
+                .and_then(|chain| chain.add(LinkTimeout::new(Duration::from_secs(10)), ud))
+                .expect("chain");
+            ring.add_batch(&mut chain).expect("add_batch");
+            Err(libc::ECANCELED)
+        }
         other => panic!("no recipe for {other:?}: add one to `issue` in tests/restrictions.rs"),
     }
 }
@@ -585,7 +676,9 @@ fn allowlists_over_the_issuable_ops_are_enforced_exactly() {
             .filter(|(i, _)| mask & (1 << i) != 0)
             .map(|(_, op)| *op)
             .collect();
-        let list = allowing(&allowed);
+        let mut list = allowing(&allowed);
+        // The link timeout recipe's chain: its head carries IO_LINK.
+        list.allow_sqe_flags(IosqeFlags::IO_LINK);
         let ring = ring!(16, Some(&list));
         let mut expected = HashMap::new();
         for (i, op) in ISSUABLE.iter().enumerate() {
@@ -603,13 +696,16 @@ fn allowlists_over_the_issuable_ops_are_enforced_exactly() {
                 Err(libc::EACCES)
             };
             expected.insert(ud, want);
+            if *op == URingOperation::LinkTimeout {
+                expected.insert(LINK_TIMEOUT_HEAD, link_timeout_head_result(&list));
+            }
         }
-        let got = reap_all(&ring, ISSUABLE.len());
-        for (i, op) in ISSUABLE.iter().enumerate() {
-            let ud = i as u64;
+        let got = reap_all(&ring, expected.len());
+        for (ud, want) in &expected {
+            let op = ISSUABLE.get(*ud as usize).unwrap_or(&URingOperation::Nop);
             assert_eq!(
-                got[&ud], expected[&ud],
-                "{op:?} with allowlist {allowed:?} (mask {mask:#x})"
+                got[ud], *want,
+                "{op:?} (user_data {ud}) with allowlist {allowed:?} (mask {mask:#x})"
             );
         }
     }

@@ -51,7 +51,7 @@ use common::{
 };
 use libfuzzer_sys::arbitrary::{self, Arbitrary};
 use libfuzzer_sys::fuzz_target;
-use ringfence::op::{EventType, Fallocate, Fsync, Nop, PollAdd, Readv, Writev};
+use ringfence::op::{EventType, Fallocate, Fsync, Nop, PollAdd, Readv, Timeout, Writev};
 use ringfence::{Error, SqeFlags, URingOperation};
 
 #[derive(Arbitrary, Debug)]
@@ -332,6 +332,10 @@ impl Model for Real {
                 }
             }
             URingOperation::Fallocate => self.fallocate(input, adder),
+            URingOperation::Timeout => {
+                let op = Timeout::new(Duration::from_micros(100));
+                adder.push(op, Spec::new(Kind::Gives(Err(libc::ETIME))));
+            }
             URingOperation::PollAdd => {
                 let op = PollAdd::new(Arc::clone(&self.pipe.reader), EventType::Read);
                 adder.push(op, Spec::new(Kind::Poll));
@@ -496,7 +500,6 @@ fuzz_target!(|input: Input| {
     let config = RingConfig {
         // Every kernel with restrictions has IORING_FEAT_NODROP.
         cap: in_flight_cap(&ring, true),
-        links: true,
     };
     let mut world = World::new(ring, Real::new(), config);
     for step in &input.steps {

@@ -51,7 +51,7 @@ use common::{
 };
 use libfuzzer_sys::arbitrary::{self, Arbitrary};
 use libfuzzer_sys::fuzz_target;
-use ringfence::op::{EventType, Fallocate, Fsync, Nop, PollAdd, Readv, Target, Writev};
+use ringfence::op::{EventType, Fallocate, Fsync, Nop, PollAdd, Readv, Target, Timeout, Writev};
 use ringfence::{Error, IosqeFlags, RegisterOperation, URingAllowlist, URingOperation};
 
 #[derive(Arbitrary, Debug)]
@@ -342,6 +342,10 @@ impl Model for Restricted {
                     Spec::new(Kind::Gives(Ok(0))).offset(Some(scratch_offset)),
                 );
             }
+            URingOperation::Timeout => {
+                let op = Timeout::new(Duration::from_micros(100));
+                adder.push(op, Spec::new(Kind::Gives(Err(libc::ETIME))));
+            }
             URingOperation::PollAdd => {
                 // A bare descriptor, not an `Arc`: closing a ring that cannot
                 // cancel leaks what its polls hold, and LeakSanitizer would
@@ -489,7 +493,6 @@ fuzz_target!(|input: Input| {
     let config = RingConfig {
         // Every kernel with restrictions has IORING_FEAT_NODROP.
         cap: in_flight_cap(&ring, true),
-        links: true,
     };
     let restricted = Restricted {
         policy,

@@ -41,7 +41,7 @@ use model::{
     Adder, CommonStep, Model, Offset, OpInput, Reap, Res, RingConfig, Spec, DRAIN_DEADLINE,
 };
 use pool::{fill_slot, iovecs, Completed, BUF_LEN};
-use ringfence::op::{EventType, Fallocate, Fsync, Nop, PollAdd, Readv, Target, Writev};
+use ringfence::op::{EventType, Fallocate, Fsync, Nop, PollAdd, Readv, Target, Timeout, Writev};
 use ringfence::sim::{Fault, SimConfig, SimKernel};
 use ringfence::URingOperation;
 
@@ -51,6 +51,8 @@ struct Input {
     nodrop: bool,
     /// `SimConfig::defer_completions`.
     defer: bool,
+    /// `SimConfig::ext_arg`.
+    ext_arg: bool,
     seed: u8,
     /// The ring has `1 << (entries % 4)` entries: small rings overflow.
     entries: u8,
@@ -181,6 +183,11 @@ impl Model for Sim {
                 let op = Fallocate::new(sim_fd(self.sink), offset, 64, mode);
                 adder.push(op, Spec::new(Kind::Gives(res)).offset(Some(offset)));
             }
+            URingOperation::Timeout => {
+                // Fires when `unblock` moves the simulated clock.
+                let op = Timeout::new(Duration::from_millis(1));
+                adder.push(op, Spec::new(Kind::Gives(Err(libc::ETIME))));
+            }
             URingOperation::PollAdd => {
                 let op = PollAdd::new(sim_fd(self.pollable), EventType::Read);
                 adder.push(op, Spec::new(Kind::Poll));
@@ -232,6 +239,7 @@ impl Model for Sim {
 
     fn unblock(&mut self) {
         self.kernel.set_ready(self.pollable, libc::POLLIN as u32);
+        self.kernel.fire_timeouts();
     }
 
     fn reaped(&mut self) {
@@ -252,6 +260,7 @@ type World = model::World<Sim>;
 fuzz_target!(|input: Input| {
     let kernel = SimKernel::with_config(SimConfig {
         nodrop: input.nodrop,
+        ext_arg: input.ext_arg,
         defer_completions: input.defer,
         seed: u64::from(input.seed),
     });
@@ -266,7 +275,6 @@ fuzz_target!(|input: Input| {
         .expect("simulated setup");
     let config = RingConfig {
         cap: model::in_flight_cap(&ring, input.nodrop),
-        links: false,
     };
     let mut world = World::new(ring, sim, config);
 

@@ -16,13 +16,13 @@ bitflags! {
     /// `IOSQE_BUFFER_SELECT` (an operation sets those itself, from what it
     /// addresses), nor `IOSQE_IO_DRAIN`, which holds back every later SQE,
     /// including the cancellations drop relies on, until everything before
-    /// it has completed. [`IosqeFlags`] names every bit, for allowlists.
+    /// it has completed. Nor the links, `IOSQE_IO_LINK` and
+    /// `IOSQE_IO_HARDLINK`: on a single add they would join the operation
+    /// to whatever another thread queues next; chains are built in an
+    /// [`OpBatch`](crate::OpBatch) instead. [`IosqeFlags`] names every bit,
+    /// for allowlists.
     #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
     pub struct SqeFlags: u8 {
-        /// `IOSQE_IO_LINK`: start the next SQE only after this one succeeded.
-        const LINK = 1 << IOSQE_IO_LINK_BIT;
-        /// `IOSQE_IO_HARDLINK`: like `LINK`, whatever this one's result.
-        const HARDLINK = 1 << IOSQE_IO_HARDLINK_BIT;
         /// `IOSQE_ASYNC`: always run from a kernel worker thread.
         const ASYNC = 1 << IOSQE_ASYNC_BIT;
     }
@@ -100,12 +100,8 @@ mod tests {
 
     #[test]
     fn sqe_flags_are_the_iosqe_bits_of_the_same_name() {
-        assert_eq!(IosqeFlags::from(SqeFlags::LINK), IosqeFlags::IO_LINK);
-        assert_eq!(
-            IosqeFlags::from(SqeFlags::HARDLINK),
-            IosqeFlags::IO_HARDLINK
-        );
         assert_eq!(IosqeFlags::from(SqeFlags::ASYNC), IosqeFlags::ASYNC);
+        assert_eq!(SqeFlags::all().bits(), IosqeFlags::ASYNC.bits());
         // The kernel's seven flags, bits 0 to 6.
         assert_eq!(IosqeFlags::all().bits(), 0x7f);
     }

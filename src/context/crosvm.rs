@@ -125,13 +125,10 @@ impl URingContext {
         self.add(Nop::new(), user_data)
     }
 
-    /// Queues a nop that carries SQE `flags`, for ordering (`LINK`,
-    /// `HARDLINK`) or to see what a restricted ring allows. A link joins this
-    /// nop to whichever SQE is queued next, by any thread (the context's own
-    /// wake-up nops included), and any submit between the two ends the
-    /// chain: any thread's `submit` or `wait`, or an iterator dropped early,
-    /// which posts a wake-up. Link only from one thread that does all the
-    /// submitting, with no other thread using the ring meanwhile.
+    /// Queues a nop that carries SQE `flags` (`ASYNC`), to see what a
+    /// restricted ring allows. Links are not SQE flags of a single add:
+    /// they would join this nop to whatever any thread queues next; build
+    /// chains in an [`OpBatch`](crate::OpBatch).
     pub fn add_nop_with_flags(&self, flags: SqeFlags, user_data: UserData) -> Result<()> {
         self.add(Nop::new().flags(flags), user_data)
     }

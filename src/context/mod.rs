@@ -136,6 +136,8 @@ pub struct URingContext {
     _memory: RingMemory,
     ring: sys::Ring,
     sq_entries: u32,
+    /// The kernel's `IORING_FEAT_*` bits for this ring.
+    features: u32,
     cq_entries: u32,
     /// The most operations tracked at once, the caller's and the context's
     /// own (wake-up nops, the extra SQEs of a cancel by label, drain's

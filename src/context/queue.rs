@@ -28,6 +28,9 @@ impl URingContext {
     /// - [`Error::DuplicateUserData`]: `op` pins caller memory and an
     ///   operation with this label is in flight, or one in flight with this
     ///   label pins caller memory (see [User data](Self#user-data));
+    /// - [`Error::InvalidChain`]: `op` is a
+    ///   [`LinkTimeout`](crate::op::LinkTimeout), which only works right
+    ///   after a linked operation of the same [`OpBatch`];
     /// - the operation's own errors ([`Error::InvalidOffset`],
     ///   [`Error::TooManyIovecs`]).
     ///
@@ -48,6 +51,7 @@ impl URingContext {
     /// ```
     pub fn add<O: Operation>(&self, op: O, user_data: UserData) -> Result<()> {
         let prepared = op.prepare()?;
+        crate::op::check_chains([&prepared])?;
         if prepared.resolve != Resolve::Nothing {
             return self.queue(&mut [(prepared, user_data)]);
         }
@@ -65,8 +69,11 @@ impl URingContext {
     /// batch (submit, then retry; a batch larger than
     /// [`sq_entries`](Self::sq_entries) never fits), or the batch would take
     /// the operations in flight past the in-flight cap (see
-    /// [`add`](Self::add); reap completions, then retry).
+    /// [`add`](Self::add); reap completions, then retry);
+    /// [`Error::InvalidChain`] if a chain of the batch is not whole (see
+    /// [Chains](OpBatch#chains)).
     pub fn add_batch(&self, batch: &mut OpBatch) -> Result<()> {
+        crate::op::check_chains(batch.ops_mut().iter().map(|(op, _)| op))?;
         self.queue(batch.ops_mut())?;
         batch.clear();
         Ok(())

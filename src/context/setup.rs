@@ -134,6 +134,7 @@ impl URingContext {
             _memory: memory,
             ring,
             sq_entries: params.sq_entries,
+            features: params.features,
             cq_entries: params.cq_entries,
             in_flight_cap,
             fork_generation: super::fork::generation(),

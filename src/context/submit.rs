@@ -7,8 +7,31 @@ use crate::error::{enter_error, Error, Result};
 use crate::sys;
 
 impl URingContext {
-    /// `io_uring_enter` on this ring.
-    pub(super) fn enter(&self, to_submit: u32, min_complete: u32, flags: u32) -> io::Result<u32> {
+    /// `io_uring_enter` on this ring, offering the kernel every SQE
+    /// published when it looks (`submit`) or none.
+    ///
+    /// Offering all is what keeps a chain whole: the kernel takes
+    /// `min(to_submit, tail - head)` SQEs (`io_submit_sqes`), and a count
+    /// taken from an earlier look at the tail could end inside a chain
+    /// another thread has published since, which the kernel would then
+    /// issue cut short (a link timeout split from its read fails, and the
+    /// read runs with no deadline). Chains are published with one tail
+    /// store, so offering the whole ring's worth never cuts one.
+    pub(super) fn enter(&self, submit: bool, min_complete: u32, flags: u32) -> io::Result<u32> {
+        self.enter_for(submit, min_complete, flags, None)
+    }
+
+    /// [`enter`](Self::enter), waiting at most `timeout` for `min_complete`
+    /// completions when it is `Some` (`IORING_ENTER_EXT_ARG`: only on a
+    /// ring with `IORING_FEAT_EXT_ARG`).
+    pub(super) fn enter_for(
+        &self,
+        submit: bool,
+        min_complete: u32,
+        flags: u32,
+        timeout: Option<std::time::Duration>,
+    ) -> io::Result<u32> {
+        let to_submit = if submit { self.sq_entries } else { 0 };
         // SAFETY: every SQE published on this ring was written by `queue`,
         // `queue_one` or `queue_own`, which track what the operation keeps
         // alive (its iovec array, its file) in the op table before
@@ -19,7 +42,7 @@ impl URingContext {
         // memory the iovecs describe is the caller's, kept valid by
         // `IoBufMut`'s contract. SQEs that drain rewrote are nops, which
         // point at nothing.
-        unsafe { sys::enter(&self.ring, to_submit, min_complete, flags) }
+        unsafe { sys::enter(&self.ring, to_submit, min_complete, flags, timeout) }
     }
 
     /// Sends every queued operation to the kernel, without waiting for any
@@ -58,7 +81,7 @@ impl URingContext {
             if queued == 0 {
                 return Ok(());
             }
-            match self.enter(queued, 0, 0) {
+            match self.enter(true, 0, 0) {
                 Ok(0) => {
                     // Zero is only progress if another thread's enter
                     // consumed them meanwhile; otherwise the kernel stalls.

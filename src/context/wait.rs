@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use super::completions::Completions;
 use super::{is_errno, lock, URingContext};
 use crate::abi::UserData;
-use crate::bindings::IORING_ENTER_GETEVENTS;
+use crate::bindings::{IORING_ENTER_GETEVENTS, IORING_FEAT_EXT_ARG};
 use crate::error::{enter_error, Error, Result};
 use crate::sys;
 
@@ -92,7 +92,7 @@ impl URingContext {
                 }
                 return Ok(Completions::new(self));
             }
-            match self.enter(queued, 1, IORING_ENTER_GETEVENTS) {
+            match self.enter(queued > 0, 1, IORING_ENTER_GETEVENTS) {
                 // A completion arrived (or overflowed ones were flushed), or
                 // a short submit or a signal ended the wait early: look
                 // again.
@@ -152,8 +152,10 @@ impl URingContext {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     ///
-    /// The timeout has millisecond resolution (it waits with poll(2) on the
-    /// ring fd), rounded up.
+    /// The kernel waits, with nanosecond resolution, where it can
+    /// (`IORING_ENTER_EXT_ARG`, Linux 5.11); on older kernels the context
+    /// waits with poll(2) on the ring fd instead, to the millisecond,
+    /// rounded up.
     pub fn wait_timeout(
         &self,
         timeout: Duration,
@@ -178,9 +180,27 @@ impl URingContext {
             if left.is_zero() {
                 break;
             }
-            self.poll_ring(left)?;
+            self.wait_for_completion(left)?;
         }
         Ok(Completions::new(self))
+    }
+
+    /// Blocks until a completion is posted or `timeout` passes: in the
+    /// kernel with `IORING_ENTER_EXT_ARG` where the ring has it, else with
+    /// poll(2) on the ring fd.
+    fn wait_for_completion(&self, timeout: Duration) -> Result<()> {
+        if self.features & IORING_FEAT_EXT_ARG == 0 {
+            return self.poll_ring(timeout);
+        }
+        match self.enter_for(false, 1, IORING_ENTER_GETEVENTS, Some(timeout)) {
+            Ok(_) => Ok(()),
+            // Time is up, or a signal came: the caller looks again.
+            Err(e) if is_errno(&e, libc::ETIME) || is_errno(&e, libc::EINTR) => Ok(()),
+            // The kernel dropped completions (the caller reports that once)
+            // and may refuse to wait from now on: poll instead.
+            Err(e) if is_errno(&e, libc::EBADR) => self.poll_ring(timeout),
+            Err(e) => Err(enter_error(e)),
+        }
     }
 
     /// Reports completions the kernel dropped since the last report, once.
@@ -246,7 +266,7 @@ impl URingContext {
     /// run completion work it has pending for this thread).
     fn flush_completions(&self) -> Result<()> {
         loop {
-            match self.enter(0, 0, IORING_ENTER_GETEVENTS) {
+            match self.enter(false, 0, IORING_ENTER_GETEVENTS) {
                 Ok(_) => return Ok(()),
                 Err(e) if is_errno(&e, libc::EINTR) => continue,
                 Err(e) => return Err(enter_error(e)),

@@ -38,7 +38,9 @@ mod poll;
 mod rw;
 mod sync;
 mod target;
+mod time;
 
+pub(crate) use batch::check_chains;
 pub use batch::OpBatch;
 pub use cancel::AsyncCancel;
 pub use nop::Nop;
@@ -46,6 +48,7 @@ pub use poll::{EventType, PollAdd, PollRemove};
 pub use rw::{Readv, Writev};
 pub use sync::{Fallocate, Fsync};
 pub use target::Target;
+pub use time::{Clock, LinkTimeout, Timeout, TimeoutRemove};
 
 pub(crate) use rw::pin_raw_iovecs;
 pub(crate) use target::SharedFd;
@@ -168,6 +171,15 @@ impl Prepared {
         }
     }
 
+    /// Whether the SQE joins the next one to it (`IO_LINK` or
+    /// `IO_HARDLINK`).
+    #[inline]
+    pub(crate) fn links_next(&self) -> bool {
+        self.sqe
+            .flags()
+            .intersects(IosqeFlags::IO_LINK | IosqeFlags::IO_HARDLINK)
+    }
+
     /// The same, adding SQE `flags` the caller asked for.
     pub(crate) fn with_flags(mut self, flags: IosqeFlags) -> Prepared {
         let flags = self.sqe.flags() | flags;
@@ -194,7 +206,10 @@ operations!(
     Fsync,
     PollAdd,
     PollRemove,
+    Timeout,
+    TimeoutRemove,
     AsyncCancel,
+    LinkTimeout,
     Fallocate
 );
 

@@ -19,8 +19,8 @@ impl Nop {
         Nop::default()
     }
 
-    /// The same nop carrying SQE `flags`, for ordering (`LINK`,
-    /// `HARDLINK`) or to see what a restricted ring allows.
+    /// The same nop carrying SQE `flags` (`ASYNC`), to see what a
+    /// restricted ring allows.
     pub fn flags(self, flags: SqeFlags) -> Nop {
         Nop { flags }
     }

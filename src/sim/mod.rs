@@ -22,7 +22,15 @@
 //!   `FSYNC`; `FALLOCATE` (allocate, punch hole);
 //! - `POLL_ADD` on pollables whose readiness the test sets
 //!   ([`SimKernel::create_pollable`], [`SimKernel::set_ready`]),
-//!   `POLL_REMOVE` and `ASYNC_CANCEL` of pending polls and deferred work;
+//!   `POLL_REMOVE` and `ASYNC_CANCEL` of pending polls, deferred work and
+//!   timeouts;
+//! - `TIMEOUT` (with a count of completions), `TIMEOUT_REMOVE` and
+//!   `LINK_TIMEOUT`, on a clock that only moves when the test calls
+//!   [`SimKernel::fire_timeouts`];
+//! - chains (`IOSQE_IO_LINK`, `IOSQE_IO_HARDLINK`): each member starts when
+//!   the one before completes, a failed soft-linked member cancels the rest
+//!   (`ECANCELED`), a refused member fails the whole chain, and a chain cut
+//!   short by the end of a submission is issued as far as it got;
 //! - disabled rings, `IORING_REGISTER_RESTRICTIONS` (`EACCES` for
 //!   operations, SQE flags and register calls outside the allowlist, with
 //!   submission stopping at the refused SQE as the kernel's does),
@@ -35,7 +43,7 @@
 //!
 //! It models every operation in [`op::ISSUABLE`](crate::op::ISSUABLE) (a
 //! test checks that), and no other opcode (they complete with `EINVAL`);
-//! nor links (linked SQEs run independently), fixed files or buffers.
+//! nor fixed files or buffers.
 //!
 //! ```
 //! use ringfence::sim::{Fault, SimKernel};
@@ -101,6 +109,10 @@ pub struct SimConfig {
     /// Advertise `IORING_FEAT_NODROP`: completions that do not fit in the CQ
     /// ring wait on an overflow list instead of being dropped.
     pub nodrop: bool,
+    /// Advertise `IORING_FEAT_EXT_ARG` and take a timeout with
+    /// `io_uring_enter` (`IORING_ENTER_EXT_ARG`, Linux 5.11): without it,
+    /// [`wait_timeout`](crate::URingContext::wait_timeout) waits with poll.
+    pub ext_arg: bool,
     /// Hold the completions of nops, reads, writes, fsyncs and fallocates
     /// back, and release them in a random order: some whenever a thread
     /// waits for a completion and none is ready, or when
@@ -116,6 +128,7 @@ impl Default for SimConfig {
     fn default() -> Self {
         SimConfig {
             nodrop: true,
+            ext_arg: true,
             defer_completions: false,
             seed: 0x5eed,
         }
@@ -264,6 +277,9 @@ impl SimKernel {
     fn setup(&self, entries: u32, params: &mut io_uring_params) -> io::Result<Ring> {
         let mut world = self.shared.world();
         let ring = RingModel::new(entries, params, world.config.nodrop)?;
+        if world.config.ext_arg {
+            params.features |= crate::bindings::IORING_FEAT_EXT_ARG;
+        }
         world.rings.push(Some(ring));
         let id = world.rings.len() - 1;
         Ok(Ring::Other(Box::new(SimRing::new(
@@ -347,8 +363,23 @@ impl SimKernel {
         released
     }
 
-    /// Operations the kernel holds: pending polls and held-back work, in
-    /// all rings.
+    /// Fires every timer, in all rings: each pending
+    /// [`Timeout`](crate::op::Timeout) completes with `ETIME`, and each
+    /// [`LinkTimeout`](crate::op::LinkTimeout) cancels the operation it
+    /// bounds (`ECANCELED`) and completes with `ETIME`. The model has no
+    /// clock: this is how its time passes. Returns how many fired.
+    pub fn fire_timeouts(&self) -> usize {
+        let mut world = self.shared.world();
+        let mut fired = 0;
+        for id in 0..world.rings.len() {
+            fired += model::fire_timeouts(&mut world, id);
+        }
+        self.shared.posted.notify_all();
+        fired
+    }
+
+    /// Operations the kernel holds: pending polls, held-back work,
+    /// timeouts and the unstarted rest of chains, in all rings.
     pub fn pending(&self) -> usize {
         let world = self.shared.world();
         world.rings.iter().flatten().map(RingModel::pending).sum()

@@ -16,9 +16,12 @@ pub(crate) use mapping::Mapping;
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::time::Duration;
 
 use crate::abi::RegisterOperation;
-use crate::bindings::io_uring_params;
+use crate::bindings::{
+    __kernel_timespec, io_uring_getevents_arg, io_uring_params, IORING_ENTER_EXT_ARG,
+};
 
 /// A kernel other than the running one: what a [`Ring`] calls instead of
 /// the syscalls. The simulated kernel implements it.
@@ -28,7 +31,13 @@ pub(crate) trait Backend: Send + Sync {
     /// # Safety
     ///
     /// As for [`enter`].
-    unsafe fn enter(&self, to_submit: u32, min_complete: u32, flags: u32) -> io::Result<u32>;
+    unsafe fn enter(
+        &self,
+        to_submit: u32,
+        min_complete: u32,
+        flags: u32,
+        timeout: Option<Duration>,
+    ) -> io::Result<u32>;
 
     /// `io_uring_register(2)`; see [`register`].
     ///
@@ -92,10 +101,12 @@ pub(crate) fn setup(entries: u32, params: &mut io_uring_params) -> io::Result<Ri
     }))
 }
 
-/// `io_uring_enter(2)` without a signal mask or extended argument: submits
-/// up to `to_submit` published SQEs and, with `IORING_ENTER_GETEVENTS`,
-/// waits until `min_complete` completions are ready. Returns the number of
-/// SQEs the kernel consumed.
+/// `io_uring_enter(2)`: submits up to `to_submit` published SQEs and, with
+/// `IORING_ENTER_GETEVENTS`, waits until `min_complete` completions are
+/// ready, or with a `timeout` (`IORING_ENTER_EXT_ARG`, Linux 5.11: the
+/// caller checks `IORING_FEAT_EXT_ARG`) at most that long, failing with
+/// `ETIME` if it passes with nothing submitted. Returns the number of SQEs
+/// the kernel consumed.
 ///
 /// # Safety
 ///
@@ -110,14 +121,38 @@ pub(crate) unsafe fn enter(
     to_submit: u32,
     min_complete: u32,
     flags: u32,
+    timeout: Option<Duration>,
 ) -> io::Result<u32> {
     let fd = match ring {
         Ring::Linux(fd) => fd,
-        // SAFETY: forwarded from the caller.
-        Ring::Other(backend) => return unsafe { backend.enter(to_submit, min_complete, flags) },
+        Ring::Other(backend) => {
+            // SAFETY: forwarded from the caller.
+            return unsafe { backend.enter(to_submit, min_complete, flags, timeout) };
+        }
     };
-    // SAFETY: the only pointer passed is a null signal mask; the memory the
-    // kernel reads through published SQEs is the caller's obligation.
+    // The extended argument and the timespec it points at live on this
+    // stack frame for the whole call; the kernel copies both in.
+    let timespec = timeout.map(|timeout| __kernel_timespec {
+        // Waits past i64::MAX seconds saturate: they never end either way.
+        tv_sec: i64::try_from(timeout.as_secs()).unwrap_or(i64::MAX),
+        tv_nsec: i64::from(timeout.subsec_nanos()),
+    });
+    let ext_arg = timespec.as_ref().map(|timespec| io_uring_getevents_arg {
+        ts: std::ptr::from_ref(timespec) as u64,
+        ..Default::default()
+    });
+    let (flags, arg, arg_size) = match &ext_arg {
+        Some(ext_arg) => (
+            flags | IORING_ENTER_EXT_ARG,
+            std::ptr::from_ref(ext_arg).cast::<libc::c_void>(),
+            size_of::<io_uring_getevents_arg>(),
+        ),
+        // No extended argument: a null signal mask.
+        None => (flags, std::ptr::null(), 0),
+    };
+    // SAFETY: `arg` is null or points at `ext_arg`, whose `ts` points at
+    // `timespec`, both alive until the call returns; the memory the kernel
+    // reads through published SQEs is the caller's obligation.
     let ret = unsafe {
         libc::syscall(
             libc::SYS_io_uring_enter,
@@ -125,8 +160,8 @@ pub(crate) unsafe fn enter(
             to_submit as libc::c_long,
             min_complete as libc::c_long,
             flags as libc::c_long,
-            std::ptr::null::<libc::sigset_t>(),
-            0 as libc::c_long,
+            arg,
+            arg_size as libc::c_long,
         )
     };
     if ret < 0 {

@@ -166,7 +166,13 @@ pub struct OpInput {
 impl OpInput {
     pub fn opcode(&self) -> URingOperation {
         let numbered = ISSUABLE.iter().find(|op| **op as u8 == self.which);
-        *numbered.unwrap_or(&ISSUABLE[usize::from(self.which) % ISSUABLE.len()])
+        let op = *numbered.unwrap_or(&ISSUABLE[usize::from(self.which) % ISSUABLE.len()]);
+        // A link timeout exists only inside a chain, which the targets do
+        // not build yet: in its place, a timeout.
+        if op == URingOperation::LinkTimeout {
+            return URingOperation::Timeout;
+        }
+        op
     }
 
     pub fn sqe_flags(&self) -> SqeFlags {
@@ -188,13 +194,15 @@ impl BatchInput {
     }
 }
 
-/// A cancellation or poll removal: the operations it may stop.
+/// A cancellation, poll removal or timeout removal: the operations it may
+/// stop.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Aim {
     /// The label whose operations it aims at.
     pub target: u64,
-    /// A poll removal: it stops polls only.
-    pub polls_only: bool,
+    /// A poll or timeout removal: it stops operations with this opcode
+    /// only.
+    pub only: Option<URingOperation>,
 }
 
 /// What a target says about an operation it pushes.
@@ -290,14 +298,22 @@ impl<'a, K> Adder<'a, K> {
         self.slot_free
     }
 
-    /// Adds a poll removal (`polls_only`) or a cancellation aimed at the
-    /// label `target`, whose completion the target checks as `control`.
-    fn push_cancel(&mut self, polls_only: bool, target: u64, control: K) {
-        let spec = Spec::new(control).aim(Aim { target, polls_only });
-        if polls_only {
-            self.push(ringfence::op::PollRemove::new(target), spec);
-        } else {
-            self.push(ringfence::op::AsyncCancel::new(target), spec);
+    /// Adds the removal `opcode` (a poll removal, timeout removal or
+    /// cancellation) aimed at the label `target`, whose completion the
+    /// target checks as `control`.
+    fn push_removal(&mut self, opcode: URingOperation, target: u64, control: K) {
+        let only = match opcode {
+            URingOperation::PollRemove => Some(URingOperation::PollAdd),
+            URingOperation::TimeoutRemove => Some(URingOperation::Timeout),
+            _ => None,
+        };
+        let spec = Spec::new(control).aim(Aim { target, only });
+        match opcode {
+            URingOperation::PollRemove => self.push(ringfence::op::PollRemove::new(target), spec),
+            URingOperation::TimeoutRemove => {
+                self.push(ringfence::op::TimeoutRemove::new(target), spec)
+            }
+            _ => self.push(ringfence::op::AsyncCancel::new(target), spec),
         }
     }
 
@@ -343,8 +359,11 @@ impl<'a, K> Adder<'a, K> {
 /// else with the target's [`Model::build`].
 fn build<M: Model>(model: &M, input: &OpInput, adder: &mut Adder<'_, M::Kind>) {
     match input.opcode() {
-        URingOperation::PollRemove => adder.push_cancel(true, input.target.value(), M::CONTROL),
-        URingOperation::AsyncCancel => adder.push_cancel(false, input.target.value(), M::CONTROL),
+        removal @ (URingOperation::PollRemove
+        | URingOperation::TimeoutRemove
+        | URingOperation::AsyncCancel) => {
+            adder.push_removal(removal, input.target.value(), M::CONTROL)
+        }
         _ => model.build(input, adder),
     }
 }
@@ -510,9 +529,6 @@ pub struct RingConfig {
     /// The most operations the context tracks, its own included (see
     /// [`in_flight_cap`]).
     pub cap: usize,
-    /// Link chains are run (a real kernel): a failure in a chain cancels
-    /// the rest, and so every member may complete with `ECANCELED`.
-    pub links: bool,
 }
 
 /// The most operations `ring` keeps in flight, as `Error::NoSpace`
@@ -539,16 +555,12 @@ pub struct Book<M: Model> {
     config: RingConfig,
     /// How many of the context's own operations may be tracked at most.
     own_ops: usize,
-    /// The last SQE queued since the last submit carries a link flag.
-    linking: bool,
     clock: u64,
     /// An iterator was forgotten while it may have held claimed
     /// completions: those operations stay in flight until close, and
     /// nothing says which they are.
     pub stranded: bool,
 }
-
-const LINK_FLAGS: SqeFlags = SqeFlags::LINK.union(SqeFlags::HARDLINK);
 
 impl<M: Model> Book<M> {
     pub fn in_flight(&self) -> usize {
@@ -668,10 +680,6 @@ impl<M: Model> Book<M> {
         for (label, opcode, pushed) in ops {
             self.record(label, opcode, pushed.spec, pushed.pins);
         }
-        if extras > 0 {
-            // The extra SQEs go last, and carry no link flag.
-            self.linking = false;
-        }
         self.own_ops += extras;
         self.queued = self.queued.map(|queued| queued + count + extras);
         false
@@ -687,20 +695,16 @@ impl<M: Model> Book<M> {
         if let Some(aim) = aim {
             if let Some(group) = self.groups.get_mut(&aim.target) {
                 for op in &mut group.ops {
-                    if !aim.polls_only || op.opcode == URingOperation::PollAdd {
+                    if aim.only.is_none_or(|only| op.opcode == only) {
                         op.may_cancel = true;
                     }
                 }
             }
         }
-        let mut may_cancel = false;
-        if self.config.links {
-            // Every SQE of a chain, its head too, completes with ECANCELED
-            // when another one in the chain fails.
-            let links = flags.intersects(LINK_FLAGS);
-            may_cancel = self.linking || links;
-            self.linking = links;
-        }
+        // Single adds cannot link (chains live in batches of their own,
+        // which these targets do not build yet), so only a cancellation
+        // aimed at its label can cancel an operation.
+        let may_cancel = false;
         let refused = self.model.refuses(opcode, flags.into());
         let others: Vec<_> = self
             .groups
@@ -766,7 +770,6 @@ impl<M: Model> Book<M> {
             Err(Error::KernelBusy(_)) => None,
             Err(e) => panic!("submit: {e}"),
         };
-        self.linking = false;
     }
 
     /// Checks one completion, and closes its label's group if that was the
@@ -913,7 +916,6 @@ impl<M: Model> World<M> {
                 sq_entries,
                 config,
                 own_ops: 0,
-                linking: false,
                 clock: 0,
                 stranded: false,
             },

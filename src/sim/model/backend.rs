@@ -75,7 +75,13 @@ impl Backend for SimRing {
     }
 
     /// `io_uring_enter`.
-    unsafe fn enter(&self, to_submit: u32, min_complete: u32, flags: u32) -> io::Result<u32> {
+    unsafe fn enter(
+        &self,
+        to_submit: u32,
+        min_complete: u32,
+        flags: u32,
+        timeout: Option<Duration>,
+    ) -> io::Result<u32> {
         let errno = |e| Err(io::Error::from_raw_os_error(e));
         let mut world = self.shared.world();
         world.stats.enters += 1;
@@ -103,6 +109,9 @@ impl Backend for SimRing {
         let flushed = ring.flush_overflow();
         world.stats.completions_posted += flushed;
         let started = Instant::now();
+        // `IORING_ENTER_EXT_ARG`'s timeout: `ETIME` once it passes, unless
+        // something was submitted.
+        let deadline = timeout.and_then(|timeout| started.checked_add(timeout));
         while ring_mut(&mut world, self.id).cq_ready() < wanted {
             // Only a wait reports dropped completions and signals, and only
             // when nothing was submitted.
@@ -117,7 +126,13 @@ impl Backend for SimRing {
             if release_some(&mut world, self.id) > 0 {
                 continue;
             }
-            world = self.block(world, None, started);
+            if deadline.is_some_and(|deadline| Instant::now() >= deadline) {
+                return match submitted {
+                    0 => errno(libc::ETIME),
+                    n => Ok(n),
+                };
+            }
+            world = self.block(world, deadline, started);
             let flushed = ring_mut(&mut world, self.id).flush_overflow();
             world.stats.completions_posted += flushed;
         }

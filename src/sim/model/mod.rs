@@ -3,6 +3,7 @@
 //! `backend.rs` is the ring as the context's `sys` layer sees it).
 
 mod backend;
+mod chains;
 mod ops;
 
 pub(crate) use backend::SimRing;
@@ -70,6 +71,10 @@ pub(super) struct RingModel {
     pub(super) polls: Vec<PendingPoll>,
     /// Consumed SQEs whose work is held back (see `defer_completions`).
     pub(super) deferred: Vec<Sqe>,
+    /// Chains whose head has started, the rest waiting for it.
+    pub(super) chains: Vec<chains::Chain>,
+    /// Pending timeouts.
+    pub(super) timeouts: Vec<chains::PendingTimeout>,
     /// Completions that did not fit in the CQ ring (`IORING_FEAT_NODROP`).
     pub(super) overflow: VecDeque<(u64, i32)>,
     /// A completion was dropped (the kernel's `IO_CHECK_CQ_DROPPED_BIT`):
@@ -144,6 +149,8 @@ impl RingModel {
             eventfd: None,
             polls: Vec::new(),
             deferred: Vec::new(),
+            chains: Vec::new(),
+            timeouts: Vec::new(),
             overflow: VecDeque::new(),
             dropped: false,
         })
@@ -151,7 +158,8 @@ impl RingModel {
 
     /// Pending polls and held-back work.
     pub(super) fn pending(&self) -> usize {
-        self.polls.len() + self.deferred.len()
+        let chained: usize = self.chains.iter().map(chains::Chain::held).sum();
+        self.polls.len() + self.deferred.len() + self.timeouts.len() + chained
     }
 
     /// CQEs posted and not yet consumed by the application.
@@ -253,9 +261,16 @@ pub(super) fn ring_mut(world: &mut World, id: usize) -> &mut RingModel {
         .expect("simulated ring used after close")
 }
 
+/// Completes an operation: posts its completion, then continues the chain
+/// it heads and counts it for timeouts waiting on a count.
+pub(super) fn post(world: &mut World, id: usize, user_data: u64, res: i32) {
+    post_cqe(world, id, user_data, res);
+    chains::on_posted(world, id, user_data, res);
+}
+
 /// Posts a completion: into the CQ ring, onto the overflow list, or
 /// dropped, as the kernel would.
-pub(super) fn post(world: &mut World, id: usize, user_data: u64, res: i32) {
+fn post_cqe(world: &mut World, id: usize, user_data: u64, res: i32) {
     let nodrop = world.config.nodrop;
     let drop_this = world.overflow_drops > 0;
     let ring = ring_mut(world, id);
@@ -332,4 +347,9 @@ pub(super) fn release_some(world: &mut World, id: usize) -> usize {
     }
     let count = 1 + world.random_below(held);
     release_deferred(world, id, count)
+}
+
+/// Fires every timer of ring `id` (see [`chains::fire_timeouts`]).
+pub(super) fn fire_timeouts(world: &mut World, id: usize) -> usize {
+    chains::fire_timeouts(world, id)
 }

@@ -3,13 +3,13 @@
 use std::mem::size_of;
 use std::sync::atomic::Ordering;
 
-use super::{post, ring_mut, PendingPoll, World, SQ_ARRAY, SQ_DROPPED, SQ_HEAD, SQ_TAIL};
+use super::{chains, post, ring_mut, PendingPoll, World, SQ_ARRAY, SQ_DROPPED, SQ_HEAD, SQ_TAIL};
 use crate::abi::{IosqeFlags, Sqe, URingOperation, MAX_IOVECS};
 use crate::bindings::io_uring_sqe;
 
 /// Consumes up to `limit` SQEs of ring `id`; returns how many. Like the
 /// kernel, it stops after an SQE it refuses (its completion carries the
-/// error).
+/// error), and a chain cut short by `limit` is issued as far as it got.
 pub(super) fn submit(world: &mut World, id: usize, limit: u32) -> u32 {
     let ring = ring_mut(world, id);
     // Acquire pairs with the application's Release store of the tail: the
@@ -19,31 +19,20 @@ pub(super) fn submit(world: &mut World, id: usize, limit: u32) -> u32 {
         .atomic(SQ_TAIL as usize)
         .load(Ordering::Acquire);
     let available = tail.wrapping_sub(ring.sq_head).min(limit);
-    let mask = ring.sq_entries - 1;
     let mut consumed = 0;
+    let mut chain = Vec::new();
     while consumed < available {
-        let ring = ring_mut(world, id);
-        let position = ring.sq_head & mask;
-        let array_offset = SQ_ARRAY as usize + position as usize * size_of::<u32>();
-        // SAFETY: `at` checks bounds and alignment; the application wrote
-        // this entry before the tail we loaded with Acquire.
-        let index = unsafe { ring.sq_ring.at::<u32>(array_offset).read() };
-        ring.sq_head = ring.sq_head.wrapping_add(1);
         consumed += 1;
-        if index >= ring.sq_entries {
-            ring.sq_ring
-                .atomic(SQ_DROPPED as usize)
-                .fetch_add(1, Ordering::Relaxed);
+        let Some(sqe) = consume_one(world, id) else {
+            continue;
+        };
+        world.stats.sqes_consumed += 1;
+        let links = chains::links_next(&sqe);
+        chain.push(sqe);
+        if links && consumed < available {
             continue;
         }
-        let sqe_offset = index as usize * size_of::<io_uring_sqe>();
-        // SAFETY: as above for the SQE slot; the application does not
-        // rewrite it until our Release store of the head below passes it.
-        let sqe = unsafe { Sqe::read(ring.sqes.at::<io_uring_sqe>(sqe_offset)) };
-        world.stats.sqes_consumed += 1;
-        let user_data = sqe.user_data();
-        if let Err(errno) = issue(world, id, sqe) {
-            post(world, id, user_data, -errno);
+        if chains::issue(world, id, std::mem::take(&mut chain)).is_err() {
             break;
         }
     }
@@ -56,19 +45,103 @@ pub(super) fn submit(world: &mut World, id: usize, limit: u32) -> u32 {
     consumed
 }
 
-/// Checks one consumed SQE as `io_init_req` does and starts it: completes
-/// it, holds it back, or leaves it pending. An `Err` is a refusal that
-/// stops submission.
-fn issue(world: &mut World, id: usize, sqe: Sqe) -> Result<(), i32> {
-    let op = URingOperation::from_raw(sqe.opcode()).ok_or(libc::EINVAL)?;
+/// Consumes the SQE at the head of ring `id`'s SQ; `None` (counted as
+/// dropped) if its index array entry is out of range.
+fn consume_one(world: &mut World, id: usize) -> Option<Sqe> {
+    let ring = ring_mut(world, id);
+    let mask = ring.sq_entries - 1;
+    let position = ring.sq_head & mask;
+    let array_offset = SQ_ARRAY as usize + position as usize * size_of::<u32>();
+    // SAFETY: `at` checks bounds and alignment; the application wrote
+    // this entry before the tail `submit` loaded with Acquire.
+    let index = unsafe { ring.sq_ring.at::<u32>(array_offset).read() };
+    ring.sq_head = ring.sq_head.wrapping_add(1);
+    if index >= ring.sq_entries {
+        ring.sq_ring
+            .atomic(SQ_DROPPED as usize)
+            .fetch_add(1, Ordering::Relaxed);
+        return None;
+    }
+    let sqe_offset = index as usize * size_of::<io_uring_sqe>();
+    // SAFETY: as above for the SQE slot; the application does not
+    // rewrite it until `submit`'s Release store of the head passes it.
+    Some(unsafe { Sqe::read(ring.sqes.at::<io_uring_sqe>(sqe_offset)) })
+}
+
+/// Checks one consumed SQE as `io_init_req` does: an `Err` is a refusal
+/// (its errno), which fails the SQE and stops submission.
+pub(super) fn check(world: &mut World, id: usize, sqe: &Sqe) -> Result<(), i32> {
+    URingOperation::from_raw(sqe.opcode()).ok_or(libc::EINVAL)?;
     if !IosqeFlags::all().contains(sqe.flags()) {
         return Err(libc::EINVAL);
     }
-    ring_mut(world, id).check_restrictions(&sqe)?;
+    ring_mut(world, id).check_restrictions(sqe)
+}
+
+/// Where [`remove_pending`] looks for its target.
+#[derive(Clone, Copy)]
+pub(super) struct Finder {
+    polls: bool,
+    deferred: bool,
+    timeouts: bool,
+}
+
+impl Finder {
+    /// `IORING_OP_ASYNC_CANCEL`: anything pending.
+    pub(super) const ANY: Finder = Finder {
+        polls: true,
+        deferred: true,
+        timeouts: true,
+    };
+    /// `IORING_OP_POLL_REMOVE`: polls only.
+    const POLLS: Finder = Finder {
+        polls: true,
+        deferred: false,
+        timeouts: false,
+    };
+    /// `IORING_OP_TIMEOUT_REMOVE`: timeouts only.
+    const TIMEOUTS: Finder = Finder {
+        polls: false,
+        deferred: false,
+        timeouts: true,
+    };
+}
+
+/// Removes the pending operation `target` of ring `id` from where `finder`
+/// looks; whether it was there.
+pub(super) fn remove_pending(world: &mut World, id: usize, target: u64, finder: Finder) -> bool {
+    let ring = ring_mut(world, id);
+    if let Some(i) = ring.polls.iter().position(|p| p.user_data == target) {
+        if finder.polls {
+            ring.polls.swap_remove(i);
+            return true;
+        }
+    }
+    if let Some(i) = ring.deferred.iter().position(|d| d.user_data() == target) {
+        if finder.deferred {
+            ring.deferred.swap_remove(i);
+            return true;
+        }
+    }
+    if let Some(i) = ring.timeouts.iter().position(|t| t.user_data == target) {
+        if finder.timeouts {
+            ring.timeouts.swap_remove(i);
+            return true;
+        }
+    }
+    false
+}
+
+/// Starts one checked SQE: completes it, holds it back, or leaves it
+/// pending.
+pub(super) fn start(world: &mut World, id: usize, sqe: Sqe) {
+    let Some(op) = URingOperation::from_raw(sqe.opcode()) else {
+        unreachable!("checked SQEs have a known opcode");
+    };
     let user_data = sqe.user_data();
     if !models(op) {
         post(world, id, user_data, -libc::EINVAL);
-        return Ok(());
+        return;
     }
     match op {
         URingOperation::PollAdd => {
@@ -78,7 +151,7 @@ fn issue(world: &mut World, id: usize, sqe: Sqe) -> Result<(), i32> {
                 ready
             } else {
                 post(world, id, user_data, -libc::EBADF);
-                return Ok(());
+                return;
             };
             let events = sqe.poll_events();
             if ready & events != 0 {
@@ -91,24 +164,16 @@ fn issue(world: &mut World, id: usize, sqe: Sqe) -> Result<(), i32> {
                 });
             }
         }
-        URingOperation::PollRemove | URingOperation::AsyncCancel => {
-            let polls_only = op == URingOperation::PollRemove;
-            let target = sqe.addr();
-            let ring = ring_mut(world, id);
-            let found = if let Some(i) = ring.polls.iter().position(|p| p.user_data == target) {
-                ring.polls.swap_remove(i);
-                true
-            } else if let Some(i) = ring
-                .deferred
-                .iter()
-                .position(|d| !polls_only && d.user_data() == target)
-            {
-                ring.deferred.swap_remove(i);
-                true
-            } else {
-                false
+        URingOperation::PollRemove
+        | URingOperation::AsyncCancel
+        | URingOperation::TimeoutRemove => {
+            let finder = match op {
+                URingOperation::PollRemove => Finder::POLLS,
+                URingOperation::TimeoutRemove => Finder::TIMEOUTS,
+                _ => Finder::ANY,
             };
-            if found {
+            let target = sqe.addr();
+            if remove_pending(world, id, target, finder) {
                 // The kernel does not order the two completions; neither
                 // does the simulation.
                 if world.random() % 2 == 0 {
@@ -122,6 +187,10 @@ fn issue(world: &mut World, id: usize, sqe: Sqe) -> Result<(), i32> {
                 post(world, id, user_data, -libc::ENOENT);
             }
         }
+        URingOperation::Timeout => chains::start_timeout(world, id, &sqe),
+        // A link timeout is taken into its chain when the chain starts; one
+        // that follows no linked SQE is invalid (`io_link_timeout_prep`).
+        URingOperation::LinkTimeout => post(world, id, user_data, -libc::EINVAL),
         URingOperation::Nop
         | URingOperation::Readv
         | URingOperation::Writev
@@ -137,7 +206,6 @@ fn issue(world: &mut World, id: usize, sqe: Sqe) -> Result<(), i32> {
         }
         _ => unreachable!("{op:?} is issuable, but the simulated kernel has no model of it"),
     }
-    Ok(())
 }
 
 /// Whether the model runs `op` rather than failing it with `EINVAL`: it

@@ -221,3 +221,29 @@ fn cancelling_held_back_work_completes_it_with_ecanceled_and_leaves_its_buffer_a
     assert_eq!(done[&2].as_ref().unwrap(), &0);
     assert_eq!(buf, [0; 8]);
 }
+
+/// A kernel without `IORING_FEAT_EXT_ARG` (before 5.11) cannot time a
+/// wait: `wait_timeout` polls the ring fd instead, and still returns on
+/// time, and at once when a completion is ready.
+#[test]
+fn wait_timeout_polls_where_the_kernel_cannot_time_a_wait() {
+    for ext_arg in [false, true] {
+        let kernel = SimKernel::with_config(SimConfig {
+            ext_arg,
+            ..SimConfig::default()
+        });
+        let ring = kernel.new_context(4, None).unwrap();
+        let timeout = Duration::from_millis(5);
+        let start = Instant::now();
+        assert_eq!(ring.wait_timeout(timeout).unwrap().count(), 0);
+        assert!(start.elapsed() >= timeout, "ext_arg {ext_arg}");
+        let enters = kernel.stats().enters;
+        ring.add_nop(1).unwrap();
+        let got: Vec<_> = ring
+            .wait_timeout(Duration::from_secs(10))
+            .unwrap()
+            .collect();
+        assert_eq!(got.len(), 1, "ext_arg {ext_arg}: {got:?}");
+        assert!(kernel.stats().enters > enters);
+    }
+}

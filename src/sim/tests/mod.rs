@@ -11,6 +11,7 @@
 //! - `faults.rs`: injected faults, overflow, completions held back;
 //! - `bookkeeping.rs`: labels, what counts as in flight, iterators stopped
 //!   short, dropped or forgotten, completions the context did not issue;
+//! - `chains.rs`: timeouts and linked chains;
 //! - `lifecycle.rs`: drop and `close`;
 //! - `threads.rs`: several threads on one ring (the tests Miri runs under
 //!   many scheduler seeds have `another_thread` in their names).
@@ -21,6 +22,7 @@
 //! complete, and use `wait_timeout` otherwise.
 
 mod bookkeeping;
+mod chains;
 mod faults;
 mod lifecycle;
 mod operations;

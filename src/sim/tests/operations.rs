@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use super::super::SimKernel;
 use super::{errno, iovecs, labels, raw, reap, reap_in_order};
-use crate::abi::Sqe;
+use crate::abi::{IosqeFlags, Sqe};
 use crate::op::{self, KeepAlive, Nop, Prepared, Readv, Resolve};
 use crate::{Error, EventType, OpBatch, SqeFlags, URingAllowlist, URingOperation};
 
@@ -106,7 +106,7 @@ fn a_restricted_ring_refuses_operations_flags_and_register_calls_outside_its_all
     let ring = kernel.new_context(8, Some(&allowlist)).unwrap();
     ring.add_nop(1).unwrap();
     ring.add_fsync(fd, 2).unwrap();
-    ring.add_nop_with_flags(SqeFlags::LINK, 3).unwrap();
+    ring.add_nop_with_flags(SqeFlags::ASYNC, 3).unwrap();
     let done = reap(&ring, 3);
     assert_eq!(done[&1].as_ref().unwrap(), &0);
     assert_eq!(errno(&done[&2]), Some(libc::EACCES));
@@ -223,17 +223,28 @@ fn every_issuable_operation_is_run_by_the_simulated_kernel_and_any_other_opcode_
     // The public API issues only operations of `op::ISSUABLE`; an SQE for
     // any other opcode goes through the same batch path, built by hand.
     let mut batch = OpBatch::new();
+    let as_is = |sqe: Sqe| Prepared {
+        sqe,
+        keep_alive: KeepAlive::default(),
+        pins_caller_memory: false,
+        resolve: Resolve::Nothing,
+    };
+    const LINK_HEAD: u64 = 1000;
     for &op in all {
-        let prepared = Prepared {
-            sqe: Sqe::new(op),
-            keep_alive: KeepAlive::default(),
-            pins_caller_memory: false,
-            resolve: Resolve::Nothing,
-        };
-        batch.ops_mut().push((prepared, op as u64));
+        if op == URingOperation::LinkTimeout {
+            // Only valid after a linked SQE.
+            let mut head = Sqe::new(URingOperation::Nop);
+            head.set_flags(IosqeFlags::IO_LINK);
+            batch.ops_mut().push((as_is(head), LINK_HEAD));
+        }
+        batch.ops_mut().push((as_is(Sqe::new(op)), op as u64));
     }
     ring.add_batch(&mut batch).unwrap();
-    let done = reap(&ring, all.len());
+    ring.submit().unwrap();
+    // The timeout waits for the simulated clock.
+    assert_eq!(kernel.fire_timeouts(), 1);
+    let done = reap(&ring, all.len() + 1);
+    assert_eq!(done[&LINK_HEAD].as_ref().unwrap(), &0);
     for &op in all {
         let result = &done[&(op as u64)];
         if op::ISSUABLE.contains(&op) {
@@ -246,7 +257,7 @@ fn every_issuable_operation_is_run_by_the_simulated_kernel_and_any_other_opcode_
         all.len() > op::ISSUABLE.len(),
         "no opcode left to check EINVAL on"
     );
-    assert_eq!(kernel.stats().sqes_consumed, all.len() as u64);
+    assert_eq!(kernel.stats().sqes_consumed, all.len() as u64 + 1);
 }
 
 #[test]
