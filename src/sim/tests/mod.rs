@@ -12,6 +12,7 @@
 //! - `bookkeeping.rs`: labels, what counts as in flight, iterators stopped
 //!   short, dropped or forgotten, completions the context did not issue;
 //! - `lifecycle.rs`: drop and `close`;
+//! - `multishot.rs`: operations that complete more than once;
 //! - `threads.rs`: several threads on one ring (the tests Miri runs under
 //!   many scheduler seeds have `another_thread` in their names).
 //!
@@ -23,6 +24,7 @@
 mod bookkeeping;
 mod faults;
 mod lifecycle;
+mod multishot;
 mod operations;
 mod threads;
 
