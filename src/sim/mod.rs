@@ -20,8 +20,10 @@
 //! - `NOP`; `READV` and `WRITEV` over in-memory files
 //!   ([`SimKernel::create_file`]), at an offset or the file position;
 //!   `FSYNC`; `FALLOCATE` (allocate, punch hole);
-//! - `POLL_ADD` on pollables whose readiness the test sets
-//!   ([`SimKernel::create_pollable`], [`SimKernel::set_ready`]),
+//! - `POLL_ADD`, one-shot or multishot (`IORING_POLL_ADD_MULTI`: a
+//!   completion with `IORING_CQE_F_MORE` per wake-up, ended without MORE
+//!   by a cancellation or a full CQ ring), on pollables whose readiness the
+//!   test sets ([`SimKernel::create_pollable`], [`SimKernel::set_ready`]),
 //!   `POLL_REMOVE` and `ASYNC_CANCEL` of pending polls and deferred work;
 //! - disabled rings, `IORING_REGISTER_RESTRICTIONS` (`EACCES` for
 //!   operations, SQE flags and register calls outside the allowlist, with
@@ -305,7 +307,9 @@ impl SimKernel {
 
     /// Makes the pollable `fd` ready for `events` (`POLLIN`, `POLLOUT`...,
     /// level-triggered: it stays so until set otherwise), completing every
-    /// pending poll on it that waits for one of them.
+    /// pending poll on it that waits for one of them; a multishot poll
+    /// completes with `IORING_CQE_F_MORE` and stays pending, so each call
+    /// is one wake-up for it.
     pub fn set_ready(&self, fd: RawFd, events: u32) {
         let mut world = self.shared.world();
         let Some(ready) = world.pollables.get_mut(&fd) else {

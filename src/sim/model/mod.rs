@@ -292,9 +292,9 @@ pub(super) fn post(world: &mut World, id: usize, user_data: u64, res: i32) {
 }
 
 /// Posts a multishot operation's completion with `IORING_CQE_F_MORE`, if
-/// the CQ ring has room for it; returns whether it did. Like the kernel's
-/// `io_req_post_cqe`, it never overflows: without room, the operation must
-/// end with a completion without MORE instead.
+/// the CQ ring has room for it; returns whether it did. Like the kernel
+/// (measured on Linux 6.18, `tests/multishot.rs`), it never overflows one:
+/// without room, the operation ends with a completion without MORE.
 pub(super) fn post_more(world: &mut World, id: usize, user_data: u64, res: i32) -> bool {
     let ring = ring_mut(world, id);
     if !ring.cq_has_room() {

@@ -107,3 +107,29 @@ fn dropping_a_context_with_a_multishot_poll_cancels_it_and_waits_for_its_last_co
     assert_eq!(kernel.pending(), 0, "the poll was cancelled");
     assert_eq!(kernel.stats().abandoned, 0);
 }
+
+#[test]
+fn completions_with_more_handed_back_by_an_iterator_dropped_early_release_nothing() {
+    let kernel = SimKernel::new();
+    let pollable = kernel.create_pollable();
+    let ring = kernel.new_context(4, None).unwrap();
+    multishot_poll(&ring, pollable, 1);
+    for _ in 0..3 {
+        kernel.set_ready(pollable, POLLIN);
+    }
+    // The second claim takes the other two, yields one and hands the third
+    // back when dropped.
+    let taken: Vec<Completion> = ring.wait_completions().unwrap().take(2).collect();
+    assert!(taken.iter().all(Completion::more), "{taken:?}");
+    assert_eq!(ring.in_flight(), 1);
+    let [handed_back] = reap_completions(&ring, 1)[..] else {
+        unreachable!()
+    };
+    assert!(handed_back.more(), "{handed_back:?}");
+    assert_eq!(ring.in_flight(), 1, "a completion handed back released it");
+
+    ring.async_cancel(1, 2).unwrap();
+    let last = reap_completions(&ring, 2);
+    assert!(last.iter().all(|c| !c.more()), "{last:?}");
+    assert_eq!(ring.in_flight(), 0);
+}
