@@ -61,9 +61,10 @@
 //! - **What an operation keeps alive lives until its completion.** Each
 //!   operation's state (its iovec array, a file held open) is recorded in
 //!   the context's table under an identity of the context's own before its
-//!   SQE is published, and released only once the caller has its
-//!   completion (or drain has seen it, or leaks it); a failed
-//!   `io_uring_enter` never frees it.
+//!   SQE is published, and released only once the caller has its last
+//!   completion, the first without `IORING_CQE_F_MORE` (a multishot
+//!   operation completes many times), or drain has seen it, or leaks it;
+//!   a failed `io_uring_enter` never frees it.
 //! - **A completion releases only its own operation.** The SQE carries
 //!   the context's identity (tag, generation, slot), not the caller's
 //!   user_data, which is only a label. A completion the context did not
@@ -201,7 +202,7 @@ pub use abi::{
     MAX_FILE_OFFSET, MAX_IOVECS,
 };
 pub use allowlist::URingAllowlist;
-pub use context::URingContext;
+pub use context::{Completion, URingContext};
 pub use error::{Error, Result};
 pub use iobuf::IoBufMut;
 pub use op::{EventType, OpBatch};

@@ -89,10 +89,24 @@ bitflags! {
     #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
     pub(crate) struct CqeFlags: u32 {
         /// `IORING_CQE_F_MORE`: the operation is still in flight and will
-        /// complete again (multishot).
+        /// complete again (multishot; Linux 5.13).
         const MORE = IORING_CQE_F_MORE;
+        /// `IORING_CQE_F_BUFFER`: the operation picked a provided buffer,
+        /// whose id is in the flags' upper 16 bits
+        /// ([`CQE_BUFFER_SHIFT`]) (Linux 5.7).
+        const BUFFER = IORING_CQE_F_BUFFER;
+        /// `IORING_CQE_F_SOCK_NONEMPTY`: the socket had more data to read
+        /// when the receive completed (Linux 5.19).
+        const SOCK_NONEMPTY = IORING_CQE_F_SOCK_NONEMPTY;
+        /// `IORING_CQE_F_NOTIF`: a zero-copy send's notification that the
+        /// kernel is done with the buffer (Linux 6.0).
+        const NOTIF = IORING_CQE_F_NOTIF;
     }
 }
+
+/// Where a completion's flags keep the id of the provided buffer it used
+/// (`IORING_CQE_BUFFER_SHIFT`): the upper 16 bits.
+pub(crate) const CQE_BUFFER_SHIFT: u32 = IORING_CQE_BUFFER_SHIFT;
 
 #[cfg(test)]
 mod tests {

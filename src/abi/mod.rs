@@ -12,7 +12,7 @@ pub use flags::{FsyncFlags, IosqeFlags, SqeFlags};
 pub use opcode::{RegisterOperation, URingOperation};
 
 pub(crate) use entries::{restriction, Cqe, Restriction, RestrictionKind, Sqe};
-pub(crate) use flags::{CqeFlags, SetupFlags};
+pub(crate) use flags::{CqeFlags, SetupFlags, CQE_BUFFER_SHIFT};
 
 /// The largest ring `io_uring_setup` accepts: the kernel's
 /// `IORING_MAX_ENTRIES` (`io_uring/io_uring.h`).

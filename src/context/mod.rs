@@ -20,6 +20,8 @@ mod submit;
 mod table;
 mod wait;
 
+pub use completions::Completion;
+
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize};
@@ -63,8 +65,9 @@ use table::{ClaimBoard, OpTable};
 /// when it, or an operation in flight with the same label, pins caller
 /// memory (a readv's or writev's buffers): the caller could not tell their
 /// completions apart. An operation is in flight from its add until the
-/// caller has its completion from the iterator, whether it is still queued,
-/// in the kernel, or completed and waiting in the ring or in an iterator.
+/// caller has its completion from the iterator (a multishot operation's
+/// last one, without `IORING_CQE_F_MORE`), whether it is still queued, in
+/// the kernel, or completed and waiting in the ring or in an iterator.
 ///
 /// # Files
 ///
@@ -174,7 +177,9 @@ fn is_errno(err: &io::Error, errno: i32) -> bool {
 impl URingContext {
     /// Operations added and not yet handed to the caller by
     /// [`wait`](Self::wait)'s iterator, whether still queued, in the
-    /// kernel, or completed and waiting in the ring or in an iterator.
+    /// kernel, or completed and waiting in the ring or in an iterator. A
+    /// multishot operation counts until its last completion, the one
+    /// without `IORING_CQE_F_MORE`, has been handed over.
     pub fn in_flight(&self) -> usize {
         let mut side = lock(&self.state);
         side.table.settle_all(&self.claim_board);

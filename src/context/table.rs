@@ -23,6 +23,18 @@
 //! reads that); the table records the batch's length and how far it is
 //! settled, so the yielded part can be released by whoever next holds the
 //! lock, and the rest handed back if the iterator is dropped.
+//!
+//! **Multishot.** An operation is released by its last completion, the
+//! first whose flags lack `IORING_CQE_F_MORE`; one with MORE is claimed,
+//! yielded and handed back like any other but releases nothing (its
+//! [`Claimed`] names no slot), whatever the operation. So a multishot
+//! operation keeps its label, its file and its count in flight until the
+//! caller has its last completion, and drain (which cancels what is in
+//! flight and reaps until nothing is) waits for that one too. The kernel
+//! also ends a multishot operation, without MORE, when the CQ ring has no
+//! room (kernel patch "io_uring: terminate multishot poll for CQ ring
+//! overflow", 5.13; measured on 6.18, `tests/multishot.rs`): the same
+//! rule covers it.
 
 use std::collections::VecDeque;
 use std::hash::BuildHasher;
@@ -48,7 +60,7 @@ pub(crate) const CLAIM_BATCH: usize = 64;
 
 /// The most claims that may be outstanding at once (live iterators with a
 /// batch). Past it, iterators claim one completion at a time, which needs
-/// no record. With [`CLAIM_BATCH`], the claim board is about 17 KiB.
+/// no record. With [`CLAIM_BATCH`], the claim board is 21 KiB.
 pub(crate) const MAX_CLAIMS: usize = 16;
 
 /// Why an operation could not be tracked.

@@ -4,7 +4,7 @@ use std::io;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use super::completions::Completions;
+use super::completions::{as_item, Completion, Completions};
 use super::{is_errno, lock, URingContext};
 use crate::abi::UserData;
 use crate::bindings::{IORING_ENTER_GETEVENTS, IORING_FEAT_EXT_ARG};
@@ -47,7 +47,17 @@ impl URingContext {
     ///
     /// Each completion is yielded exactly once, to whichever thread's
     /// iterator claims it first, as `(user_data, result)`; a negative
-    /// kernel result becomes `Err(io::Error::from_raw_os_error(-res))`. The
+    /// kernel result becomes `Err(io::Error::from_raw_os_error(-res))`.
+    /// [`wait_completions`](Self::wait_completions) yields the same
+    /// completions with their flags.
+    ///
+    /// An operation is in flight (its user_data taken, what it keeps alive
+    /// kept) until the caller has its last completion from an iterator. For
+    /// most operations that is their only completion. A multishot operation
+    /// ([`PollAdd::multishot`](crate::op::PollAdd::multishot)) completes
+    /// once per event with `IORING_CQE_F_MORE` set and stays in flight; the
+    /// first completion without MORE is its last, when it is cancelled,
+    /// fails, or finds the completion ring full. The
     /// iterator yields what is in the completion ring (and what earlier
     /// iterators handed back); completions the kernel kept aside because
     /// the ring was full (`IORING_FEAT_NODROP`) come back with the next
@@ -74,6 +84,32 @@ impl URingContext {
     /// memory are reported once, as [`Error::CompletionsLost`].
     #[inline]
     pub fn wait(&self) -> Result<impl Iterator<Item = (UserData, io::Result<u32>)> + '_> {
+        Ok(self.wait_claims()?.map(as_item))
+    }
+
+    /// Like [`wait`](Self::wait), blocking and failing alike, but yields
+    /// each completion as a [`Completion`], with its flags: whether more
+    /// will follow ([`Completion::more`]), a provided buffer's id.
+    ///
+    /// ```
+    /// use ringfence::URingContext;
+    ///
+    /// let ring = URingContext::new(8, None)?;
+    /// ring.add_nop(3)?;
+    /// let completion = ring.wait_completions()?.next().unwrap();
+    /// assert_eq!(completion.user_data(), 3);
+    /// assert_eq!(completion.result()?, 0);
+    /// assert!(!completion.more(), "a nop completes once");
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    #[inline]
+    pub fn wait_completions(&self) -> Result<impl Iterator<Item = Completion> + '_> {
+        Ok(self.wait_claims()?.map(Completion::from))
+    }
+
+    /// [`wait`](Self::wait)'s waiting, and the iterator of what it claims.
+    #[inline]
+    fn wait_claims(&self) -> Result<Completions<'_>> {
         self.check_process()?;
         loop {
             self.check_drops()?;
@@ -160,6 +196,22 @@ impl URingContext {
         &self,
         timeout: Duration,
     ) -> Result<impl Iterator<Item = (UserData, io::Result<u32>)> + '_> {
+        Ok(self.wait_timeout_claims(timeout)?.map(as_item))
+    }
+
+    /// Like [`wait_timeout`](Self::wait_timeout), but yields each
+    /// completion as a [`Completion`], with its flags, as
+    /// [`wait_completions`](Self::wait_completions) does.
+    pub fn wait_timeout_completions(
+        &self,
+        timeout: Duration,
+    ) -> Result<impl Iterator<Item = Completion> + '_> {
+        Ok(self.wait_timeout_claims(timeout)?.map(Completion::from))
+    }
+
+    /// [`wait_timeout`](Self::wait_timeout)'s waiting, and the iterator of
+    /// what it claims.
+    fn wait_timeout_claims(&self, timeout: Duration) -> Result<Completions<'_>> {
         self.check_process()?;
         let deadline = Deadline::after(timeout);
         loop {

@@ -2,6 +2,7 @@
 
 use super::{KeepAlive, Operation, Prepared, Target};
 use crate::abi::{Sqe, URingOperation};
+use crate::bindings::IORING_POLL_ADD_MULTI;
 use crate::Result;
 
 /// Which way a poll waits.
@@ -28,11 +29,14 @@ impl EventType {
 }
 
 /// `IORING_OP_POLL_ADD` (Linux 5.1): a one-shot poll. Completes with the
-/// `POLL*` events that are ready, once one of those asked for is.
+/// `POLL*` events that are ready, once one of those asked for is; or, made
+/// [`multishot`](Self::multishot), once per readiness event until
+/// cancelled.
 #[derive(Debug)]
 pub struct PollAdd {
     target: Target,
     events: EventType,
+    multishot: bool,
 }
 
 impl PollAdd {
@@ -41,7 +45,34 @@ impl PollAdd {
         PollAdd {
             target: target.into(),
             events,
+            multishot: false,
         }
+    }
+
+    /// Makes the poll multishot (`IORING_POLL_ADD_MULTI` in the SQE's
+    /// `len`, Linux 5.13; `io_uring_enter(2)`): it stays armed and
+    /// completes, with the ready `POLL*` events and `IORING_CQE_F_MORE`
+    /// ([`Completion::more`](crate::Completion::more); read the flags with
+    /// [`wait_completions`](crate::URingContext::wait_completions)), once
+    /// at once if the target is ready when the kernel arms it, and then
+    /// once each time the target is woken ready for `events`: edge
+    /// triggered, so an eventfd or socket that stays readable completes
+    /// again only when written to again.
+    ///
+    /// It ends with one last completion without MORE: `ECANCELED` when
+    /// cancelled ([`AsyncCancel`](super::AsyncCancel) or
+    /// [`PollRemove`](PollRemove) by its user_data, or dropping the
+    /// context), an error if polling fails, or the ready events when the
+    /// kernel had no room in the completion ring for a completion with
+    /// MORE (measured on Linux 6.18, `tests/multishot.rs`; reap, then add
+    /// it again). Until that last completion has been yielded it counts as
+    /// in flight, keeps its target open, and keeps its user_data, which it
+    /// may share with other operations that pin no memory. Older kernels
+    /// fail it with `EINVAL` (they require `len` to be 0, `io_poll_add_prep`
+    /// in `fs/io_uring.c` before 5.13).
+    pub fn multishot(mut self) -> PollAdd {
+        self.multishot = true;
+        self
     }
 }
 
@@ -53,6 +84,10 @@ impl Operation for PollAdd {
         let mut sqe = Sqe::new(Self::OPCODE);
         self.target.fill(&mut sqe);
         sqe.set_poll_events(self.events.poll_events());
+        if self.multishot {
+            // The poll's flags go in `len` (`io_uring_prep_poll_multishot`).
+            sqe.set_len(IORING_POLL_ADD_MULTI);
+        }
         Ok(Prepared::new::<Self>(sqe, KeepAlive::target(self.target)))
     }
 }

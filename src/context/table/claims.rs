@@ -13,17 +13,23 @@ use super::{OpTable, CLAIM_BATCH, MAX_CLAIMS, NO_SLOT};
 use crate::abi::{Cqe, CqeFlags, UserData};
 use crate::ring::CompletionQueue;
 
-/// A completion claimed from the ring, as the caller will see it.
+/// A completion claimed from the ring, as the caller will see it: 24
+/// bytes (the CQE's flags made it grow from 16).
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Claimed {
     /// The caller's label (a foreign completion's own user_data).
     pub(crate) label: UserData,
     pub(crate) res: i32,
+    /// The CQE's flags, as the kernel wrote them (`IORING_CQE_F_*`, and a
+    /// provided buffer's id in the upper 16 bits).
+    pub(crate) flags: u32,
     /// The slot to release once the caller has the completion, or
     /// [`NO_SLOT`] for a foreign completion, or one that says more will
     /// follow.
     release: u32,
 }
+
+const _: () = assert!(std::mem::size_of::<Claimed>() == 24);
 
 impl Claimed {
     /// The slot to release once the caller has it, if any.
@@ -71,15 +77,23 @@ pub(crate) struct ClaimBoard {
 
 /// One record's batch and progress, on cache lines of its own: a reaper
 /// writes them for every completion it yields.
+///
+/// The items' flags are an array apart, so that the items stay two words
+/// (four to a cache line) and a batch adds a word of flags for every
+/// sixteen completions: 1344 bytes a record.
 #[repr(align(64))]
 struct BoardRecord {
     /// How many of the batch's items the iterator has handed to the caller.
     yielded: AtomicU32,
     items: [SharedClaimed; CLAIM_BATCH],
+    /// Each item's [`Claimed::flags`].
+    flags: [AtomicU32; CLAIM_BATCH],
 }
 
-/// A [`Claimed`] in two atomic words: the label, and the result with the
-/// slot to release.
+const _: () = assert!(std::mem::size_of::<BoardRecord>() == 1344);
+
+/// A [`Claimed`] but its flags in two atomic words: the label, and the
+/// result with the slot to release.
 struct SharedClaimed {
     label: AtomicU64,
     res_and_release: AtomicU64,
@@ -94,6 +108,7 @@ impl ClaimBoard {
                     label: AtomicU64::new(0),
                     res_and_release: AtomicU64::new(0),
                 }),
+                flags: std::array::from_fn(|_| AtomicU32::new(0)),
             }),
         }
     }
@@ -102,21 +117,25 @@ impl ClaimBoard {
     /// thread that opens the record.
     #[inline]
     pub(crate) fn write(&self, id: usize, i: usize, item: Claimed) {
-        let shared = &self.records[id].items[i];
+        let record = &self.records[id];
+        let shared = &record.items[i];
         shared.label.store(item.label, Ordering::Relaxed);
         let packed = u64::from(item.res as u32) | u64::from(item.release) << 32;
         shared.res_and_release.store(packed, Ordering::Relaxed);
+        record.flags[i].store(item.flags, Ordering::Relaxed);
     }
 
     /// Item `i` of record `id`'s batch; see the type's docs for who may
     /// read it.
     #[inline]
     pub(crate) fn read(&self, id: usize, i: usize) -> Claimed {
-        let shared = &self.records[id].items[i];
+        let record = &self.records[id];
+        let shared = &record.items[i];
         let packed = shared.res_and_release.load(Ordering::Relaxed);
         Claimed {
             label: shared.label.load(Ordering::Relaxed),
             res: packed as u32 as i32,
+            flags: record.flags[i].load(Ordering::Relaxed),
             release: (packed >> 32) as u32,
         }
     }
@@ -147,6 +166,7 @@ impl OpTable {
             return Some(Claimed {
                 label: cqe.user_data,
                 res: cqe.res,
+                flags: cqe.flags.bits(),
                 release: NO_SLOT,
             });
         };
@@ -160,12 +180,13 @@ impl OpTable {
             }
         };
         // A multishot operation stays in flight until its last completion,
-        // the one without IORING_CQE_F_MORE.
+        // the one without IORING_CQE_F_MORE (see the parent module's docs).
         let more = cqe.flags.contains(CqeFlags::MORE);
         let release = if more { NO_SLOT } else { slot };
         Some(Claimed {
             label,
             res: cqe.res,
+            flags: cqe.flags.bits(),
             release,
         })
     }
@@ -339,19 +360,23 @@ mod tests {
     fn the_claim_board_keeps_every_field_of_a_claimed_completion() {
         let board = ClaimBoard::new();
         let cases = [
-            (u64::MAX, -libc::ECANCELED, NO_SLOT),
-            (0, i32::MIN, 0),
-            (7, i32::MAX, NO_SLOT - 1),
+            (u64::MAX, -libc::ECANCELED, u32::MAX, NO_SLOT),
+            (0, i32::MIN, 0, 0),
+            (7, i32::MAX, 0xbeef_0003, NO_SLOT - 1),
         ];
-        for (label, res, release) in cases {
+        for (label, res, flags, release) in cases {
             let item = Claimed {
                 label,
                 res,
+                flags,
                 release,
             };
             board.write(MAX_CLAIMS - 1, CLAIM_BATCH - 1, item);
             let read = board.read(MAX_CLAIMS - 1, CLAIM_BATCH - 1);
-            assert_eq!((read.label, read.res, read.release), (label, res, release));
+            assert_eq!(
+                (read.label, read.res, read.flags, read.release),
+                (label, res, flags, release)
+            );
         }
     }
 }

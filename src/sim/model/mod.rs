@@ -52,6 +52,8 @@ pub(super) struct PendingPoll {
     pub(super) user_data: u64,
     pub(super) fd: i32,
     pub(super) events: u32,
+    /// `IORING_POLL_ADD_MULTI`: it stays pending after it fires.
+    pub(super) multishot: bool,
 }
 
 /// The kernel's state of one ring.
@@ -178,14 +180,20 @@ impl RingModel {
         self.cq_ready() > 0 || !self.overflow.is_empty()
     }
 
+    /// Whether a CQE can go straight into the CQ ring: it has room, and
+    /// no overflowed completion waits to go first.
+    fn cq_has_room(&self) -> bool {
+        self.overflow.is_empty() && self.cq_ready() < self.cq_entries
+    }
+
     /// Writes one CQE into the CQ ring, which must have room.
-    fn write_cqe(&mut self, user_data: u64, res: i32) {
+    fn write_cqe(&mut self, user_data: u64, res: i32, flags: CqeFlags) {
         let index = (self.cq_tail & (self.cq_entries - 1)) as usize;
         let offset = CQES as usize + index * size_of::<io_uring_cqe>();
         let cqe = Cqe {
             user_data,
             res,
-            flags: CqeFlags::empty(),
+            flags,
         };
         // SAFETY: `at` checks bounds and alignment. The slot is outside the
         // range the application may read (`cq_ready` < entries, loaded with
@@ -206,7 +214,7 @@ impl RingModel {
             let Some((user_data, res)) = self.overflow.pop_front() else {
                 break;
             };
-            self.write_cqe(user_data, res);
+            self.write_cqe(user_data, res, CqeFlags::empty());
             flushed += 1;
         }
         if self.overflow.is_empty() {
@@ -274,8 +282,8 @@ fn post_cqe(world: &mut World, id: usize, user_data: u64, res: i32) {
     let nodrop = world.config.nodrop;
     let drop_this = world.overflow_drops > 0;
     let ring = ring_mut(world, id);
-    if ring.overflow.is_empty() && ring.cq_ready() < ring.cq_entries {
-        ring.write_cqe(user_data, res);
+    if ring.cq_has_room() {
+        ring.write_cqe(user_data, res, CqeFlags::empty());
         world.stats.completions_posted += 1;
         return;
     }
@@ -298,8 +306,24 @@ fn post_cqe(world: &mut World, id: usize, user_data: u64, res: i32) {
     world.stats.dropped += 1;
 }
 
+/// Posts a multishot operation's completion with `IORING_CQE_F_MORE`, if
+/// the CQ ring has room for it; returns whether it did. Like the kernel
+/// (measured on Linux 6.18, `tests/multishot.rs`), it never overflows one:
+/// without room, the operation ends with a completion without MORE.
+pub(super) fn post_more(world: &mut World, id: usize, user_data: u64, res: i32) -> bool {
+    let ring = ring_mut(world, id);
+    if !ring.cq_has_room() {
+        return false;
+    }
+    ring.write_cqe(user_data, res, CqeFlags::MORE);
+    world.stats.completions_posted += 1;
+    true
+}
+
 /// Completes every pending poll of ring `id` on `fd` that waits for one of
-/// `ready`.
+/// `ready`. A multishot poll posts a completion with MORE and stays
+/// pending, unless the CQ ring has no room: then it ends, with a
+/// completion without MORE.
 pub(super) fn fire_polls(world: &mut World, id: usize, fd: i32, ready: u32) {
     let Some(ring) = world.rings[id].as_mut() else {
         return;
@@ -308,11 +332,19 @@ pub(super) fn fire_polls(world: &mut World, id: usize, fd: i32, ready: u32) {
     ring.polls.retain(|poll| {
         let hit = poll.fd == fd && poll.events & ready != 0;
         if hit {
-            fired.push((poll.user_data, (poll.events & ready) as i32));
+            let events = (poll.events & ready) as i32;
+            fired.push((poll.user_data, events, poll.multishot));
         }
-        !hit
+        !hit || poll.multishot
     });
-    for (user_data, events) in fired {
+    for (user_data, events, multishot) in fired {
+        if multishot {
+            if post_more(world, id, user_data, events) {
+                continue;
+            }
+            let ring = ring_mut(world, id);
+            ring.polls.retain(|poll| poll.user_data != user_data);
+        }
         post(world, id, user_data, events);
     }
 }

@@ -3,9 +3,11 @@
 use std::mem::size_of;
 use std::sync::atomic::Ordering;
 
-use super::{chains, post, ring_mut, PendingPoll, World, SQ_ARRAY, SQ_DROPPED, SQ_HEAD, SQ_TAIL};
+use super::{
+    chains, post, post_more, ring_mut, PendingPoll, World, SQ_ARRAY, SQ_DROPPED, SQ_HEAD, SQ_TAIL,
+};
 use crate::abi::{IosqeFlags, Sqe, URingOperation, MAX_IOVECS};
-use crate::bindings::io_uring_sqe;
+use crate::bindings::{io_uring_sqe, IORING_POLL_ADD_MULTI};
 
 /// Consumes up to `limit` SQEs of ring `id`; returns how many. Like the
 /// kernel, it stops after an SQE it refuses (its completion carries the
@@ -154,14 +156,22 @@ pub(super) fn start(world: &mut World, id: usize, sqe: Sqe) {
                 return;
             };
             let events = sqe.poll_events();
-            if ready & events != 0 {
+            let multishot = sqe.len() & IORING_POLL_ADD_MULTI != 0;
+            let pending = PendingPoll {
+                user_data,
+                fd: sqe.fd(),
+                events,
+                multishot,
+            };
+            if ready & events == 0 {
+                ring_mut(world, id).polls.push(pending);
+            } else if !multishot {
                 post(world, id, user_data, (ready & events) as i32);
+            } else if post_more(world, id, user_data, (ready & events) as i32) {
+                // Ready when armed: it completes once and stays armed.
+                ring_mut(world, id).polls.push(pending);
             } else {
-                ring_mut(world, id).polls.push(PendingPoll {
-                    user_data,
-                    fd: sqe.fd(),
-                    events,
-                });
+                post(world, id, user_data, (ready & events) as i32);
             }
         }
         URingOperation::PollRemove

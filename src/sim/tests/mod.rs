@@ -13,6 +13,7 @@
 //!   short, dropped or forgotten, completions the context did not issue;
 //! - `chains.rs`: timeouts and linked chains;
 //! - `lifecycle.rs`: drop and `close`;
+//! - `multishot.rs`: operations that complete more than once;
 //! - `threads.rs`: several threads on one ring (the tests Miri runs under
 //!   many scheduler seeds have `another_thread` in their names).
 //!
@@ -25,6 +26,7 @@ mod bookkeeping;
 mod chains;
 mod faults;
 mod lifecycle;
+mod multishot;
 mod operations;
 mod threads;
 
