@@ -501,3 +501,23 @@ fn socket_operations_on_a_file_that_is_not_a_socket_fail_with_enotsock() {
         assert_eq!(errno(&done[&ud]), Some(libc::ENOTSOCK), "user_data {ud}");
     }
 }
+
+#[test]
+fn fixed_slots_past_the_table_with_cloexec_or_none_free_are_refused() {
+    let ring = ring!(8);
+    register_sparse_files(&ring, 1);
+    let tcp = || Socket::new(libc::AF_INET, libc::SOCK_STREAM, 0);
+    ring.add(tcp().fixed_slot(1), 1).unwrap();
+    // u32::MAX has no file_index of its own: sent past any table.
+    ring.add(tcp().fixed_slot(u32::MAX), 2).unwrap();
+    ring.add(tcp().flags(SocketFlags::CLOEXEC).fixed_slot(0), 3)
+        .unwrap();
+    let done = run(&ring, 3);
+    for ud in 1..=3 {
+        assert_eq!(errno(&done[&ud]), Some(libc::EINVAL), "user_data {ud}");
+    }
+    ring.add(tcp().any_fixed_slot(), 4).unwrap();
+    assert_eq!(run(&ring, 1)[&4].as_ref().unwrap(), &0, "the one free slot");
+    ring.add(tcp().any_fixed_slot(), 5).unwrap();
+    assert_eq!(errno(&run(&ring, 1)[&5]), Some(libc::ENFILE), "none free");
+}
