@@ -521,3 +521,38 @@ fn fixed_slots_past_the_table_with_cloexec_or_none_free_are_refused() {
     ring.add(tcp().any_fixed_slot(), 5).unwrap();
     assert_eq!(errno(&run(&ring, 1)[&5]), Some(libc::ENFILE), "none free");
 }
+
+#[test]
+fn recv_and_send_pin_their_buffers_and_share_no_label_while_accepts_share_one() {
+    let ring = ring!(8);
+    let (a, b) = unix_pair();
+    let (a, b) = (Arc::new(a), Arc::new(b));
+    let listener = Arc::new(TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap());
+    // Nothing to read yet: the recv stays in flight, its buffer pinned.
+    ring.add(Recv::new(leaked_buf(4, 0).0, Arc::clone(&b)), 7)
+        .unwrap();
+    let err = ring.add(Accept::new(Arc::clone(&listener)), 7).unwrap_err();
+    assert!(matches!(err, Error::DuplicateUserData(7)), "{err}");
+    // A send pins its buffer: it takes no label in flight either.
+    ring.add(Accept::new(Arc::clone(&listener)), 6).unwrap();
+    let err = ring
+        .add(Send::new(leaked_bytes(b"late"), Arc::clone(&a)), 6)
+        .unwrap_err();
+    assert!(matches!(err, Error::DuplicateUserData(6)), "{err}");
+    // Accepts pin nothing: two may share a label.
+    ring.add(Accept::new(Arc::clone(&listener)), 8).unwrap();
+    ring.add(Accept::new(Arc::clone(&listener)), 8).unwrap();
+    let addr = listener.local_addr().unwrap();
+    let _clients: Vec<TcpStream> = (0..3).map(|_| TcpStream::connect(addr).unwrap()).collect();
+    ring.add(Send::new(leaked_bytes(b"done"), a), 9).unwrap();
+    let done = common::reap(&ring, 5);
+    let accepted: Vec<OwnedFd> = done
+        .iter()
+        .filter(|(ud, _)| *ud == 6 || *ud == 8)
+        .map(|(_, result)| owned(result))
+        .collect();
+    assert_eq!(accepted.len(), 3);
+    assert!(done
+        .iter()
+        .any(|(ud, result)| *ud == 7 && result.as_ref().ok() == Some(&4)));
+}
