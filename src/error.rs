@@ -9,6 +9,14 @@ use crate::abi::{RegisterOperation, MAX_ENTRIES, MAX_FILE_OFFSET, MAX_IOVECS};
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
+    /// A buffer longer than one operation takes: the SQE's length is a
+    /// `u32`, so at most `u32::MAX` bytes. Split it over several
+    /// operations.
+    #[error(
+        "a buffer of {0} bytes is longer than one operation takes (at most u32::MAX = \
+         4294967295 bytes): split it"
+    )]
+    BufferTooLong(usize),
     /// [`URingContext::close`](crate::URingContext::close) found operations
     /// still in flight on a ring whose allowlist lacks
     /// [`URingOperation::AsyncCancel`](crate::URingOperation::AsyncCancel),
@@ -193,6 +201,7 @@ impl From<Error> for io::Error {
     fn from(err: Error) -> io::Error {
         #[remain::sorted]
         match err {
+            Error::BufferTooLong(_) => io::Error::new(io::ErrorKind::InvalidInput, err),
             Error::CancelNotAllowed(_) => io::Error::other(err),
             Error::CompletionsLost => io::Error::from_raw_os_error(libc::EBADR),
             Error::DrainTimedOut(_) => io::Error::new(io::ErrorKind::TimedOut, err),

@@ -653,8 +653,52 @@ fn issue(ring: &URingContext, op: URingOperation, ud: u64, targets: &Targets) ->
             ring.add_batch(&mut chain).expect("add_batch");
             Err(libc::ECANCELED)
         }
+        // The socket operations on the scratch file, which is not a
+        // socket: the kernel runs them (past the allowlist) and fails them.
+        URingOperation::Send
+        | URingOperation::Recv
+        | URingOperation::Sendmsg
+        | URingOperation::Recvmsg
+        | URingOperation::Accept
+        | URingOperation::Connect
+        | URingOperation::Shutdown => {
+            add_socket_op(ring, op, ud, &targets.file);
+            Err(libc::ENOTSOCK)
+        }
+        URingOperation::Socket => {
+            // AF_UNIX has no protocol 99: no descriptor is made.
+            let socket = ringfence::op::Socket::new(libc::AF_UNIX, libc::SOCK_STREAM, 99);
+            ring.add(socket, ud).expect("add socket");
+            Err(libc::EPROTONOSUPPORT)
+        }
         other => panic!("no recipe for {other:?}: add one to `issue` in tests/restrictions.rs"),
     }
+}
+
+/// Adds the socket operation `op` on `file` (not a socket).
+fn add_socket_op(ring: &URingContext, op: URingOperation, ud: u64, file: &File) {
+    use ringfence::op::{Accept, Connect, Recv, Recvmsg, Send, Sendmsg, Shutdown};
+    let fd = file.as_raw_fd();
+    // SAFETY: `file` lives in the test's `Targets`, past the ring, which
+    // reaps every operation before it is dropped.
+    let target = || unsafe { ringfence::op::Target::from_raw_fd(fd) };
+    let buf = || common::leaked_buf(16, 3).0;
+    let to: std::net::SocketAddr = (std::net::Ipv4Addr::LOCALHOST, 9).into();
+    let added = match op {
+        URingOperation::Send => ring.add(Send::new(buf(), target()), ud),
+        URingOperation::Recv => ring.add(Recv::new(buf(), target()), ud),
+        URingOperation::Sendmsg => {
+            ring.add(Sendmsg::new(common::pinned(vec![buf()]), target()), ud)
+        }
+        URingOperation::Recvmsg => {
+            ring.add(Recvmsg::new(common::pinned(vec![buf()]), target()), ud)
+        }
+        URingOperation::Accept => ring.add(Accept::new(target()), ud),
+        URingOperation::Connect => ring.add(Connect::new(target(), to), ud),
+        URingOperation::Shutdown => ring.add(Shutdown::new(target(), std::net::Shutdown::Both), ud),
+        other => panic!("{other:?} is not a socket operation on a file"),
+    };
+    added.unwrap_or_else(|e| panic!("add {op:?}: {e}"));
 }
 
 #[test]
@@ -679,7 +723,8 @@ fn allowlists_over_the_issuable_ops_are_enforced_exactly() {
         let mut list = allowing(&allowed);
         // The link timeout recipe's chain: its head carries IO_LINK.
         list.allow_sqe_flags(IosqeFlags::IO_LINK);
-        let ring = ring!(16, Some(&list));
+        // Room for one SQE per issuable operation, plus the link timeout's head.
+        let ring = ring!(64, Some(&list));
         let mut expected = HashMap::new();
         for (i, op) in ISSUABLE.iter().enumerate() {
             let ud = i as u64;

@@ -38,6 +38,7 @@ mod common;
 use std::cell::Cell;
 use std::fs::File;
 use std::os::fd::{AsFd, AsRawFd};
+use std::os::unix::net::UnixDatagram;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -111,12 +112,24 @@ enum Kind {
         offset: u64,
         contested: bool,
     },
+    /// A send or sendmsg of one `SOCKET_BYTE` datagram into the socket
+    /// pair, `MSG_DONTWAIT`: all of it, or `EAGAIN` when the queue is full.
+    SocketSend,
+    /// A recv or recvmsg from the socket pair, `MSG_DONTWAIT`: one whole
+    /// datagram of `SOCKET_BYTE`s, or `EAGAIN` when none waits.
+    SocketRecv,
 }
+
+/// What every datagram sent into the socket pair holds.
+const SOCKET_BYTE: u8 = b's';
 
 /// The model's own state: the pipe, the scratch memfd of this input and
 /// what it holds.
 struct Real {
     pipe: Pipe,
+    /// A connected, non-blocking Unix datagram pair: sends go into `.0`,
+    /// receives come from `.1`.
+    sockets: (Arc<UnixDatagram>, Arc<UnixDatagram>),
     scratch: Arc<File>,
     /// What the scratch memfd holds, where known.
     known: Vec<Option<u8>>,
@@ -126,8 +139,13 @@ struct Real {
 
 impl Real {
     fn new() -> Real {
+        let (tx, rx) = UnixDatagram::pair().expect("socketpair");
+        for socket in [&tx, &rx] {
+            socket.set_nonblocking(true).expect("O_NONBLOCK");
+        }
         Real {
             pipe: Pipe::new(),
+            sockets: (Arc::new(tx), Arc::new(rx)),
             scratch: Arc::new(memfd(scratch_initial_byte)),
             known: (0..MEMFD_LEN)
                 .map(|i| Some(scratch_initial_byte(i)))
@@ -289,6 +307,38 @@ impl Real {
         adder.push(op, Spec::new(kind).offset(Some(offset)));
     }
 
+    /// A socket operation: send, recv, sendmsg and recvmsg through the
+    /// socket pair (even `file`), data checked; any of them on the scratch
+    /// memfd (odd `file`), which is not a socket.
+    fn net(&self, input: &OpInput, adder: &mut Adder<'_, Kind>) {
+        let opcode = input.opcode();
+        let (target, kind, fill) = match opcode {
+            URingOperation::Send | URingOperation::Sendmsg if input.file & 1 == 0 => (
+                Arc::clone(&self.sockets.0).into(),
+                Kind::SocketSend,
+                SOCKET_BYTE,
+            ),
+            URingOperation::Recv | URingOperation::Recvmsg if input.file & 1 == 0 => {
+                (Arc::clone(&self.sockets.1).into(), Kind::SocketRecv, 0xee)
+            }
+            // No protocol 99 in AF_UNIX: no descriptor is made.
+            URingOperation::Socket => (
+                Arc::clone(&self.scratch).into(),
+                Kind::Gives(Err(libc::EPROTONOSUPPORT)),
+                0,
+            ),
+            _ => (
+                Arc::clone(&self.scratch).into(),
+                Kind::Gives(Err(libc::ENOTSOCK)),
+                0,
+            ),
+        };
+        fill_slot(adder, |buf| buf.fill(fill));
+        let to = !matches!(kind, Kind::SocketSend);
+        let spec = Spec::new(kind);
+        common::net::push(opcode, target, libc::MSG_DONTWAIT, to, spec, adder);
+    }
+
     /// Sets the scratch memfd's region at `offset` to `bytes`, or unknown.
     fn learn(&mut self, offset: u64, bytes: Option<&[u8]>) {
         let region = &mut self.known[offset as usize..offset as usize + BUF_LEN];
@@ -340,6 +390,7 @@ impl Model for Real {
                 let op = PollAdd::new(Arc::clone(&self.pipe.reader), EventType::Read);
                 adder.push(op, Spec::new(Kind::Poll));
             }
+            opcode if common::net::is_net(opcode) => self.net(input, adder),
             other => panic!(
                 "{other:?} is in op::ISSUABLE, but real_kernel_ops has no arm for it: add one \
                  to `build`"
@@ -364,6 +415,7 @@ impl Model for Real {
             Kind::Poll => poll_result_ok(res),
             Kind::Control => control_result_ok(res),
             Kind::Punch { .. } => res == Ok(0),
+            Kind::SocketSend | Kind::SocketRecv => res == full || res == Err(libc::EAGAIN),
         }
     }
 
@@ -436,6 +488,10 @@ impl Model for Real {
                 let written = res == full && !contested;
                 self.learn(offset, written.then_some(data.as_slice()));
             }
+            Kind::SocketRecv if res == full => assert!(
+                done.slot().iter().all(|b| *b == SOCKET_BYTE),
+                "recv from the socket pair ({label:#x}) got bytes no send sent"
+            ),
             Kind::Punch { offset, contested } => {
                 let zeros = [0; BUF_LEN];
                 let punched = !contested && !may_cancel;
@@ -451,6 +507,9 @@ impl Model for Real {
 
     fn reaped(&mut self) {
         self.pipe.drain();
+        // Room for more sends: what is left unread has no reader waiting.
+        let mut scratch = [0u8; BUF_LEN];
+        while self.sockets.1.recv(&mut scratch).is_ok() {}
     }
 }
 
@@ -463,6 +522,8 @@ fn poll_fd(world: &mut World) {
     // thread's syscalls: nothing can complete between the poll and the wait.
     let inline = world.book.ops().all(|(_, op)| match op.kind {
         Kind::PipeRead | Kind::PipeWrite | Kind::Poll | Kind::Control => true,
+        // MSG_DONTWAIT: done in the submitting call, or EAGAIN.
+        Kind::SocketSend | Kind::SocketRecv => true,
         _ => op.opcode == URingOperation::Nop && !op.flags.contains(SqeFlags::ASYNC),
     });
     if !inline {

@@ -356,6 +356,16 @@ impl Model for Restricted {
                 let reader = unsafe { Target::from_raw_fd(self.pipe.reader.as_raw_fd()) };
                 adder.push(PollAdd::new(reader, EventType::Read), Spec::new(Kind::Poll));
             }
+            // On the scratch memfd, which is not a socket; `Socket` asks
+            // for a protocol AF_UNIX lacks.
+            opcode if common::net::is_net(opcode) => {
+                let res = match opcode {
+                    URingOperation::Socket => libc::EPROTONOSUPPORT,
+                    _ => libc::ENOTSOCK,
+                };
+                let spec = Spec::new(Kind::Gives(Err(res)));
+                common::net::push(opcode, scratch().into(), 0, true, spec, adder);
+            }
             other => panic!(
                 "{other:?} is in op::ISSUABLE, but restricted_ring has no arm for it: add one \
                  to `build`"

@@ -44,8 +44,9 @@
 //!   a random order ([`SimConfig::defer_completions`]).
 //!
 //! It models every operation in [`op::ISSUABLE`](crate::op::ISSUABLE) (a
-//! test checks that), and no other opcode (they complete with `EINVAL`);
-//! nor fixed files or buffers.
+//! test checks that; the socket operations complete with `EOPNOTSUPP`:
+//! there are no simulated sockets), and no other opcode (they complete
+//! with `EINVAL`); nor fixed files or buffers.
 //!
 //! ```
 //! use ringfence::sim::{Fault, SimKernel};

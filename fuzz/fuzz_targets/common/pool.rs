@@ -46,6 +46,14 @@ pub fn iovecs(label: u64) -> Pin<Box<[IoBufMut<'static>]>> {
     Box::pin([unsafe { IoBufMut::from_raw_parts(slot_ptr(label), BUF_LEN) }])
 }
 
+/// The slot of `label` as one buffer, for a send or recv with that label
+/// (sound for the same reason as [`iovecs`]).
+#[allow(dead_code)] // Used by some targets only.
+pub fn buf(label: u64) -> IoBufMut<'static> {
+    // SAFETY: as in `iovecs`.
+    unsafe { IoBufMut::from_raw_parts(slot_ptr(label), BUF_LEN) }
+}
+
 /// Fills the slot of `adder`'s label with `fill` before the add, unless an
 /// operation that pins the slot is in flight (the add is then refused with
 /// `DuplicateUserData`, and the slot is the kernel's).
