@@ -197,11 +197,13 @@ mod sys;
 struct ReadmeDoctests;
 
 pub use abi::{
-    FsyncFlags, IosqeFlags, RegisterOperation, SqeFlags, URingOperation, UserData, MAX_ENTRIES,
-    MAX_FILE_OFFSET, MAX_IOVECS,
+    FeatureFlags, FsyncFlags, IosqeFlags, RegisterOperation, SqeFlags, URingOperation, UserData,
+    MAX_ENTRIES, MAX_FILE_OFFSET, MAX_IOVECS,
 };
 pub use allowlist::URingAllowlist;
-pub use context::URingContext;
+pub use context::{
+    Probe, URingBuilder, URingContext, MAX_REGISTERED_BUFFERS, MAX_REGISTERED_BUFFER_LEN,
+};
 pub use error::{Error, Result};
 pub use iobuf::IoBufMut;
-pub use op::{EventType, OpBatch};
+pub use op::{EventType, OpBatch, RegisteredBuffer};

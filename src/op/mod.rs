@@ -33,6 +33,7 @@
 
 mod batch;
 mod cancel;
+mod fixed;
 mod nop;
 mod poll;
 mod rw;
@@ -41,6 +42,7 @@ mod target;
 
 pub use batch::OpBatch;
 pub use cancel::AsyncCancel;
+pub use fixed::{ReadFixed, RegisteredBuffer, WriteFixed};
 pub use nop::Nop;
 pub use poll::{EventType, PollAdd, PollRemove};
 pub use rw::{Readv, Writev};
@@ -192,6 +194,8 @@ operations!(
     Readv,
     Writev,
     Fsync,
+    ReadFixed,
+    WriteFixed,
     PollAdd,
     PollRemove,
     AsyncCancel,
