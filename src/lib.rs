@@ -95,6 +95,9 @@
 //! - `context/submit.rs`: the one call of `io_uring_enter` (see `sys`).
 //! - `context/drain.rs`: turning queued, unsubmitted SQEs into nops before
 //!   cancelling, which needs `&mut self` (no enter can run meanwhile).
+//! - `context/registered.rs`: the anonymous mapping that holds registered
+//!   buffers, and the register calls for files and buffers;
+//!   `context/probe.rs`: the probe register call.
 //! - `context/fork.rs`: registering the `pthread_atfork` handler that tells
 //!   a forked child's copy of a context from the original.
 //! - `context/crosvm.rs`: the crosvm-named `unsafe fn`s (below), which

@@ -157,6 +157,14 @@ fn registered_files_serve_fixed_targets_empty_slots_fail_ebadf_and_update_files_
     ring.add(Fsync::new(Target::fixed(2)), 4).unwrap();
     assert_eq!(errno(&only(&ring, 4)), Some(libc::EBADF), "a cleared slot");
 
+    let no_table = build!(URingBuilder::new(8));
+    let err = no_table.update_files(0, &[None]).unwrap_err();
+    assert!(
+        matches!(&err, Error::Register { call: RegisterOperation::FilesUpdate, source }
+        if source.raw_os_error() == Some(libc::ENXIO)),
+        "{err:?}"
+    );
+
     // Past the table's four slots.
     let err = ring.update_files(4, &[Some(other.as_fd())]).unwrap_err();
     assert!(

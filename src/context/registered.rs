@@ -149,7 +149,7 @@ impl URingContext {
     /// on a slot keeps the old file until it completes.
     ///
     /// Fails with [`Error::Register`]: `ENXIO` when the ring has no file
-    /// table, `EINVAL` past its end, `EBADF` for a bad descriptor, and
+    /// table, `EINVAL` past its end or for an empty `fds`, `EBADF` for a bad descriptor, and
     /// `EACCES` on a restricted ring (before Linux 7.0) unless the
     /// allowlist allows
     /// [`RegisterOperation::FilesUpdate`]: register every file before the

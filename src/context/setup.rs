@@ -52,6 +52,12 @@ impl URingContext {
     /// the kernel refuses anything outside it (see [`URingAllowlist`];
     /// Linux 5.10). Without one, the ring is unrestricted (Linux 5.1).
     ///
+    /// The same as [`URingBuilder::new(num_entries)`](URingBuilder::new),
+    /// with [`allowlist`](URingBuilder::allowlist) if given, built: so
+    /// `IORING_SETUP_SUBMIT_ALL` is on where the kernel has it (Linux
+    /// 5.18), and an allowlist naming an operation the kernel lacks fails
+    /// with [`Error::OperationNotSupported`].
+    ///
     /// Fails with [`Error::EntriesOutOfRange`] for 0 or more than
     /// [`MAX_ENTRIES`] entries, and with [`Error::IoUringUnavailable`],
     /// [`Error::IoUringDisabled`] or [`Error::OutOfLockedMemory`] when the
