@@ -271,8 +271,8 @@ impl<'a> URingBuilder<'a> {
         if let Some(allowlist) = self.allowlist {
             match ring.probe_ring() {
                 Ok(probe) => probe.check(allowlist)?,
-                // Before 5.6 there is no probe (nor in the simulated
-                // kernel): such an operation completes with EINVAL.
+                // Before 5.6 there is no probe: such an operation
+                // completes with EINVAL.
                 Err(Error::Register { source, .. })
                     if source.raw_os_error() == Some(libc::EINVAL) => {}
                 Err(e) => return Err(e),
