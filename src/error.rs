@@ -45,6 +45,21 @@ pub enum Error {
          in flight or more memory for the process"
     )]
     CompletionsLost,
+    /// [`URingBuilder::cq_entries`](crate::URingBuilder::cq_entries) asked
+    /// for a completion ring smaller than the submission ring, of 0, or
+    /// past the kernel's 65536 without
+    /// [`clamp`](crate::URingBuilder::clamp).
+    #[error(
+        "a completion ring of {cq_entries} entries does not fit a ring of {entries}: ask for \
+         at least as many completion entries as submission entries, and at most 65536 (or \
+         set clamp)"
+    )]
+    CqEntriesOutOfRange {
+        /// The completion ring size asked for.
+        cq_entries: usize,
+        /// The submission ring size asked for.
+        entries: usize,
+    },
     /// [`URingContext::close`](crate::URingContext::close) gave up waiting:
     /// this many operations were still in the kernel, and what they keep
     /// alive (iovec arrays, files) was leaked.
@@ -94,6 +109,19 @@ pub enum Error {
          used here: create a new context in the child"
     )]
     Forked,
+    /// A [`ReadFixed`](crate::op::ReadFixed) or
+    /// [`WriteFixed`](crate::op::WriteFixed) byte range that ends before it
+    /// starts, or is longer than 4 GiB - 1 (the SQE's `len` is 32 bits).
+    #[error(
+        "the buffer range {start}..{end} is not a range one fixed read or write can take: \
+         give start <= end, at most 4 GiB - 1 bytes long"
+    )]
+    InvalidBufferRange {
+        /// Where the range starts, in bytes into the buffer.
+        start: usize,
+        /// Where it ends.
+        end: usize,
+    },
     /// A chain of linked operations that the kernel would cut or
     /// misread: one whose last operation is linked to whatever is queued
     /// next, or a [`LinkTimeout`](crate::op::LinkTimeout) that does not
@@ -144,6 +172,40 @@ pub enum Error {
          the ring with more entries"
     )]
     NoSpace,
+    /// An allowlist given to
+    /// [`URingBuilder::allowlist`](crate::URingBuilder::allowlist) (or
+    /// [`URingContext::new`](crate::URingContext::new)) allows an operation
+    /// the running kernel does not support ([`URingContext::probe`](crate::URingContext::probe)),
+    /// which every SQE of it would then fail with `EINVAL`.
+    #[error(
+        "the allowlist allows {op:?}, which this kernel does not support (it was added in \
+         Linux {}.{}): run a newer kernel or leave it out of the allowlist",
+        since.0,
+        since.1
+    )]
+    OperationNotSupported {
+        /// The operation.
+        op: crate::URingOperation,
+        /// The Linux release that added it, `(major, minor)`.
+        since: (u32, u32),
+    },
+    /// A [`URingBuilder`](crate::URingBuilder) option the running kernel
+    /// refuses (`io_uring_setup` failed with `EINVAL` with it, and
+    /// succeeded without it).
+    #[error(
+        "this kernel does not support the ring option {option} (added in Linux {}.{}): \
+         {source}; run a newer kernel or build the ring without it",
+        since.0,
+        since.1
+    )]
+    OptionNotSupported {
+        /// The builder method and the kernel flag.
+        option: &'static str,
+        /// The Linux release that added it, `(major, minor)`.
+        since: (u32, u32),
+        /// The kernel's error (`EINVAL`).
+        source: io::Error,
+    },
     /// Not enough locked memory for the rings (ENOMEM).
     #[error(
         "not enough locked memory for the io_uring rings (ENOMEM): raise RLIMIT_MEMLOCK \
@@ -160,6 +222,20 @@ pub enum Error {
         call: RegisterOperation,
         /// The kernel's error.
         source: io::Error,
+    },
+    /// [`URingBuilder::buffers`](crate::URingBuilder::buffers) asked for 0
+    /// or more than [`MAX_REGISTERED_BUFFERS`](crate::MAX_REGISTERED_BUFFERS)
+    /// buffers, or buffers of 0 bytes or more than
+    /// [`MAX_REGISTERED_BUFFER_LEN`](crate::MAX_REGISTERED_BUFFER_LEN).
+    #[error(
+        "{count} registered buffers of {len} bytes are out of range: register 1 to 16384 \
+         buffers of 1 byte to 1 GiB each"
+    )]
+    RegisteredBuffersOutOfRange {
+        /// The number of buffers asked for.
+        count: usize,
+        /// Their length, in bytes.
+        len: usize,
     },
     /// `io_uring_setup` failed for a reason without its own variant.
     #[error("io_uring_setup failed: {0}")]
@@ -204,12 +280,14 @@ impl From<Error> for io::Error {
             Error::BufferTooLong(_) => io::Error::new(io::ErrorKind::InvalidInput, err),
             Error::CancelNotAllowed(_) => io::Error::other(err),
             Error::CompletionsLost => io::Error::from_raw_os_error(libc::EBADR),
+            Error::CqEntriesOutOfRange { .. } => io::Error::new(io::ErrorKind::InvalidInput, err),
             Error::DrainTimedOut(_) => io::Error::new(io::ErrorKind::TimedOut, err),
             Error::DuplicateUserData(_) => io::Error::new(io::ErrorKind::AlreadyExists, err),
             Error::Enter(e) => e,
             Error::EntriesOutOfRange(_) => io::Error::new(io::ErrorKind::InvalidInput, err),
             Error::FixedFileNotSupported(_) => io::Error::new(io::ErrorKind::InvalidInput, err),
             Error::Forked => io::Error::other(err),
+            Error::InvalidBufferRange { .. } => io::Error::new(io::ErrorKind::InvalidInput, err),
             Error::InvalidChain(_) => io::Error::new(io::ErrorKind::InvalidInput, err),
             Error::InvalidOffset(_) => io::Error::new(io::ErrorKind::InvalidInput, err),
             Error::IoUringDisabled => io::Error::from_raw_os_error(libc::EPERM),
@@ -217,9 +295,14 @@ impl From<Error> for io::Error {
             Error::KernelBusy(e) => e,
             Error::Mmap(e) => e,
             Error::NoSpace => io::Error::new(io::ErrorKind::WouldBlock, err),
+            Error::OperationNotSupported { .. } => io::Error::new(io::ErrorKind::Unsupported, err),
+            Error::OptionNotSupported { source, .. } => source,
             Error::OutOfLockedMemory => io::Error::from_raw_os_error(libc::ENOMEM),
             Error::Poll(e) => e,
             Error::Register { source, .. } => source,
+            Error::RegisteredBuffersOutOfRange { .. } => {
+                io::Error::new(io::ErrorKind::InvalidInput, err)
+            }
             Error::Setup(e) => e,
             Error::TooManyIovecs(_) => io::Error::new(io::ErrorKind::InvalidInput, err),
         }

@@ -96,6 +96,9 @@
 //! - `context/submit.rs`: the one call of `io_uring_enter` (see `sys`).
 //! - `context/drain.rs`: turning queued, unsubmitted SQEs into nops before
 //!   cancelling, which needs `&mut self` (no enter can run meanwhile).
+//! - `context/registered.rs`: the anonymous mapping that holds registered
+//!   buffers, and the register calls for files and buffers;
+//!   `context/probe.rs`: the probe register call.
 //! - `context/fork.rs`: registering the `pthread_atfork` handler that tells
 //!   a forked child's copy of a context from the original.
 //! - `context/crosvm.rs`: the crosvm-named `unsafe fn`s (below), which
@@ -198,11 +201,14 @@ mod sys;
 struct ReadmeDoctests;
 
 pub use abi::{
-    FsyncFlags, IosqeFlags, RegisterOperation, SqeFlags, URingOperation, UserData, MAX_ENTRIES,
-    MAX_FILE_OFFSET, MAX_IOVECS,
+    FeatureFlags, FsyncFlags, IosqeFlags, RegisterOperation, SqeFlags, URingOperation, UserData,
+    MAX_ENTRIES, MAX_FILE_OFFSET, MAX_IOVECS,
 };
 pub use allowlist::URingAllowlist;
-pub use context::{Completion, URingContext};
+pub use context::{
+    Completion, Probe, URingBuilder, URingContext, MAX_REGISTERED_BUFFERS,
+    MAX_REGISTERED_BUFFER_LEN,
+};
 pub use error::{Error, Result};
 pub use iobuf::IoBufMut;
-pub use op::{EventType, OpBatch};
+pub use op::{EventType, OpBatch, RegisteredBuffer};

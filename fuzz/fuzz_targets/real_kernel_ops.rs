@@ -39,6 +39,7 @@ use std::cell::Cell;
 use std::fs::File;
 use std::os::fd::{AsFd, AsRawFd};
 use std::os::unix::net::UnixDatagram;
+use std::ptr::NonNull;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -52,8 +53,10 @@ use common::{
 };
 use libfuzzer_sys::arbitrary::{self, Arbitrary};
 use libfuzzer_sys::fuzz_target;
-use ringfence::op::{EventType, Fallocate, Fsync, Nop, PollAdd, Readv, Timeout, Writev};
-use ringfence::{Error, SqeFlags, URingOperation};
+use ringfence::op::{
+    EventType, Fallocate, Fsync, Nop, PollAdd, ReadFixed, Readv, Timeout, WriteFixed, Writev,
+};
+use ringfence::{Error, RegisteredBuffer, SqeFlags, URingOperation};
 
 #[derive(Arbitrary, Debug)]
 struct Input {
@@ -391,6 +394,23 @@ impl Model for Real {
                 adder.push(op, Spec::new(Kind::Poll));
             }
             opcode if common::net::is_net(opcode) => self.net(input, adder),
+            URingOperation::ReadFixed | URingOperation::WriteFixed => {
+                // No buffer is registered on this ring: the kernel fails both with
+                // EFAULT and touches no memory (tests/setup.rs).
+                let buffer = RegisteredBuffer::from_raw_parts(
+                    0,
+                    NonNull::slice_from_raw_parts(NonNull::dangling(), BUF_LEN),
+                );
+                let spec = Spec::new(Kind::Gives(Err(libc::EFAULT)));
+                if input.opcode() == URingOperation::ReadFixed {
+                    let op = ReadFixed::new(Arc::clone(&self.scratch), buffer, 0..BUF_LEN, Some(0));
+                    adder.push(op.expect("a valid range"), spec);
+                } else {
+                    let op =
+                        WriteFixed::new(Arc::clone(&self.scratch), buffer, 0..BUF_LEN, Some(0));
+                    adder.push(op.expect("a valid range"), spec);
+                }
+            }
             other => panic!(
                 "{other:?} is in op::ISSUABLE, but real_kernel_ops has no arm for it: add one \
                  to `build`"

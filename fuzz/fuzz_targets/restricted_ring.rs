@@ -38,6 +38,7 @@ use std::collections::BTreeSet;
 use std::fs::File;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+use std::ptr::NonNull;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -51,8 +52,13 @@ use common::{
 };
 use libfuzzer_sys::arbitrary::{self, Arbitrary};
 use libfuzzer_sys::fuzz_target;
-use ringfence::op::{EventType, Fallocate, Fsync, Nop, PollAdd, Readv, Target, Timeout, Writev};
-use ringfence::{Error, IosqeFlags, RegisterOperation, URingAllowlist, URingOperation};
+use ringfence::op::{
+    EventType, Fallocate, Fsync, Nop, PollAdd, ReadFixed, Readv, Target, Timeout, WriteFixed,
+    Writev,
+};
+use ringfence::{
+    Error, IosqeFlags, RegisterOperation, RegisteredBuffer, URingAllowlist, URingOperation,
+};
 
 #[derive(Arbitrary, Debug)]
 struct Input {
@@ -365,6 +371,22 @@ impl Model for Restricted {
                 };
                 let spec = Spec::new(Kind::Gives(Err(res)));
                 common::net::push(opcode, scratch().into(), 0, true, spec, adder);
+            }
+            URingOperation::ReadFixed | URingOperation::WriteFixed => {
+                // No buffer is registered on this ring: the kernel fails both with
+                // EFAULT and touches no memory (tests/setup.rs).
+                let buffer = RegisteredBuffer::from_raw_parts(
+                    0,
+                    NonNull::slice_from_raw_parts(NonNull::dangling(), BUF_LEN),
+                );
+                let spec = Spec::new(Kind::Gives(Err(libc::EFAULT)));
+                if input.opcode() == URingOperation::ReadFixed {
+                    let op = ReadFixed::new(scratch(), buffer, 0..BUF_LEN, Some(0));
+                    adder.push(op.expect("a valid range"), spec);
+                } else {
+                    let op = WriteFixed::new(scratch(), buffer, 0..BUF_LEN, Some(0));
+                    adder.push(op.expect("a valid range"), spec);
+                }
             }
             other => panic!(
                 "{other:?} is in op::ISSUABLE, but restricted_ring has no arm for it: add one \

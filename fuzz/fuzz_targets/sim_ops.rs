@@ -35,6 +35,7 @@ mod net;
 mod pool;
 
 use std::os::fd::RawFd;
+use std::ptr::NonNull;
 use std::time::Duration;
 
 use libfuzzer_sys::arbitrary::{self, Arbitrary};
@@ -43,9 +44,12 @@ use model::{
     Adder, CommonStep, Model, Offset, OpInput, Reap, Res, RingConfig, Spec, DRAIN_DEADLINE,
 };
 use pool::{fill_slot, iovecs, Completed, BUF_LEN};
-use ringfence::op::{EventType, Fallocate, Fsync, Nop, PollAdd, Readv, Target, Timeout, Writev};
+use ringfence::op::{
+    EventType, Fallocate, Fsync, Nop, PollAdd, ReadFixed, Readv, Target, Timeout, WriteFixed,
+    Writev,
+};
 use ringfence::sim::{Fault, SimConfig, SimKernel};
-use ringfence::URingOperation;
+use ringfence::{RegisteredBuffer, URingOperation};
 
 #[derive(Arbitrary, Debug)]
 struct Input {
@@ -200,6 +204,22 @@ impl Model for Sim {
             opcode if net::is_net(opcode) => {
                 let spec = Spec::new(Kind::Gives(Err(libc::EOPNOTSUPP)));
                 net::push(opcode, sim_fd(self.sink), 0, true, spec, adder);
+            }
+            URingOperation::ReadFixed | URingOperation::WriteFixed => {
+                // The simulated kernel does not model registered buffers: it fails
+                // both with EOPNOTSUPP (tests/setup.rs runs them for real).
+                let buffer = RegisteredBuffer::from_raw_parts(
+                    0,
+                    NonNull::slice_from_raw_parts(NonNull::dangling(), BUF_LEN),
+                );
+                let spec = Spec::new(Kind::Gives(Err(libc::EOPNOTSUPP)));
+                if input.opcode() == URingOperation::ReadFixed {
+                    let op = ReadFixed::new(sim_fd(self.sink), buffer, 0..BUF_LEN, Some(0));
+                    adder.push(op.expect("a valid range"), spec);
+                } else {
+                    let op = WriteFixed::new(sim_fd(self.sink), buffer, 0..BUF_LEN, Some(0));
+                    adder.push(op.expect("a valid range"), spec);
+                }
             }
             other => panic!(
                 "{other:?} is in op::ISSUABLE, but sim_ops has no arm for it: add one to `build`"

@@ -112,7 +112,6 @@ impl Sqe {
     }
 
     /// `buf_index`: which registered buffer a fixed read or write uses.
-    #[allow(dead_code)] // For the operations being added (issue 10).
     pub(crate) fn set_buf_index(&mut self, index: u16) {
         self.0.__bindgen_anon_4.buf_index = index;
     }

@@ -81,6 +81,70 @@ bitflags! {
         /// `IORING_SETUP_R_DISABLED`: created disabled, for restrictions
         /// (Linux 5.10).
         const R_DISABLED = IORING_SETUP_R_DISABLED;
+        /// `IORING_SETUP_CQSIZE`: the completion ring's size is
+        /// `cq_entries` (Linux 5.5).
+        const CQSIZE = IORING_SETUP_CQSIZE;
+        /// `IORING_SETUP_CLAMP`: sizes past the kernel's limits are clamped
+        /// rather than refused (Linux 5.6).
+        const CLAMP = IORING_SETUP_CLAMP;
+        /// `IORING_SETUP_SUBMIT_ALL`: a refused SQE does not end the batch
+        /// (Linux 5.18).
+        const SUBMIT_ALL = IORING_SETUP_SUBMIT_ALL;
+        /// `IORING_SETUP_COOP_TASKRUN`: no interrupt to run completion
+        /// work, it runs at the next enter (Linux 5.19).
+        const COOP_TASKRUN = IORING_SETUP_COOP_TASKRUN;
+    }
+}
+
+bitflags! {
+    /// What the running kernel's io_uring offers: the `IORING_FEAT_*` bits
+    /// `io_uring_setup` reports in `io_uring_params.features` (see
+    /// `io_uring_setup(2)`, which gives the release of each), as
+    /// [`URingContext::features`](crate::URingContext::features) returns
+    /// them. Bits a newer kernel sets that these bindings do not name are
+    /// kept.
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+    pub struct FeatureFlags: u32 {
+        /// `IORING_FEAT_SINGLE_MMAP`: one mapping serves both rings (5.4).
+        const SINGLE_MMAP = IORING_FEAT_SINGLE_MMAP;
+        /// `IORING_FEAT_NODROP`: completions that do not fit are kept, not
+        /// dropped (5.5).
+        const NODROP = IORING_FEAT_NODROP;
+        /// `IORING_FEAT_SUBMIT_STABLE`: the kernel has copied what an SQE
+        /// points at by the time submit returns (5.5).
+        const SUBMIT_STABLE = IORING_FEAT_SUBMIT_STABLE;
+        /// `IORING_FEAT_RW_CUR_POS`: offset -1 reads and writes at the
+        /// file's current position (5.6).
+        const RW_CUR_POS = IORING_FEAT_RW_CUR_POS;
+        /// `IORING_FEAT_CUR_PERSONALITY`: operations run with the
+        /// credentials of the task that submits them (5.6).
+        const CUR_PERSONALITY = IORING_FEAT_CUR_PERSONALITY;
+        /// `IORING_FEAT_FAST_POLL`: readiness-based operations wait on a
+        /// poll rather than a worker thread (5.7).
+        const FAST_POLL = IORING_FEAT_FAST_POLL;
+        /// `IORING_FEAT_POLL_32BITS`: polls take all 32 bits of events
+        /// (5.9).
+        const POLL_32BITS = IORING_FEAT_POLL_32BITS;
+        /// `IORING_FEAT_SQPOLL_NONFIXED`: an SQPOLL ring may use plain
+        /// descriptors (5.11).
+        const SQPOLL_NONFIXED = IORING_FEAT_SQPOLL_NONFIXED;
+        /// `IORING_FEAT_EXT_ARG`: `IORING_ENTER_EXT_ARG` (a timeout on
+        /// enter) (5.11).
+        const EXT_ARG = IORING_FEAT_EXT_ARG;
+        /// `IORING_FEAT_NATIVE_WORKERS`: workers are threads of the
+        /// submitting process (5.12).
+        const NATIVE_WORKERS = IORING_FEAT_NATIVE_WORKERS;
+        /// `IORING_FEAT_RSRC_TAGS`: registered files and buffers take tags
+        /// (5.13).
+        const RSRC_TAGS = IORING_FEAT_RSRC_TAGS;
+        /// `IORING_FEAT_CQE_SKIP`: `IOSQE_CQE_SKIP_SUCCESS` (5.17).
+        const CQE_SKIP = IORING_FEAT_CQE_SKIP;
+        /// `IORING_FEAT_LINKED_FILE`: a linked SQE's file is looked up when
+        /// it starts, not when it is submitted (5.17).
+        const LINKED_FILE = IORING_FEAT_LINKED_FILE;
+        // Bits newer kernels set (REG_REG_RING, 6.3, and later) are kept
+        // by `from_bits_retain`.
+        const _ = !0;
     }
 }
 

@@ -7,8 +7,9 @@
 mod entries;
 mod flags;
 mod opcode;
+mod versions;
 
-pub use flags::{FsyncFlags, IosqeFlags, SqeFlags};
+pub use flags::{FeatureFlags, FsyncFlags, IosqeFlags, SqeFlags};
 pub use opcode::{RegisterOperation, URingOperation};
 
 pub(crate) use entries::{restriction, Cqe, Restriction, RestrictionKind, Sqe};

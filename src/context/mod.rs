@@ -1,6 +1,9 @@
 //! [`URingContext`]: one ring behind `&self`, split by concern:
 //!
 //! - `setup.rs`: construction and register calls;
+//! - `builder.rs`: [`URingBuilder`], the options `new` does not take;
+//! - `probe.rs`: what the kernel supports ([`Probe`], features);
+//! - `registered.rs`: registered files and buffers;
 //! - `queue.rs`: the generic add path, batches, and the context's own SQEs;
 //! - `crosvm.rs`: the crosvm-named `add_*` methods, one line each;
 //! - `submit.rs`: `submit` and the one place that calls `io_uring_enter`;
@@ -9,12 +12,15 @@
 //! - `drain.rs`: `close`, drop, and cancelling what is in flight;
 //! - `table.rs` and `labels.rs`: the bookkeeping of operations in flight.
 
+mod builder;
 mod completions;
 mod crosvm;
 mod drain;
 mod fork;
 mod labels;
+mod probe;
 mod queue;
+mod registered;
 mod setup;
 mod submit;
 mod table;
@@ -31,6 +37,10 @@ use crate::abi::IosqeFlags;
 use crate::ring::{CompletionQueue, CqIndices, RingMemory, SqIndices, SubmissionQueue};
 use crate::sys;
 use table::{ClaimBoard, OpTable};
+
+pub use builder::URingBuilder;
+pub use probe::Probe;
+pub use registered::{MAX_REGISTERED_BUFFERS, MAX_REGISTERED_BUFFER_LEN};
 
 /// One io_uring instance, shared by any number of threads.
 ///
@@ -139,8 +149,6 @@ pub struct URingContext {
     _memory: RingMemory,
     ring: sys::Ring,
     sq_entries: u32,
-    /// The kernel's `IORING_FEAT_*` bits for this ring.
-    features: u32,
     cq_entries: u32,
     /// The most operations tracked at once, the caller's and the context's
     /// own (wake-up nops, the extra SQEs of a cancel by label, drain's
@@ -150,6 +158,10 @@ pub struct URingContext {
     /// The fork count when the context was created: a forked child's copy
     /// must not touch the parent's ring (see `fork.rs`).
     fork_generation: u64,
+    /// What `io_uring_setup` reported the kernel offers.
+    features: crate::abi::FeatureFlags,
+    /// The registered buffers' memory, after the ring in drop order.
+    buffers: Option<registered::BufferMemory>,
 }
 
 /// What the context's one lock guards: the SQ tail and SQE slots, the CQ

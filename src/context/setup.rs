@@ -4,8 +4,10 @@ use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
 use std::sync::Mutex;
 
 use super::table::{ClaimBoard, OpTable};
-use super::{RingState, URingContext};
-use crate::abi::{IosqeFlags, RegisterOperation, SetupFlags, URingOperation, MAX_ENTRIES};
+use super::{RingState, URingBuilder, URingContext};
+use crate::abi::{
+    FeatureFlags, IosqeFlags, RegisterOperation, SetupFlags, URingOperation, MAX_ENTRIES,
+};
 use crate::bindings::{io_uring_params, IORING_FEAT_NODROP};
 use crate::error::{setup_error, Error, Result};
 use crate::ring::{CompletionQueue, RingMemory, SubmissionQueue};
@@ -50,6 +52,12 @@ impl URingContext {
     /// the kernel refuses anything outside it (see [`URingAllowlist`];
     /// Linux 5.10). Without one, the ring is unrestricted (Linux 5.1).
     ///
+    /// The same as [`URingBuilder::new(num_entries)`](URingBuilder::new),
+    /// with [`allowlist`](URingBuilder::allowlist) if given, built: so
+    /// `IORING_SETUP_SUBMIT_ALL` is on where the kernel has it (Linux
+    /// 5.18), and an allowlist naming an operation the kernel lacks fails
+    /// with [`Error::OperationNotSupported`].
+    ///
     /// Fails with [`Error::EntriesOutOfRange`] for 0 or more than
     /// [`MAX_ENTRIES`] entries, and with [`Error::IoUringUnavailable`],
     /// [`Error::IoUringDisabled`] or [`Error::OutOfLockedMemory`] when the
@@ -65,13 +73,12 @@ impl URingContext {
         num_entries: usize,
         allowlist: Option<&URingAllowlist>,
     ) -> Result<URingContext> {
-        let Some(allowlist) = allowlist else {
-            return Self::create(setup, num_entries, SetupFlags::empty());
-        };
-        let ring = Self::create(setup, num_entries, SetupFlags::R_DISABLED)?;
-        ring.register_restrictions(allowlist)?;
-        ring.enable()?;
-        Ok(ring)
+        let builder = URingBuilder::new(num_entries);
+        match allowlist {
+            Some(allowlist) => builder.allowlist(allowlist),
+            None => builder,
+        }
+        .build_in(setup)
     }
 
     /// Creates a ring that stays disabled (`IORING_SETUP_R_DISABLED`,
@@ -102,11 +109,24 @@ impl URingContext {
         num_entries: usize,
         setup_flags: SetupFlags,
     ) -> Result<URingContext> {
+        Self::create_with(setup, num_entries, setup_flags, 0)
+    }
+
+    /// [`create`](Self::create), with a completion ring of `cq_entries`
+    /// if `setup_flags` has `CQSIZE`.
+    pub(crate) fn create_with(
+        setup: Setup<'_>,
+        num_entries: usize,
+        setup_flags: SetupFlags,
+        cq_entries: usize,
+    ) -> Result<URingContext> {
         if num_entries == 0 || num_entries > MAX_ENTRIES {
             return Err(Error::EntriesOutOfRange(num_entries));
         }
         let mut params = io_uring_params {
             flags: setup_flags.bits(),
+            // Only read with CQSIZE; CLAMP clamps anything past u32 too.
+            cq_entries: u32::try_from(cq_entries).unwrap_or(u32::MAX),
             ..Default::default()
         };
         let ring = setup(num_entries as u32, &mut params).map_err(setup_error)?;
@@ -134,10 +154,11 @@ impl URingContext {
             _memory: memory,
             ring,
             sq_entries: params.sq_entries,
-            features: params.features,
             cq_entries: params.cq_entries,
             in_flight_cap,
             fork_generation: super::fork::generation(),
+            features: FeatureFlags::from_bits_retain(params.features),
+            buffers: None,
         })
     }
 
@@ -215,10 +236,25 @@ impl URingContext {
         arg: *const libc::c_void,
         nr_args: u32,
     ) -> Result<()> {
+        // SAFETY: forwarded from the caller.
+        unsafe { self.register_value(call, arg, nr_args) }.map(drop)
+    }
+
+    /// A register call, returning the kernel's non-negative result.
+    ///
+    /// # Safety
+    ///
+    /// `arg` must be what `call` expects for `nr_args` entries, valid for the
+    /// duration of the call.
+    pub(super) unsafe fn register_value(
+        &self,
+        call: RegisterOperation,
+        arg: *const libc::c_void,
+        nr_args: u32,
+    ) -> Result<i32> {
         self.check_process()?;
         // SAFETY: forwarded from the caller.
         unsafe { sys::register(&self.ring, call, arg, nr_args) }
-            .map(drop)
             .map_err(|source| Error::Register { call, source })
     }
 }

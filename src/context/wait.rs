@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use super::completions::{as_item, Completion, Completions};
 use super::{is_errno, lock, URingContext};
 use crate::abi::UserData;
-use crate::bindings::{IORING_ENTER_GETEVENTS, IORING_FEAT_EXT_ARG};
+use crate::bindings::IORING_ENTER_GETEVENTS;
 use crate::error::{enter_error, Error, Result};
 use crate::sys;
 
@@ -241,7 +241,7 @@ impl URingContext {
     /// kernel with `IORING_ENTER_EXT_ARG` where the ring has it, else with
     /// poll(2) on the ring fd.
     fn wait_for_completion(&self, timeout: Duration) -> Result<()> {
-        if self.features & IORING_FEAT_EXT_ARG == 0 {
+        if !self.features.contains(crate::abi::FeatureFlags::EXT_ARG) {
             return self.poll_ring(timeout);
         }
         match self.enter_for(false, 1, IORING_ENTER_GETEVENTS, Some(timeout)) {

@@ -40,6 +40,7 @@
 
 mod batch;
 mod cancel;
+mod fixed;
 mod net;
 mod nop;
 mod poll;
@@ -51,6 +52,7 @@ mod time;
 pub(crate) use batch::check_chains;
 pub use batch::OpBatch;
 pub use cancel::AsyncCancel;
+pub use fixed::{ReadFixed, RegisteredBuffer, WriteFixed};
 pub use net::{
     Accept, Connect, Recv, Recvmsg, Send, Sendmsg, Shutdown, SockAddr, Socket, SocketFlags,
 };
@@ -215,6 +217,8 @@ operations!(
     Readv,
     Writev,
     Fsync,
+    ReadFixed,
+    WriteFixed,
     PollAdd,
     PollRemove,
     Sendmsg,

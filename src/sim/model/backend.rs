@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use super::super::{Fault, Shared, World};
 use super::{bit_set, release_some, ring_mut, set_bit, Restrictions};
-use crate::abi::{IosqeFlags, RegisterOperation, Restriction, RestrictionKind};
+use crate::abi::{IosqeFlags, RegisterOperation, Restriction, RestrictionKind, URingOperation};
 use crate::bindings::*;
 use crate::sys::{Backend, Mapping};
 
@@ -247,6 +247,40 @@ impl Backend for SimRing {
                 ring.eventfd = Some(unsafe { arg.cast::<i32>().read() });
                 Ok(0)
             }
+            RegisterOperation::Probe => {
+                if arg.is_null() {
+                    return errno(libc::EFAULT);
+                }
+                // As `io_probe` does: one entry per opcode the kernel
+                // knows, up to `nr_args`, flagged if it runs them (this
+                // kernel runs exactly the issuable operations).
+                let header = arg.cast_mut().cast::<io_uring_probe>();
+                let ops_len = nr_args.min(IORING_OP_LAST);
+                // SAFETY: the caller passes an `io_uring_probe` followed by
+                // `nr_args` entries, writable (its pointer came from a
+                // mutable borrow) for the call.
+                unsafe {
+                    (*header).last_op = (IORING_OP_LAST - 1) as u8;
+                    (*header).ops_len = ops_len as u8;
+                }
+                // SAFETY: as above; the entries follow the 16-byte header.
+                let ops = unsafe { header.add(1) }.cast::<io_uring_probe_op>();
+                for n in 0..ops_len as u8 {
+                    let supported = URingOperation::from_raw(n).is_some_and(super::ops::models);
+                    let entry = io_uring_probe_op {
+                        op: n,
+                        flags: if supported {
+                            IO_URING_OP_SUPPORTED as u16
+                        } else {
+                            0
+                        },
+                        ..Default::default()
+                    };
+                    // SAFETY: entry `n` < `nr_args` of the caller's array.
+                    unsafe { ops.add(usize::from(n)).write(entry) };
+                }
+                Ok(0)
+            }
             RegisterOperation::UnregisterEventfd => match ring.eventfd.take() {
                 Some(_) => Ok(0),
                 None => errno(libc::ENXIO),
@@ -265,5 +299,34 @@ impl Drop for SimRing {
         world.stats.abandoned += abandoned as u64;
         drop(world);
         self.shared.posted.notify_all();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::{Error, URingAllowlist, URingOperation};
+
+    #[test]
+    fn a_ring_refuses_an_allowlist_naming_an_operation_its_kernel_lacks() {
+        // The simulated kernel's probe reports the issuable operations
+        // only: SendZc (Linux 6.0) is one it lacks.
+        let kernel = crate::sim::SimKernel::new();
+        let mut list = URingAllowlist::new();
+        list.allow_housekeeping();
+        let ring = kernel.new_context(8, Some(&list)).unwrap();
+        ring.add_nop(1).unwrap();
+        assert_eq!(ring.wait().unwrap().next().unwrap().1.unwrap(), 0);
+        list.allow_submit_operation(URingOperation::SendZc);
+        let err = kernel.new_context(8, Some(&list)).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                Error::OperationNotSupported {
+                    op: URingOperation::SendZc,
+                    since: (6, 0)
+                }
+            ),
+            "{err:?}"
+        );
     }
 }

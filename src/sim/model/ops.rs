@@ -215,9 +215,11 @@ pub(super) fn start(world: &mut World, id: usize, sqe: Sqe) {
             }
         }
         // The model checks the bookkeeping of one-shot operations only: it
-        // has no sockets, and the socket operations' work is tested on the
-        // real kernel (tests/net_ops.rs).
-        URingOperation::Sendmsg
+        // has no sockets and no registered buffers, and the work of these
+        // is tested on the real kernel (tests/net_ops.rs, tests/setup.rs).
+        URingOperation::ReadFixed
+        | URingOperation::WriteFixed
+        | URingOperation::Sendmsg
         | URingOperation::Recvmsg
         | URingOperation::Accept
         | URingOperation::Connect
