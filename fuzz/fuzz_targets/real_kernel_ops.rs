@@ -52,7 +52,7 @@ use common::{
 use libfuzzer_sys::arbitrary::{self, Arbitrary};
 use libfuzzer_sys::fuzz_target;
 use ringfence::op::{EventType, Fallocate, Fsync, Nop, PollAdd, Readv, Writev};
-use ringfence::{Error, SqeFlags, URingOperation};
+use ringfence::{Error, FallocateMode, SqeFlags, URingOperation};
 
 #[derive(Arbitrary, Debug)]
 struct Input {
@@ -281,9 +281,9 @@ impl Real {
             }
         };
         let mode = if punch {
-            (libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE) as u32
+            FallocateMode::PUNCH_HOLE | FallocateMode::KEEP_SIZE
         } else {
-            0
+            FallocateMode::empty()
         };
         let op = Fallocate::new(Arc::clone(&self.scratch), offset, BUF_LEN as u64, mode);
         adder.push(op, Spec::new(kind).offset(Some(offset)));

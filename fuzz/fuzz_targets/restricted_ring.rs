@@ -52,7 +52,7 @@ use common::{
 use libfuzzer_sys::arbitrary::{self, Arbitrary};
 use libfuzzer_sys::fuzz_target;
 use ringfence::op::{EventType, Fallocate, Fsync, Nop, PollAdd, Readv, Target, Writev};
-use ringfence::{Error, IosqeFlags, RegisterOperation, URingAllowlist, URingOperation};
+use ringfence::{Error, FallocateMode, IosqeFlags, RegisterOperation, URingAllowlist, URingOperation};
 
 #[derive(Arbitrary, Debug)]
 struct Input {
@@ -336,7 +336,12 @@ impl Model for Restricted {
                 adder.push(Fsync::new(scratch()), Spec::new(Kind::Gives(Ok(0))))
             }
             URingOperation::Fallocate => {
-                let op = Fallocate::new(scratch(), scratch_offset, BUF_LEN as u64, 0);
+                let op = Fallocate::new(
+                    scratch(),
+                    scratch_offset,
+                    BUF_LEN as u64,
+                    FallocateMode::empty(),
+                );
                 adder.push(
                     op,
                     Spec::new(Kind::Gives(Ok(0))).offset(Some(scratch_offset)),

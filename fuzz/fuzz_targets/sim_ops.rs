@@ -43,7 +43,7 @@ use model::{
 use pool::{fill_slot, iovecs, Completed, BUF_LEN};
 use ringfence::op::{EventType, Fallocate, Fsync, Nop, PollAdd, Readv, Target, Writev};
 use ringfence::sim::{Fault, SimConfig, SimKernel};
-use ringfence::URingOperation;
+use ringfence::{FallocateMode, URingOperation};
 
 #[derive(Arbitrary, Debug)]
 struct Input {
@@ -174,9 +174,9 @@ impl Model for Sim {
                     _ => Ok(0),
                 };
                 let mode = if punch {
-                    (libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE) as u32
+                    FallocateMode::PUNCH_HOLE | FallocateMode::KEEP_SIZE
                 } else {
-                    0
+                    FallocateMode::empty()
                 };
                 let op = Fallocate::new(sim_fd(self.sink), offset, 64, mode);
                 adder.push(op, Spec::new(Kind::Gives(res)).offset(Some(offset)));

@@ -75,6 +75,37 @@ bitflags! {
 }
 
 bitflags! {
+    /// The mode of [`op::Fallocate`](crate::op::Fallocate): `fallocate(2)`'s
+    /// `FALLOC_FL_*` bits (`include/uapi/linux/falloc.h`). Empty allocates
+    /// the range (and extends the file past its end). Which modes a file
+    /// system supports is its own choice: an unsupported one completes with
+    /// `EOPNOTSUPP`, a combination `fallocate(2)` forbids with `EINVAL`.
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+    pub struct FallocateMode: u32 {
+        /// `FALLOC_FL_KEEP_SIZE`: allocate without changing the file's size
+        /// (Linux 2.6.23).
+        const KEEP_SIZE = libc::FALLOC_FL_KEEP_SIZE as u32;
+        /// `FALLOC_FL_PUNCH_HOLE`: deallocate the range, which then reads as
+        /// zeros; must come with `KEEP_SIZE` (Linux 2.6.38).
+        const PUNCH_HOLE = libc::FALLOC_FL_PUNCH_HOLE as u32;
+        /// `FALLOC_FL_COLLAPSE_RANGE`: remove the range, shifting what
+        /// follows down; offset and length must be multiples of the file
+        /// system's block size (Linux 3.15).
+        const COLLAPSE_RANGE = libc::FALLOC_FL_COLLAPSE_RANGE as u32;
+        /// `FALLOC_FL_ZERO_RANGE`: make the range read as zeros, allocated
+        /// (Linux 3.15).
+        const ZERO_RANGE = libc::FALLOC_FL_ZERO_RANGE as u32;
+        /// `FALLOC_FL_INSERT_RANGE`: insert a hole of the range's length at
+        /// its offset, shifting what follows up; block-size multiples
+        /// (Linux 4.1).
+        const INSERT_RANGE = libc::FALLOC_FL_INSERT_RANGE as u32;
+        /// `FALLOC_FL_UNSHARE_RANGE`: unshare blocks shared with other
+        /// files (reflinks) in the range (Linux 4.5).
+        const UNSHARE_RANGE = libc::FALLOC_FL_UNSHARE_RANGE as u32;
+    }
+}
+
+bitflags! {
     /// `io_uring_setup` flags (`IORING_SETUP_*`) the context uses.
     #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
     pub(crate) struct SetupFlags: u32 {

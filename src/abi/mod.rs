@@ -8,7 +8,7 @@ mod entries;
 mod flags;
 mod opcode;
 
-pub use flags::{FsyncFlags, IosqeFlags, SqeFlags};
+pub use flags::{FallocateMode, FsyncFlags, IosqeFlags, SqeFlags};
 pub use opcode::{RegisterOperation, URingOperation};
 
 pub(crate) use entries::{restriction, Cqe, Restriction, RestrictionKind, Sqe};
