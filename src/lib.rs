@@ -197,8 +197,8 @@ mod sys;
 struct ReadmeDoctests;
 
 pub use abi::{
-    FallocateMode, FsyncFlags, IosqeFlags, RegisterOperation, SqeFlags, URingOperation, UserData,
-    MAX_ENTRIES, MAX_FILE_OFFSET, MAX_IOVECS,
+    FallocateMode, FsyncFlags, IosqeFlags, RegisterOperation, ResolveFlags, SpliceFlags, SqeFlags,
+    SyncFileRangeFlags, URingOperation, UserData, MAX_ENTRIES, MAX_FILE_OFFSET, MAX_IOVECS,
 };
 pub use allowlist::URingAllowlist;
 pub use context::URingContext;

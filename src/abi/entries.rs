@@ -98,7 +98,6 @@ impl Sqe {
 
     /// `addr2`: a second address (connect's and accept's address length,
     /// a timeout removal's new timespec), sharing the field with `off`.
-    #[allow(dead_code)] // For the operations being added (issue 10).
     pub(crate) fn set_addr2(&mut self, addr2: u64) {
         self.0.__bindgen_anon_1.addr2 = addr2;
     }
@@ -127,13 +126,11 @@ impl Sqe {
 
     /// `file_index`: the fixed-file slot an open, accept or socket installs
     /// its file into, plus one (0 means "a plain descriptor").
-    #[allow(dead_code)] // For the operations being added (issue 10).
     pub(crate) fn set_file_index(&mut self, index: u32) {
         self.0.__bindgen_anon_5.file_index = index;
     }
 
     /// `splice_fd_in`: splice's and tee's source descriptor.
-    #[allow(dead_code)] // For the operations being added (issue 10).
     pub(crate) fn set_splice_fd_in(&mut self, fd: i32) {
         self.0.__bindgen_anon_5.splice_fd_in = fd;
     }
@@ -196,6 +193,18 @@ impl Sqe {
     pub(crate) fn op_flags(&self) -> u32 {
         // SAFETY: every member of this union is a plain integer.
         unsafe { self.0.__bindgen_anon_3.rw_flags }
+    }
+
+    #[cfg(test)]
+    pub(crate) fn file_index(&self) -> u32 {
+        // SAFETY: every member of this union is a plain integer.
+        unsafe { self.0.__bindgen_anon_5.file_index }
+    }
+
+    #[cfg(test)]
+    pub(crate) fn splice_fd_in(&self) -> i32 {
+        // SAFETY: every member of this union is a plain integer.
+        unsafe { self.0.__bindgen_anon_5.splice_fd_in }
     }
 
     #[cfg_attr(not(any(test, feature = "sim")), allow(dead_code))]

@@ -8,11 +8,13 @@ mod entries;
 mod flags;
 mod opcode;
 
-pub use flags::{FallocateMode, FsyncFlags, IosqeFlags, SqeFlags};
+pub use flags::{
+    FallocateMode, FsyncFlags, IosqeFlags, ResolveFlags, SpliceFlags, SqeFlags, SyncFileRangeFlags,
+};
 pub use opcode::{RegisterOperation, URingOperation};
 
 pub(crate) use entries::{restriction, Cqe, Restriction, RestrictionKind, Sqe};
-pub(crate) use flags::{CqeFlags, SetupFlags};
+pub(crate) use flags::{CqeFlags, SetupFlags, SPLICE_F_FD_IN_FIXED};
 
 /// The largest ring `io_uring_setup` accepts: the kernel's
 /// `IORING_MAX_ENTRIES` (`io_uring/io_uring.h`).

@@ -34,7 +34,10 @@
 
 mod batch;
 mod cancel;
+mod file;
 mod nop;
+mod path;
+mod pipe;
 mod poll;
 mod rw;
 mod sync;
@@ -42,7 +45,10 @@ mod target;
 
 pub use batch::OpBatch;
 pub use cancel::AsyncCancel;
+pub use file::{Fadvise, Read, SyncFileRange, Write};
 pub use nop::Nop;
+pub use path::{Close, Openat, Openat2, Statx};
+pub use pipe::{Splice, Tee};
 pub use poll::{EventType, PollAdd, PollRemove};
 pub use rw::{Readv, Writev};
 pub use sync::{Fallocate, Fsync};
@@ -195,8 +201,18 @@ operations!(
     Fsync,
     PollAdd,
     PollRemove,
+    SyncFileRange,
     AsyncCancel,
-    Fallocate
+    Fallocate,
+    Openat,
+    Close,
+    Statx,
+    Read,
+    Write,
+    Fadvise,
+    Openat2,
+    Splice,
+    Tee,
 );
 
 #[cfg(test)]
