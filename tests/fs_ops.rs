@@ -295,7 +295,8 @@ fn each_fallocate_mode_does_what_it_names() {
 /// A directory holding `inner/file` with `contents`, and `outside` next to
 /// `inner`.
 fn tree(contents: &[u8]) -> tempfile::TempDir {
-    let dir = tempfile::tempdir().unwrap();
+    // On the disk's file system, whose statx answers the mask (below).
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
     std::fs::create_dir(dir.path().join("inner")).unwrap();
     std::fs::write(dir.path().join("inner/file"), contents).unwrap();
     std::fs::write(dir.path().join("outside"), b"outside").unwrap();
@@ -393,6 +394,18 @@ fn statx_reports_the_size_of_a_path_and_of_an_open_file() {
     assert_eq!(run(&ring, statx).unwrap(), 0);
     assert_ne!(buf.stx_mask & libc::STATX_SIZE, 0);
     assert_eq!(buf.stx_size, 12345);
+    // The mask reaches the file system: ext4 reports the birth time only
+    // when asked for it.
+    assert_eq!(
+        buf.stx_mask & libc::STATX_BTIME,
+        0,
+        "birth time not asked for"
+    );
+    let both = libc::STATX_SIZE | libc::STATX_BTIME;
+    // SAFETY: as above.
+    let statx = unsafe { Statx::new(dir.path().join("inner/file"), 0, both, ptr) };
+    assert_eq!(run(&ring, statx).unwrap(), 0);
+    assert_ne!(buf.stx_mask & libc::STATX_BTIME, 0, "birth time asked for");
 
     // AT_EMPTY_PATH: the directory target's own file.
     let file = Arc::new(File::open(dir.path().join("outside")).unwrap());

@@ -61,7 +61,7 @@ fn splice_offset(offset: Option<u64>) -> Result<u64> {
 /// // SAFETY: both are new descriptors nothing else owns.
 /// let (read_end, write_end) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
 /// std::fs::File::from(write_end).write_all(b"piped")?;
-/// let file = tempfile::tempfile()?;
+/// let file = std::sync::Arc::new(tempfile::tempfile()?);
 /// let ring = URingContext::new(4, None)?;
 /// ring.add(Splice::new(read_end, None, file, Some(0), 5, SpliceFlags::empty()), 1)?;
 /// assert_eq!(ring.wait()?.next().expect("one completion").1?, 5);

@@ -36,6 +36,9 @@
 //! It models every operation in [`op::ISSUABLE`](crate::op::ISSUABLE) (a
 //! test checks that), and no other opcode (they complete with `EINVAL`);
 //! nor links (linked SQEs run independently), fixed files or buffers.
+//! Of the path, pipe and hint operations (sync_file_range, fadvise, the
+//! opens, close, statx, splice, tee) it keeps the bookkeeping only: they
+//! complete with `EOPNOTSUPP`.
 //!
 //! ```
 //! use ringfence::sim::{Fault, SimKernel};
