@@ -571,6 +571,31 @@ fn opens_install_into_fixed_slots_that_reads_use_and_close_empties() {
     (&to_read).read_exact_at_pipe(&mut piped);
     assert_eq!(&piped, b"lotted");
 
+    // A splice whose output is a registered file (the SQE's FIXED_FILE).
+    let written = dir.path().join("written");
+    let out_slot = (0..4).find(|&s| s != 2 && s != picked).unwrap();
+    let create = libc::O_WRONLY | libc::O_CREAT;
+    assert_eq!(
+        run(
+            &ring,
+            Openat::new(&written, create, 0o600).fixed_slot(out_slot)
+        )
+        .unwrap(),
+        0
+    );
+    let (from_read, mut from_write) = pipe();
+    from_write.write_all(b"into a slot").unwrap();
+    let splice = Splice::new(
+        Arc::new(from_read),
+        None,
+        Target::fixed(out_slot),
+        Some(3),
+        11,
+        SpliceFlags::empty(),
+    );
+    assert_eq!(run(&ring, splice).unwrap(), 11);
+    assert_eq!(std::fs::read(&written).unwrap(), b"\0\0\0into a slot");
+
     // O_CLOEXEC has no meaning for a slot: EINVAL.
     let cloexec = Openat::new(&path, flags | libc::O_CLOEXEC, 0).fixed_slot(0);
     assert_eq!(errno(&run(&ring, cloexec)), Some(libc::EINVAL));
@@ -613,4 +638,45 @@ fn operations_that_cannot_take_a_registered_file_refuse_one_at_add_time() {
     refused(ring.add(statx.dir(fixed), 3), URingOperation::Statx);
     // `Close` takes an `OwnedFd` or a slot: no `Target` to be fixed.
     assert_eq!(ring.in_flight(), 0);
+}
+
+#[test]
+fn read_write_and_statx_pin_caller_memory_so_their_label_is_theirs_alone() {
+    let ring = ring!(8);
+    let (read_end, mut write_end) = pipe();
+    let read_end = Arc::new(read_end);
+    // A read of an empty pipe stays in flight.
+    let (buf, view) = leaked_buf(5, 0);
+    ring.add(Read::new(buf, Arc::clone(&read_end), None), 1)
+        .unwrap();
+    ring.submit().unwrap();
+    let fadvise = Fadvise::new(Arc::clone(&read_end), 0, 0, libc::POSIX_FADV_NORMAL);
+    assert!(matches!(
+        ring.add(fadvise, 1),
+        Err(Error::DuplicateUserData(1))
+    ));
+    // A nop in flight (not yet reaped) keeps a statx off its label.
+    ring.add(ringfence::op::Nop::new(), 2).unwrap();
+    let mut stat: Box<libc::statx> = Box::new(
+        // SAFETY: all-zero bytes are a valid statx.
+        unsafe { std::mem::zeroed() },
+    );
+    // SAFETY: never queued: the add is refused.
+    let statx = unsafe { Statx::new("/", 0, libc::STATX_SIZE, &mut *stat) };
+    assert!(matches!(
+        ring.add(statx, 2),
+        Err(Error::DuplicateUserData(2))
+    ));
+    let (buf, _) = leaked_buf(1, 0);
+    let write = Write::new(buf, Arc::new(tempfile::tempfile().unwrap()), Some(0));
+    assert!(matches!(
+        ring.add(write, 2),
+        Err(Error::DuplicateUserData(2))
+    ));
+
+    write_end.write_all(b"hello").unwrap();
+    let mut done = reap(&ring, 2);
+    done.sort_by_key(|(ud, _)| *ud);
+    assert_eq!((done[0].0, done[0].1.as_ref().unwrap()), (1, &5));
+    assert_eq!(view, b"hello");
 }
