@@ -218,6 +218,38 @@ struct OpenHow {
 
 const _: () = assert!(size_of::<OpenHow>() == 24);
 
+/// An [`OpenHow`] on the heap, owned through a raw pointer, as
+/// `KernelIovecs` owns an iovec array: moving a `Box` re-asserts unique
+/// access to what it holds, which would invalidate the address the SQE
+/// already carries (the path needs no such care: its bytes live in the
+/// `CString`'s own allocation, and the `CString` stays in its box).
+///
+/// Invariant: the pointer comes from `Box::into_raw` and is freed only by
+/// drop.
+struct KernelOpenHow(std::ptr::NonNull<OpenHow>);
+
+impl KernelOpenHow {
+    fn new(how: OpenHow) -> KernelOpenHow {
+        // SAFETY: `Box::into_raw` never returns null.
+        KernelOpenHow(unsafe { std::ptr::NonNull::new_unchecked(Box::into_raw(Box::new(how))) })
+    }
+
+    /// The address the SQE carries; the cast exposes its provenance.
+    fn addr(&self) -> u64 {
+        self.0.as_ptr() as usize as u64
+    }
+}
+
+impl Drop for KernelOpenHow {
+    fn drop(&mut self) {
+        // SAFETY: by the type invariant, from `Box::into_raw`, freed once.
+        drop(unsafe { Box::from_raw(self.0.as_ptr()) });
+    }
+}
+
+// SAFETY: plain integers owned by this value, as a `Box<OpenHow>` would be.
+unsafe impl Send for KernelOpenHow {}
+
 /// `IORING_OP_OPENAT2` (Linux 5.6, `io_uring_enter(2)`): `openat2(2)`,
 /// an open that can restrict how its path resolves.
 ///
@@ -279,11 +311,11 @@ impl Operation for Openat2 {
             mode: u64::from(self.mode),
             resolve: self.resolve.bits(),
         };
-        let owned = Box::new((c_path(self.common.path)?, how));
+        let owned = Box::new((c_path(self.common.path)?, KernelOpenHow::new(how)));
         // The path in `addr`, the `open_how` in `addr2` and its size in
-        // `len` (`io_openat2_prep`); both stay put inside the box.
+        // `len` (`io_openat2_prep`); both stay put while the box moves.
         sqe.set_addr(owned.0.as_ptr() as usize as u64);
-        sqe.set_addr2(&owned.1 as *const OpenHow as usize as u64);
+        sqe.set_addr2(owned.1.addr());
         sqe.set_len(size_of::<OpenHow>() as u32);
         let keep_alive = KeepAlive {
             owned: Some(owned),
