@@ -506,8 +506,9 @@ impl PipeRead for &File {
 }
 
 /// Registers a sparse file table of `slots` empty slots on `ring`
-/// (`IORING_REGISTER_FILES` with every descriptor -1, Linux 5.13; the
-/// context has no call for it yet).
+/// (`IORING_REGISTER_FILES` with every descriptor -1, which
+/// `io_uring_register(2)` says leaves a slot empty; the context has no
+/// call for it yet).
 fn register_sparse_files(ring: &URingContext, slots: u32) {
     let fds = vec![-1i32; slots as usize];
     // IORING_REGISTER_FILES.
