@@ -101,6 +101,17 @@ pub enum Error {
          without it"
     )]
     FixedFileNotSupported(crate::URingOperation),
+    /// A fixed-file slot index with no `file_index` encoding: the SQE
+    /// carries the slot plus one, and `u32::MAX` there means "let the
+    /// kernel pick" (`IORING_FILE_INDEX_ALLOC`), so an open's slot must be
+    /// below `u32::MAX - 1` and a close's below `u32::MAX`. No file table
+    /// is that large (at most 2^20 files on Linux 6.18).
+    #[error(
+        "fixed-file slot {0} is out of range: the SQE encodes slot + 1 in 32 bits, with \
+         u32::MAX reserved for a kernel-picked slot; use an index inside the registered \
+         file table"
+    )]
+    FixedSlotOutOfRange(u32),
     /// The context was used in a child after `fork`: it belongs to the
     /// process that created it, and the child's copy must not touch the
     /// parent's ring. Create a new context in the child.
@@ -158,6 +169,16 @@ pub enum Error {
          reap completions with wait() and submit again"
     )]
     KernelBusy(io::Error),
+    /// A buffer or range longer than the operation's SQE can carry: its
+    /// length field is 32 bits, so one read, write, splice or
+    /// sync_file_range covers at most `u32::MAX` bytes (the kernel moves at
+    /// most `MAX_RW_COUNT`, about 2 GiB, per read or write anyway).
+    #[error(
+        "a length of {0} bytes is more than one operation carries (at most {max}, u32::MAX): \
+         split it into several operations",
+        max = u32::MAX
+    )]
+    LengthTooLong(u64),
     /// Mapping the ring memory failed.
     #[error("mapping the io_uring rings failed: {0}")]
     Mmap(io::Error),
@@ -172,6 +193,10 @@ pub enum Error {
          the ring with more entries"
     )]
     NoSpace,
+    /// A path with a NUL byte inside: the kernel reads paths as
+    /// NUL-terminated strings, so it would see another, shorter path.
+    #[error("path {0:?} contains a NUL byte, which no Linux path can hold")]
+    NulInPath(std::path::PathBuf),
     /// An allowlist given to
     /// [`URingBuilder::allowlist`](crate::URingBuilder::allowlist) (or
     /// [`URingContext::new`](crate::URingContext::new)) allows an operation
@@ -286,6 +311,7 @@ impl From<Error> for io::Error {
             Error::Enter(e) => e,
             Error::EntriesOutOfRange(_) => io::Error::new(io::ErrorKind::InvalidInput, err),
             Error::FixedFileNotSupported(_) => io::Error::new(io::ErrorKind::InvalidInput, err),
+            Error::FixedSlotOutOfRange(_) => io::Error::new(io::ErrorKind::InvalidInput, err),
             Error::Forked => io::Error::other(err),
             Error::InvalidBufferRange { .. } => io::Error::new(io::ErrorKind::InvalidInput, err),
             Error::InvalidChain(_) => io::Error::new(io::ErrorKind::InvalidInput, err),
@@ -293,8 +319,10 @@ impl From<Error> for io::Error {
             Error::IoUringDisabled => io::Error::from_raw_os_error(libc::EPERM),
             Error::IoUringUnavailable => io::Error::from_raw_os_error(libc::ENOSYS),
             Error::KernelBusy(e) => e,
+            Error::LengthTooLong(_) => io::Error::new(io::ErrorKind::InvalidInput, err),
             Error::Mmap(e) => e,
             Error::NoSpace => io::Error::new(io::ErrorKind::WouldBlock, err),
+            Error::NulInPath(_) => io::Error::new(io::ErrorKind::InvalidInput, err),
             Error::OperationNotSupported { .. } => io::Error::new(io::ErrorKind::Unsupported, err),
             Error::OptionNotSupported { source, .. } => source,
             Error::OutOfLockedMemory => io::Error::from_raw_os_error(libc::ENOMEM),

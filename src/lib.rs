@@ -201,8 +201,9 @@ mod sys;
 struct ReadmeDoctests;
 
 pub use abi::{
-    FeatureFlags, FsyncFlags, IosqeFlags, RegisterOperation, SqeFlags, URingOperation, UserData,
-    MAX_ENTRIES, MAX_FILE_OFFSET, MAX_IOVECS,
+    FallocateMode, FeatureFlags, FsyncFlags, IosqeFlags, RegisterOperation, ResolveFlags,
+    SpliceFlags, SqeFlags, SyncFileRangeFlags, URingOperation, UserData, MAX_ENTRIES,
+    MAX_FILE_OFFSET, MAX_IOVECS,
 };
 pub use allowlist::URingAllowlist;
 pub use context::{

@@ -574,6 +574,16 @@ fn link_timeout_head_result(list: &URingAllowlist) -> Result<u32, i32> {
     }
 }
 
+/// A path that exists nowhere, for the path operations.
+const MISSING: &str = "/nonexistent/ringfence-test";
+
+/// `file` as a target the ring does not keep open.
+fn borrowed(file: &File) -> ringfence::op::Target {
+    // SAFETY: the property test's files outlive every ring it creates
+    // (each ring is reaped, and dropped, inside the loop).
+    unsafe { ringfence::op::Target::from_raw_fd(file.as_raw_fd()) }
+}
+
 /// Queues one `op` with user_data `ud`, returning what it must complete with
 /// when allowed.
 fn issue(ring: &URingContext, op: URingOperation, ud: u64, targets: &Targets) -> Result<u32, i32> {
@@ -692,6 +702,70 @@ fn issue(ring: &URingContext, op: URingOperation, ud: u64, targets: &Targets) ->
             added.expect("add a fixed read or write");
             Err(libc::EFAULT)
         }
+        URingOperation::Read => {
+            let (buf, _) = common::leaked_buf(16, 3);
+            let op = ringfence::op::Read::new(buf, borrowed(&targets.zero), Some(0));
+            ring.add(op, ud).expect("add Read");
+            Ok(16)
+        }
+        URingOperation::Write => {
+            let (buf, _) = common::leaked_buf(16, 4);
+            let op = ringfence::op::Write::new(buf, borrowed(&targets.file), Some(0));
+            ring.add(op, ud).expect("add Write");
+            Ok(16)
+        }
+        URingOperation::SyncFileRange => {
+            let flags = ringfence::SyncFileRangeFlags::WRITE;
+            let op = ringfence::op::SyncFileRange::new(borrowed(&targets.file), 0, 0, flags);
+            ring.add(op, ud).expect("add SyncFileRange");
+            Ok(0)
+        }
+        URingOperation::Fadvise => {
+            let advice = libc::POSIX_FADV_NORMAL;
+            let op = ringfence::op::Fadvise::new(borrowed(&targets.file), 0, 0, advice);
+            ring.add(op, ud).expect("add Fadvise");
+            Ok(0)
+        }
+        // Paths that do not exist: nothing opened, nothing written.
+        URingOperation::Openat => {
+            let op = ringfence::op::Openat::new(MISSING, libc::O_RDONLY | libc::O_CLOEXEC, 0);
+            ring.add(op, ud).expect("add Openat");
+            Err(libc::ENOENT)
+        }
+        URingOperation::Openat2 => {
+            let resolve = ringfence::ResolveFlags::empty();
+            let op = ringfence::op::Openat2::new(MISSING, libc::O_RDONLY, 0, resolve);
+            ring.add(op, ud).expect("add Openat2");
+            Err(libc::ENOENT)
+        }
+        URingOperation::Statx => {
+            // SAFETY: all-zero bytes are a valid statx; leaked, it outlives
+            // the operation.
+            let buf: &'static mut libc::statx = Box::leak(Box::new(unsafe { std::mem::zeroed() }));
+            // SAFETY: the buffer is leaked and never touched again.
+            let op = unsafe { ringfence::op::Statx::new(MISSING, 0, libc::STATX_SIZE, buf) };
+            ring.add(op, ud).expect("add Statx");
+            Err(libc::ENOENT)
+        }
+        URingOperation::Close => {
+            // No registered file table.
+            ring.add(ringfence::op::Close::fixed_slot(0), ud)
+                .expect("add Close");
+            Err(libc::ENXIO)
+        }
+        // Neither end a pipe.
+        URingOperation::Splice => {
+            let (file, flags) = (borrowed(&targets.file), ringfence::SpliceFlags::empty());
+            let op = ringfence::op::Splice::new(file.clone(), Some(0), file, Some(0), 1, flags);
+            ring.add(op, ud).expect("add Splice");
+            Err(libc::EINVAL)
+        }
+        URingOperation::Tee => {
+            let (file, flags) = (borrowed(&targets.file), ringfence::SpliceFlags::empty());
+            ring.add(ringfence::op::Tee::new(file.clone(), file, 1, flags), ud)
+                .expect("add Tee");
+            Err(libc::EINVAL)
+        }
         other => panic!("no recipe for {other:?}: add one to `issue` in tests/restrictions.rs"),
     }
 }
@@ -744,7 +818,8 @@ fn allowlists_over_the_issuable_ops_are_enforced_exactly() {
         let mut list = allowing(&allowed);
         // The link timeout recipe's chain: its head carries IO_LINK.
         list.allow_sqe_flags(IosqeFlags::IO_LINK);
-        // Room for one SQE per issuable operation, plus the link timeout's head.
+        // Room for one SQE per issuable operation, plus the link timeout's
+        // head, queued before any is submitted.
         let ring = ring!(64, Some(&list));
         let mut expected = HashMap::new();
         for (i, op) in ISSUABLE.iter().enumerate() {

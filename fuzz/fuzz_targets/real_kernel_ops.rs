@@ -46,7 +46,7 @@ use std::time::Duration;
 use common::model::{
     in_flight_cap, Adder, CommonStep, Model, Offset, OpInput, Res, RingConfig, Spec, DRAIN_DEADLINE,
 };
-use common::pool::{fill_slot, iovecs, Completed, BUF_LEN};
+use common::pool::{buf, fill_slot, iovecs, statx_buf, Completed, BUF_LEN};
 use common::{
     control_result_ok, files, is_fixed_data, memfd, past_end_read, poll_result_ok, Pipe, MEMFD_LEN,
     OFFSET_STEP,
@@ -54,9 +54,16 @@ use common::{
 use libfuzzer_sys::arbitrary::{self, Arbitrary};
 use libfuzzer_sys::fuzz_target;
 use ringfence::op::{
-    EventType, Fallocate, Fsync, Nop, PollAdd, ReadFixed, Readv, Timeout, WriteFixed, Writev,
+    Close, EventType, Fadvise, Fallocate, Fsync, Nop, Openat, Openat2, PollAdd, Read, ReadFixed,
+    Readv, Splice, Statx, SyncFileRange, Tee, Timeout, Write, WriteFixed, Writev,
 };
-use ringfence::{Error, RegisteredBuffer, SqeFlags, URingOperation};
+use ringfence::{
+    Error, FallocateMode, RegisteredBuffer, ResolveFlags, SpliceFlags, SqeFlags,
+    SyncFileRangeFlags, URingOperation,
+};
+
+/// A path that exists nowhere, for the path operations.
+const MISSING: &str = "/nonexistent/ringfence-fuzz";
 
 #[derive(Arbitrary, Debug)]
 struct Input {
@@ -302,9 +309,9 @@ impl Real {
             }
         };
         let mode = if punch {
-            (libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE) as u32
+            FallocateMode::PUNCH_HOLE | FallocateMode::KEEP_SIZE
         } else {
-            0
+            FallocateMode::empty()
         };
         let op = Fallocate::new(Arc::clone(&self.scratch), offset, BUF_LEN as u64, mode);
         adder.push(op, Spec::new(kind).offset(Some(offset)));
@@ -410,6 +417,82 @@ impl Model for Real {
                         WriteFixed::new(Arc::clone(&self.scratch), buffer, 0..BUF_LEN, Some(0));
                     adder.push(op.expect("a valid range"), spec);
                 }
+            }
+            URingOperation::Read => {
+                fill_slot(adder, |buf| buf.fill(0xee));
+                let offset = input.offset.refused();
+                let op = Read::new(buf(adder.label()), files().zero.as_fd(), offset);
+                adder.push(op, Spec::new(Kind::ZeroRead).slot().offset(offset));
+            }
+            URingOperation::Write => {
+                fill_slot(adder, |buf| buf.fill(b'n'));
+                let offset = input.offset.refused();
+                let op = Write::new(buf(adder.label()), files().null.as_fd(), offset);
+                let spec = Spec::new(Kind::Gives(Ok(BUF_LEN as u32)));
+                adder.push(op, spec.slot().offset(offset));
+            }
+            URingOperation::SyncFileRange => {
+                let op = SyncFileRange::new(
+                    Arc::clone(&self.scratch),
+                    0,
+                    BUF_LEN as u64,
+                    SyncFileRangeFlags::WRITE,
+                );
+                adder.push(op, Spec::new(Kind::Gives(Ok(0))));
+            }
+            URingOperation::Fadvise => {
+                let op = Fadvise::new(
+                    Arc::clone(&self.scratch),
+                    0,
+                    BUF_LEN as u64,
+                    libc::POSIX_FADV_NORMAL,
+                );
+                adder.push(op, Spec::new(Kind::Gives(Ok(0))));
+            }
+            // Paths that do not exist: nothing opened, nothing written.
+            URingOperation::Openat => {
+                let op = Openat::new(MISSING, libc::O_RDONLY | libc::O_CLOEXEC, 0);
+                adder.push(op, Spec::new(Kind::Gives(Err(libc::ENOENT))));
+            }
+            URingOperation::Openat2 => {
+                let op = Openat2::new(MISSING, libc::O_RDONLY, 0, ResolveFlags::empty());
+                adder.push(op, Spec::new(Kind::Gives(Err(libc::ENOENT))));
+            }
+            URingOperation::Statx => {
+                // SAFETY: the slot is the label's, kept to this operation
+                // by the label rule (it pins caller memory); a missing path
+                // leaves it unwritten.
+                let op =
+                    unsafe { Statx::new(MISSING, 0, libc::STATX_SIZE, statx_buf(adder.label())) };
+                adder.push(op, Spec::new(Kind::Gives(Err(libc::ENOENT))).slot());
+            }
+            // No registered file table: ENXIO.
+            URingOperation::Close => {
+                adder.push(
+                    Close::fixed_slot(0),
+                    Spec::new(Kind::Gives(Err(libc::ENXIO))),
+                );
+            }
+            // Neither end a pipe: EINVAL.
+            URingOperation::Splice => {
+                let op = Splice::new(
+                    Arc::clone(&self.scratch),
+                    Some(0),
+                    Arc::clone(&self.scratch),
+                    Some(0),
+                    1,
+                    SpliceFlags::empty(),
+                );
+                adder.push(op, Spec::new(Kind::Gives(Err(libc::EINVAL))));
+            }
+            URingOperation::Tee => {
+                let op = Tee::new(
+                    Arc::clone(&self.scratch),
+                    Arc::clone(&self.scratch),
+                    1,
+                    SpliceFlags::empty(),
+                );
+                adder.push(op, Spec::new(Kind::Gives(Err(libc::EINVAL))));
             }
             other => panic!(
                 "{other:?} is in op::ISSUABLE, but real_kernel_ops has no arm for it: add one \

@@ -45,7 +45,7 @@ use std::time::{Duration, Instant};
 use common::model::{
     in_flight_cap, Adder, CommonStep, Model, Offset, OpInput, Res, RingConfig, Spec, DRAIN_DEADLINE,
 };
-use common::pool::{fill_slot, iovecs, Completed, BUF_LEN};
+use common::pool::{buf, fill_slot, iovecs, statx_buf, Completed, BUF_LEN};
 use common::{
     control_result_ok, files, is_fixed_data, memfd, past_end_read, poll_result_ok, Pipe,
     OFFSET_STEP,
@@ -53,12 +53,17 @@ use common::{
 use libfuzzer_sys::arbitrary::{self, Arbitrary};
 use libfuzzer_sys::fuzz_target;
 use ringfence::op::{
-    EventType, Fallocate, Fsync, Nop, PollAdd, ReadFixed, Readv, Target, Timeout, WriteFixed,
-    Writev,
+    Close, EventType, Fadvise, Fallocate, Fsync, Nop, Openat, Openat2, PollAdd, Read, ReadFixed,
+    Readv, Splice, Statx, SyncFileRange, Target, Tee, Timeout, Write, WriteFixed, Writev,
 };
 use ringfence::{
-    Error, IosqeFlags, RegisterOperation, RegisteredBuffer, URingAllowlist, URingOperation,
+    Error, FallocateMode, IosqeFlags, RegisterOperation, RegisteredBuffer, URingAllowlist,
+    URingOperation,
 };
+use ringfence::{ResolveFlags, SpliceFlags, SyncFileRangeFlags};
+
+/// A path that exists nowhere, for the path operations.
+const MISSING: &str = "/nonexistent/ringfence-fuzz";
 
 #[derive(Arbitrary, Debug)]
 struct Input {
@@ -342,7 +347,12 @@ impl Model for Restricted {
                 adder.push(Fsync::new(scratch()), Spec::new(Kind::Gives(Ok(0))))
             }
             URingOperation::Fallocate => {
-                let op = Fallocate::new(scratch(), scratch_offset, BUF_LEN as u64, 0);
+                let op = Fallocate::new(
+                    scratch(),
+                    scratch_offset,
+                    BUF_LEN as u64,
+                    FallocateMode::empty(),
+                );
                 adder.push(
                     op,
                     Spec::new(Kind::Gives(Ok(0))).offset(Some(scratch_offset)),
@@ -387,6 +397,66 @@ impl Model for Restricted {
                     let op = WriteFixed::new(scratch(), buffer, 0..BUF_LEN, Some(0));
                     adder.push(op.expect("a valid range"), spec);
                 }
+            }
+            URingOperation::Read => {
+                fill_slot(adder, |buf| buf.fill(0xee));
+                let offset = input.offset.refused();
+                let op = Read::new(buf(adder.label()), files().zero.as_fd(), offset);
+                adder.push(op, Spec::new(Kind::ZeroRead).slot().offset(offset));
+            }
+            URingOperation::Write => {
+                let offset = Some(scratch_offset);
+                let op = Write::new(buf(adder.label()), scratch(), offset);
+                adder.push(op, Spec::new(Kind::Gives(full)).slot().offset(offset));
+            }
+            URingOperation::SyncFileRange => {
+                let op =
+                    SyncFileRange::new(scratch(), 0, BUF_LEN as u64, SyncFileRangeFlags::WRITE);
+                adder.push(op, Spec::new(Kind::Gives(Ok(0))));
+            }
+            URingOperation::Fadvise => {
+                let op = Fadvise::new(scratch(), 0, BUF_LEN as u64, libc::POSIX_FADV_NORMAL);
+                adder.push(op, Spec::new(Kind::Gives(Ok(0))));
+            }
+            // Paths that do not exist: nothing opened, nothing written.
+            URingOperation::Openat => {
+                let op = Openat::new(MISSING, libc::O_RDONLY | libc::O_CLOEXEC, 0);
+                adder.push(op, Spec::new(Kind::Gives(Err(libc::ENOENT))));
+            }
+            URingOperation::Openat2 => {
+                let op = Openat2::new(MISSING, libc::O_RDONLY, 0, ResolveFlags::empty());
+                adder.push(op, Spec::new(Kind::Gives(Err(libc::ENOENT))));
+            }
+            URingOperation::Statx => {
+                // SAFETY: the slot is the label's, kept to this operation
+                // by the label rule (it pins caller memory); a missing path
+                // leaves it unwritten.
+                let op =
+                    unsafe { Statx::new(MISSING, 0, libc::STATX_SIZE, statx_buf(adder.label())) };
+                adder.push(op, Spec::new(Kind::Gives(Err(libc::ENOENT))).slot());
+            }
+            // No registered file table: ENXIO.
+            URingOperation::Close => {
+                adder.push(
+                    Close::fixed_slot(0),
+                    Spec::new(Kind::Gives(Err(libc::ENXIO))),
+                );
+            }
+            // Neither end a pipe: EINVAL.
+            URingOperation::Splice => {
+                let op = Splice::new(
+                    scratch(),
+                    Some(0),
+                    scratch(),
+                    Some(0),
+                    1,
+                    SpliceFlags::empty(),
+                );
+                adder.push(op, Spec::new(Kind::Gives(Err(libc::EINVAL))));
+            }
+            URingOperation::Tee => {
+                let op = Tee::new(scratch(), scratch(), 1, SpliceFlags::empty());
+                adder.push(op, Spec::new(Kind::Gives(Err(libc::EINVAL))));
             }
             other => panic!(
                 "{other:?} is in op::ISSUABLE, but restricted_ring has no arm for it: add one \

@@ -43,13 +43,18 @@ use libfuzzer_sys::fuzz_target;
 use model::{
     Adder, CommonStep, Model, Offset, OpInput, Reap, Res, RingConfig, Spec, DRAIN_DEADLINE,
 };
-use pool::{fill_slot, iovecs, Completed, BUF_LEN};
+use pool::{buf, fill_slot, iovecs, statx_buf, Completed, BUF_LEN};
 use ringfence::op::{
-    EventType, Fallocate, Fsync, Nop, PollAdd, ReadFixed, Readv, Target, Timeout, WriteFixed,
-    Writev,
+    Close, EventType, Fadvise, Fallocate, Fsync, Nop, Openat, Openat2, PollAdd, Read, ReadFixed,
+    Readv, Splice, Statx, SyncFileRange, Target, Tee, Timeout, Write, WriteFixed, Writev,
 };
 use ringfence::sim::{Fault, SimConfig, SimKernel};
-use ringfence::{RegisteredBuffer, URingOperation};
+use ringfence::{
+    FallocateMode, RegisteredBuffer, ResolveFlags, SpliceFlags, SyncFileRangeFlags, URingOperation,
+};
+
+/// A path that exists nowhere, for the path operations.
+const MISSING: &str = "/nonexistent/ringfence-fuzz";
 
 #[derive(Arbitrary, Debug)]
 struct Input {
@@ -182,9 +187,9 @@ impl Model for Sim {
                     _ => Ok(0),
                 };
                 let mode = if punch {
-                    (libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE) as u32
+                    FallocateMode::PUNCH_HOLE | FallocateMode::KEEP_SIZE
                 } else {
-                    0
+                    FallocateMode::empty()
                 };
                 let op = Fallocate::new(sim_fd(self.sink), offset, 64, mode);
                 adder.push(op, Spec::new(Kind::Gives(res)).offset(Some(offset)));
@@ -220,6 +225,95 @@ impl Model for Sim {
                     let op = WriteFixed::new(sim_fd(self.sink), buffer, 0..BUF_LEN, Some(0));
                     adder.push(op.expect("a valid range"), spec);
                 }
+            }
+            URingOperation::Read => {
+                fill_slot(adder, |buf| buf.fill(0xee));
+                let offset = match input.offset {
+                    Offset::At(n) => {
+                        Some(u64::from(n) * OFFSET_STEP % (SOURCE_LEN + BUF_LEN as u64))
+                    }
+                    other => other.value(1),
+                };
+                let kind = match offset {
+                    None => Kind::ReadAtPosition,
+                    Some(offset) => Kind::Read { offset },
+                };
+                let op = Read::new(buf(label), sim_fd(self.source), offset);
+                adder.push(op, Spec::new(kind).slot().offset(offset));
+            }
+            URingOperation::Write => {
+                let offset = input.offset.value(1);
+                let res = match input.offset {
+                    Offset::NearMax(_) => Err(libc::EFBIG),
+                    _ => Ok(BUF_LEN as u32),
+                };
+                let op = Write::new(buf(label), sim_fd(self.sink), offset);
+                adder.push(op, Spec::new(Kind::Gives(res)).slot().offset(offset));
+            }
+            // The simulated kernel runs none of these (EOPNOTSUPP): what
+            // is checked is the bookkeeping.
+            URingOperation::SyncFileRange => {
+                let op = SyncFileRange::new(
+                    sim_fd(self.sink),
+                    0,
+                    BUF_LEN as u64,
+                    SyncFileRangeFlags::WRITE,
+                );
+                adder.push(op, Spec::new(Kind::Gives(Err(libc::EOPNOTSUPP))));
+            }
+            URingOperation::Fadvise => {
+                let op = Fadvise::new(
+                    sim_fd(self.sink),
+                    0,
+                    BUF_LEN as u64,
+                    libc::POSIX_FADV_NORMAL,
+                );
+                adder.push(op, Spec::new(Kind::Gives(Err(libc::EOPNOTSUPP))));
+            }
+            // Paths that do not exist: nothing opened, nothing written.
+            URingOperation::Openat => {
+                let op = Openat::new(MISSING, libc::O_RDONLY | libc::O_CLOEXEC, 0);
+                adder.push(op, Spec::new(Kind::Gives(Err(libc::EOPNOTSUPP))));
+            }
+            URingOperation::Openat2 => {
+                let op = Openat2::new(MISSING, libc::O_RDONLY, 0, ResolveFlags::empty());
+                adder.push(op, Spec::new(Kind::Gives(Err(libc::EOPNOTSUPP))));
+            }
+            URingOperation::Statx => {
+                // SAFETY: the slot is the label's, kept to this operation
+                // by the label rule (it pins caller memory); a missing path
+                // leaves it unwritten.
+                let op =
+                    unsafe { Statx::new(MISSING, 0, libc::STATX_SIZE, statx_buf(adder.label())) };
+                adder.push(op, Spec::new(Kind::Gives(Err(libc::EOPNOTSUPP))).slot());
+            }
+            // No registered file table: ENXIO.
+            URingOperation::Close => {
+                adder.push(
+                    Close::fixed_slot(0),
+                    Spec::new(Kind::Gives(Err(libc::EOPNOTSUPP))),
+                );
+            }
+            // Neither end a pipe: EINVAL.
+            URingOperation::Splice => {
+                let op = Splice::new(
+                    sim_fd(self.sink),
+                    Some(0),
+                    sim_fd(self.sink),
+                    Some(0),
+                    1,
+                    SpliceFlags::empty(),
+                );
+                adder.push(op, Spec::new(Kind::Gives(Err(libc::EOPNOTSUPP))));
+            }
+            URingOperation::Tee => {
+                let op = Tee::new(
+                    sim_fd(self.sink),
+                    sim_fd(self.sink),
+                    1,
+                    SpliceFlags::empty(),
+                );
+                adder.push(op, Spec::new(Kind::Gives(Err(libc::EOPNOTSUPP))));
             }
             other => panic!(
                 "{other:?} is in op::ISSUABLE, but sim_ops has no arm for it: add one to `build`"

@@ -75,6 +75,104 @@ bitflags! {
 }
 
 bitflags! {
+    /// The mode of [`op::Fallocate`](crate::op::Fallocate): `fallocate(2)`'s
+    /// `FALLOC_FL_*` bits (`include/uapi/linux/falloc.h`). Empty allocates
+    /// the range (and extends the file past its end). Which modes a file
+    /// system supports is its own choice: an unsupported one completes with
+    /// `EOPNOTSUPP`, a combination `fallocate(2)` forbids with `EINVAL`.
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+    pub struct FallocateMode: u32 {
+        /// `FALLOC_FL_KEEP_SIZE`: allocate without changing the file's size
+        /// (Linux 2.6.23).
+        const KEEP_SIZE = libc::FALLOC_FL_KEEP_SIZE as u32;
+        /// `FALLOC_FL_PUNCH_HOLE`: deallocate the range, which then reads as
+        /// zeros; must come with `KEEP_SIZE` (Linux 2.6.38).
+        const PUNCH_HOLE = libc::FALLOC_FL_PUNCH_HOLE as u32;
+        /// `FALLOC_FL_COLLAPSE_RANGE`: remove the range, shifting what
+        /// follows down; offset and length must be multiples of the file
+        /// system's block size (Linux 3.15).
+        const COLLAPSE_RANGE = libc::FALLOC_FL_COLLAPSE_RANGE as u32;
+        /// `FALLOC_FL_ZERO_RANGE`: make the range read as zeros, allocated
+        /// (Linux 3.15).
+        const ZERO_RANGE = libc::FALLOC_FL_ZERO_RANGE as u32;
+        /// `FALLOC_FL_INSERT_RANGE`: insert a hole of the range's length at
+        /// its offset, shifting what follows up; block-size multiples
+        /// (Linux 4.1).
+        const INSERT_RANGE = libc::FALLOC_FL_INSERT_RANGE as u32;
+        /// `FALLOC_FL_UNSHARE_RANGE`: unshare blocks shared with other
+        /// files (reflinks) in the range (Linux 4.5).
+        const UNSHARE_RANGE = libc::FALLOC_FL_UNSHARE_RANGE as u32;
+    }
+}
+
+bitflags! {
+    /// Flags for [`op::SyncFileRange`](crate::op::SyncFileRange):
+    /// `sync_file_range(2)`'s `SYNC_FILE_RANGE_*` bits. `WRITE` alone
+    /// starts writeback without waiting; all three wait for the range to
+    /// reach the device (but flush no metadata and no disk cache: it is no
+    /// `fdatasync`).
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+    pub struct SyncFileRangeFlags: u32 {
+        /// `SYNC_FILE_RANGE_WAIT_BEFORE`: first wait for writeback already
+        /// under way in the range.
+        const WAIT_BEFORE = libc::SYNC_FILE_RANGE_WAIT_BEFORE;
+        /// `SYNC_FILE_RANGE_WRITE`: start writeback of the range's dirty
+        /// pages.
+        const WRITE = libc::SYNC_FILE_RANGE_WRITE;
+        /// `SYNC_FILE_RANGE_WAIT_AFTER`: then wait for that writeback.
+        const WAIT_AFTER = libc::SYNC_FILE_RANGE_WAIT_AFTER;
+    }
+}
+
+bitflags! {
+    /// How [`op::Openat2`](crate::op::Openat2) resolves its path:
+    /// `open_how.resolve`'s `RESOLVE_*` bits (`openat2(2)`, Linux 5.6).
+    /// A path the rules forbid fails with `EXDEV` (leaving the tree,
+    /// crossing a mount), `ELOOP` (a symlink) or `EAGAIN` (`CACHED`).
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+    pub struct ResolveFlags: u64 {
+        /// `RESOLVE_NO_XDEV`: never cross a mount point.
+        const NO_XDEV = libc::RESOLVE_NO_XDEV;
+        /// `RESOLVE_NO_MAGICLINKS`: no `/proc/*/fd/*`-style links.
+        const NO_MAGICLINKS = libc::RESOLVE_NO_MAGICLINKS;
+        /// `RESOLVE_NO_SYMLINKS`: no symbolic links at all.
+        const NO_SYMLINKS = libc::RESOLVE_NO_SYMLINKS;
+        /// `RESOLVE_BENEATH`: stay inside the directory the path is
+        /// relative to (no `..` above it, no absolute paths or links).
+        const BENEATH = libc::RESOLVE_BENEATH;
+        /// `RESOLVE_IN_ROOT`: treat that directory as `/` (a chroot for
+        /// this one lookup).
+        const IN_ROOT = libc::RESOLVE_IN_ROOT;
+        /// `RESOLVE_CACHED`: only from the dentry cache, else `EAGAIN`
+        /// (Linux 5.12).
+        const CACHED = libc::RESOLVE_CACHED;
+    }
+}
+
+bitflags! {
+    /// Flags for [`op::Splice`](crate::op::Splice) and
+    /// [`op::Tee`](crate::op::Tee): `splice(2)`'s `SPLICE_F_*` bits. The
+    /// io_uring-only `SPLICE_F_FD_IN_FIXED` is not here: the operation sets
+    /// it itself when its input is a [`Target::fixed`](crate::op::Target::fixed).
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+    pub struct SpliceFlags: u32 {
+        /// `SPLICE_F_MOVE`: move pages rather than copy (a hint).
+        const MOVE = libc::SPLICE_F_MOVE;
+        /// `SPLICE_F_NONBLOCK`: do not block on the pipes (`EAGAIN`).
+        const NONBLOCK = libc::SPLICE_F_NONBLOCK;
+        /// `SPLICE_F_MORE`: more data follows (a hint for sockets).
+        const MORE = libc::SPLICE_F_MORE;
+        /// `SPLICE_F_GIFT`: unused by splice (vmsplice only).
+        const GIFT = libc::SPLICE_F_GIFT;
+    }
+}
+
+/// `SPLICE_F_FD_IN_FIXED` (`include/uapi/linux/io_uring.h`, `1U << 31`):
+/// splice's and tee's input is a registered file's index. The bindings
+/// leave it out (the generator takes `IORING_*` names only).
+pub(crate) const SPLICE_F_FD_IN_FIXED: u32 = 1 << 31;
+
+bitflags! {
     /// `io_uring_setup` flags (`IORING_SETUP_*`) the context uses.
     #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
     pub(crate) struct SetupFlags: u32 {

@@ -9,11 +9,14 @@ mod flags;
 mod opcode;
 mod versions;
 
-pub use flags::{FeatureFlags, FsyncFlags, IosqeFlags, SqeFlags};
+pub use flags::{
+    FallocateMode, FeatureFlags, FsyncFlags, IosqeFlags, ResolveFlags, SpliceFlags, SqeFlags,
+    SyncFileRangeFlags,
+};
 pub use opcode::{RegisterOperation, URingOperation};
 
 pub(crate) use entries::{restriction, Cqe, Restriction, RestrictionKind, Sqe};
-pub(crate) use flags::{CqeFlags, SetupFlags, CQE_BUFFER_SHIFT};
+pub(crate) use flags::{CqeFlags, SetupFlags, CQE_BUFFER_SHIFT, SPLICE_F_FD_IN_FIXED};
 
 /// The largest ring `io_uring_setup` accepts: the kernel's
 /// `IORING_MAX_ENTRIES` (`io_uring/io_uring.h`).

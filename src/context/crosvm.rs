@@ -8,7 +8,7 @@ use std::os::fd::RawFd;
 use std::pin::Pin;
 
 use super::URingContext;
-use crate::abi::{SqeFlags, UserData};
+use crate::abi::{FallocateMode, SqeFlags, UserData};
 use crate::iobuf::IoBufMut;
 use crate::op::{
     pin_raw_iovecs, AsyncCancel, EventType, Fallocate, Fsync, Nop, PollAdd, PollRemove, Readv,
@@ -142,7 +142,9 @@ impl URingContext {
     /// Queues `fallocate(fd, mode, offset, len)`:
     /// [`op::Fallocate`](crate::op::Fallocate). `mode` 0 allocates, and
     /// `FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE` deallocates (the range
-    /// then reads as zeros). Completes with 0.
+    /// then reads as zeros); `mode` is passed to the kernel as it is (see
+    /// [`FallocateMode`](crate::FallocateMode) for the bits). Completes
+    /// with 0.
     pub fn add_fallocate(
         &self,
         fd: RawFd,
@@ -151,7 +153,10 @@ impl URingContext {
         mode: u32,
         user_data: UserData,
     ) -> Result<()> {
-        self.add(Fallocate::new(raw(fd), offset, len, mode), user_data)
+        self.add(
+            Fallocate::new(raw(fd), offset, len, FallocateMode::from_bits_retain(mode)),
+            user_data,
+        )
     }
 
     /// Queues a one-shot poll of `fd`: [`op::PollAdd`](crate::op::PollAdd).

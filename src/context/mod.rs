@@ -16,6 +16,8 @@ mod builder;
 mod completions;
 mod crosvm;
 mod drain;
+#[cfg(test)]
+mod fixed_file_refusals;
 mod fork;
 mod labels;
 mod probe;

@@ -1,7 +1,7 @@
 //! [`Fsync`] and [`Fallocate`].
 
 use super::{KeepAlive, Operation, Prepared, Target};
-use crate::abi::{FsyncFlags, Sqe, URingOperation};
+use crate::abi::{FallocateMode, FsyncFlags, Sqe, URingOperation};
 use crate::Result;
 
 /// `IORING_OP_FSYNC` (Linux 5.1): `fsync(2)`, or with
@@ -45,17 +45,20 @@ pub struct Fallocate {
     target: Target,
     offset: u64,
     len: u64,
-    mode: u32,
+    mode: FallocateMode,
 }
 
 impl Fallocate {
     /// `fallocate(fd, mode, offset, len)` on `target`, `offset` and `len`
-    /// in bytes: `mode` 0 allocates (and extends the file), and
-    /// `FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE` deallocates (the range
-    /// then reads as zeros). An `offset` above
+    /// in bytes: an empty `mode` allocates (and extends the file), and
+    /// `PUNCH_HOLE | KEEP_SIZE` deallocates (the range then reads as
+    /// zeros); see [`FallocateMode`] for the rest. An `offset` above
     /// [`MAX_FILE_OFFSET`](crate::MAX_FILE_OFFSET) fails the add with
-    /// [`Error::InvalidOffset`](crate::Error::InvalidOffset).
-    pub fn new(target: impl Into<Target>, offset: u64, len: u64, mode: u32) -> Fallocate {
+    /// [`Error::InvalidOffset`](crate::Error::InvalidOffset). The
+    /// completion carries `fallocate(2)`'s errno: `EOPNOTSUPP` for a mode
+    /// the file system lacks, `EINVAL` for a forbidden combination or a
+    /// zero `len`, `ENOSPC`, `EFBIG`.
+    pub fn new(target: impl Into<Target>, offset: u64, len: u64, mode: FallocateMode) -> Fallocate {
         Fallocate {
             target: target.into(),
             offset,
@@ -77,7 +80,7 @@ impl Operation for Fallocate {
         // For fallocate the kernel reads the length from `addr` and the
         // mode from `len`.
         sqe.set_addr(self.len);
-        sqe.set_len(self.mode);
+        sqe.set_len(self.mode.bits());
         Ok(Prepared::new::<Self>(sqe, KeepAlive::target(self.target)))
     }
 }

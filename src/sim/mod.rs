@@ -44,9 +44,11 @@
 //!   a random order ([`SimConfig::defer_completions`]).
 //!
 //! It models every operation in [`op::ISSUABLE`](crate::op::ISSUABLE) (a
-//! test checks that; the socket operations complete with `EOPNOTSUPP`:
-//! there are no simulated sockets), and no other opcode (they complete
-//! with `EINVAL`); nor fixed files or buffers.
+//! test checks that), and no other opcode (they complete with `EINVAL`);
+//! nor fixed files or buffers. Of the socket, registered-buffer, path,
+//! pipe and hint operations (sync_file_range, fadvise, the opens, close,
+//! statx, splice, tee) it keeps the bookkeeping only: they complete with
+//! `EOPNOTSUPP`.
 //!
 //! ```
 //! use ringfence::sim::{Fault, SimKernel};

@@ -46,12 +46,21 @@ pub fn iovecs(label: u64) -> Pin<Box<[IoBufMut<'static>]>> {
     Box::pin([unsafe { IoBufMut::from_raw_parts(slot_ptr(label), BUF_LEN) }])
 }
 
-/// The slot of `label` as one buffer, for a send or recv with that label
-/// (sound for the same reason as [`iovecs`]).
+/// The slot of `label` as one buffer, for a one-buffer read, write, send
+/// or recv with that label (sound for the same reason as [`iovecs`]).
 #[allow(dead_code)] // Used by some targets only.
 pub fn buf(label: u64) -> IoBufMut<'static> {
     // SAFETY: as in `iovecs`.
     unsafe { IoBufMut::from_raw_parts(slot_ptr(label), BUF_LEN) }
+}
+
+/// The slot of `label` as a statx buffer (256 bytes, as the slot is), for
+/// an operation added with `Spec::slot`. Never dereferenced here; the
+/// kernel copies into it byte-wise.
+#[allow(dead_code)] // Used by some targets only.
+pub fn statx_buf(label: u64) -> *mut libc::statx {
+    const _: () = assert!(size_of::<libc::statx>() <= BUF_LEN);
+    slot_ptr(label).cast()
 }
 
 /// Fills the slot of `adder`'s label with `fill` before the add, unless an

@@ -204,6 +204,8 @@ pub(super) fn start(world: &mut World, id: usize, sqe: Sqe) {
         URingOperation::Nop
         | URingOperation::Readv
         | URingOperation::Writev
+        | URingOperation::Read
+        | URingOperation::Write
         | URingOperation::Fsync
         | URingOperation::Fallocate => {
             let forced_async = sqe.flags().contains(IosqeFlags::ASYNC);
@@ -215,16 +217,25 @@ pub(super) fn start(world: &mut World, id: usize, sqe: Sqe) {
             }
         }
         // The model checks the bookkeeping of one-shot operations only: it
-        // has no sockets and no registered buffers, and the work of these
-        // is tested on the real kernel (tests/net_ops.rs, tests/setup.rs).
+        // has no sockets, registered buffers, paths or pipes, and the work
+        // of these is tested on the real kernel (tests/net_ops.rs,
+        // tests/setup.rs, tests/fs_ops.rs).
         URingOperation::ReadFixed
         | URingOperation::WriteFixed
+        | URingOperation::SyncFileRange
         | URingOperation::Sendmsg
         | URingOperation::Recvmsg
         | URingOperation::Accept
         | URingOperation::Connect
+        | URingOperation::Openat
+        | URingOperation::Close
+        | URingOperation::Statx
+        | URingOperation::Fadvise
         | URingOperation::Send
         | URingOperation::Recv
+        | URingOperation::Openat2
+        | URingOperation::Splice
+        | URingOperation::Tee
         | URingOperation::Shutdown
         | URingOperation::Socket => post(world, id, user_data, -libc::EOPNOTSUPP),
         _ => unreachable!("{op:?} is issuable, but the simulated kernel has no model of it"),
@@ -246,8 +257,8 @@ pub(in crate::sim) fn models(op: URingOperation) -> bool {
 /// simulation allocate that much.
 const MAX_SIM_FILE: usize = 1 << 30;
 
-/// Does the work of a nop, readv, writev, fsync or fallocate; returns its
-/// result.
+/// Does the work of a nop, readv, writev, read, write, fsync or fallocate;
+/// returns its result.
 pub(super) fn run(world: &mut World, sqe: &Sqe) -> Result<i32, i32> {
     let op = URingOperation::from_raw(sqe.opcode()).ok_or(libc::EINVAL)?;
     if op == URingOperation::Nop {
@@ -275,29 +286,44 @@ pub(super) fn run(world: &mut World, sqe: &Sqe) -> Result<i32, i32> {
             }
             Ok(0)
         }
-        URingOperation::Readv | URingOperation::Writev => {
-            if len as usize > MAX_IOVECS {
+        URingOperation::Readv
+        | URingOperation::Writev
+        | URingOperation::Read
+        | URingOperation::Write => {
+            let vectored = matches!(op, URingOperation::Readv | URingOperation::Writev);
+            if vectored && len as usize > MAX_IOVECS {
                 return Err(libc::EINVAL);
             }
+            let reading = matches!(op, URingOperation::Readv | URingOperation::Read);
             let at_position = offset == u64::MAX;
             let start = if at_position { file.position } else { offset };
             let start = usize::try_from(start).map_err(|_| libc::EINVAL)?;
             // The address in the SQE is the only link back to the iovec
-            // array: turning it into a pointer takes the provenance the
-            // context exposed when it wrote the address.
+            // array (or the one buffer): turning it into a pointer takes
+            // the provenance the context exposed when it wrote the address.
             let iovecs = addr as usize as *const libc::iovec;
+            let count = if vectored { len as usize } else { 1 };
             let mut done = 0usize;
-            for i in 0..len as usize {
-                // SAFETY: the context keeps the iovec array of `len` entries
-                // alive and unmoved until this operation's completion is
-                // reaped, which happens after this runs.
-                let iov = unsafe { iovecs.add(i).read() };
+            for i in 0..count {
+                let iov = if vectored {
+                    // SAFETY: the context keeps the iovec array of `len`
+                    // entries alive and unmoved until this operation's
+                    // completion is reaped, which happens after this runs.
+                    unsafe { iovecs.add(i).read() }
+                } else {
+                    // A one-buffer read or write: the SQE is the iovec.
+                    libc::iovec {
+                        iov_base: addr as usize as *mut libc::c_void,
+                        iov_len: len as usize,
+                    }
+                };
                 let at = start + done;
                 let base = iov.iov_base.cast::<u8>();
-                if op == URingOperation::Readv {
+                if reading {
                     let n = iov.iov_len.min(file.data.len().saturating_sub(at));
                     if n > 0 {
-                        // SAFETY: the caller of `add_readv` promised that
+                        // SAFETY: the caller of `add_readv` (or of
+                        // `Read::new`, through `IoBufMut`) promised that
                         // each iovec is valid for writes and untouched by
                         // anything else until the completion; `n` > 0 is
                         // within both it and the file's data (so `at` is
@@ -318,9 +344,9 @@ pub(super) fn run(world: &mut World, sqe: &Sqe) -> Result<i32, i32> {
                     if end > file.data.len() {
                         file.data.resize(end, 0);
                     }
-                    // SAFETY: the caller of `add_writev` promised that each
-                    // iovec is valid for reads until the completion; the
-                    // destination was just sized to hold it.
+                    // SAFETY: the caller of `add_writev` (or `Write::new`)
+                    // promised that each iovec is valid for reads until the
+                    // completion; the destination was just sized to hold it.
                     unsafe {
                         std::ptr::copy_nonoverlapping(
                             base,

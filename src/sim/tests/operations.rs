@@ -6,8 +6,8 @@ use std::time::Duration;
 use super::super::SimKernel;
 use super::{errno, iovecs, labels, raw, reap, reap_in_order};
 use crate::abi::{IosqeFlags, Sqe};
-use crate::op::{self, KeepAlive, Nop, Prepared, Readv, Resolve};
-use crate::{Error, EventType, OpBatch, SqeFlags, URingAllowlist, URingOperation};
+use crate::op::{self, Fadvise, KeepAlive, Nop, Prepared, Read, Readv, Resolve, Write};
+use crate::{Error, EventType, IoBufMut, OpBatch, SqeFlags, URingAllowlist, URingOperation};
 
 #[test]
 fn reads_and_writes_move_data_between_buffers_and_simulated_files() {
@@ -58,6 +58,44 @@ fn reads_and_writes_without_an_offset_use_and_advance_the_file_position() {
         "a read stops at end of file"
     );
     assert_eq!(&back[..7], b"one two");
+}
+
+#[test]
+fn one_buffer_reads_and_writes_move_data_at_an_offset_and_at_the_file_position() {
+    let kernel = SimKernel::new();
+    let fd = kernel.create_file(b"0123456789".to_vec());
+    let (mut at_offset, mut at_position) = (vec![0u8; 4], vec![0u8; 3]);
+    let (mut patch, mut appended) = (b"ab".to_vec(), b"XYZ".to_vec());
+    let ring = kernel.new_context(8, None).unwrap();
+    let buf = |bytes: &mut Vec<u8>| {
+        // SAFETY: every buffer outlives the ring, which reaps each
+        // operation before the buffer is read.
+        unsafe { IoBufMut::from_raw_parts(bytes.as_mut_ptr(), bytes.len()) }
+    };
+    ring.add(Read::new(buf(&mut at_offset), raw(fd), Some(6)), 1)
+        .unwrap();
+    ring.add(Write::new(buf(&mut patch), raw(fd), Some(1)), 2)
+        .unwrap();
+    let done = reap(&ring, 2);
+    assert_eq!(
+        (done[&1].as_ref().unwrap(), done[&2].as_ref().unwrap()),
+        (&4, &2)
+    );
+    assert_eq!(at_offset, b"6789");
+    assert_eq!(kernel.file_contents(fd).unwrap(), b"0ab3456789");
+    // None: the file position (0), then advanced past what was read.
+    ring.add(Read::new(buf(&mut at_position), raw(fd), None), 3)
+        .unwrap();
+    assert_eq!(reap(&ring, 1)[&3].as_ref().unwrap(), &3);
+    ring.add(Write::new(buf(&mut appended), raw(fd), None), 4)
+        .unwrap();
+    assert_eq!(reap(&ring, 1)[&4].as_ref().unwrap(), &3);
+    assert_eq!(at_position, b"0ab");
+    assert_eq!(kernel.file_contents(fd).unwrap(), b"0abXYZ6789");
+    // What the model does not run completes with EOPNOTSUPP.
+    ring.add(Fadvise::new(raw(fd), 0, 0, libc::POSIX_FADV_NORMAL), 5)
+        .unwrap();
+    assert_eq!(errno(&reap(&ring, 1)[&5]), Some(libc::EOPNOTSUPP));
 }
 
 #[test]
