@@ -191,6 +191,12 @@ bitflags! {
         /// `IORING_SETUP_COOP_TASKRUN`: no interrupt to run completion
         /// work, it runs at the next enter (Linux 5.19).
         const COOP_TASKRUN = IORING_SETUP_COOP_TASKRUN;
+        /// `IORING_SETUP_SQPOLL`: a kernel thread polls the SQ and submits
+        /// what is published (Linux 5.1; without privileges from 5.11).
+        const SQPOLL = IORING_SETUP_SQPOLL;
+        /// `IORING_SETUP_SQ_AFF`: that thread runs on `sq_thread_cpu`
+        /// (Linux 5.1).
+        const SQ_AFF = IORING_SETUP_SQ_AFF;
     }
 }
 

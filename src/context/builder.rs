@@ -2,39 +2,18 @@
 //! set up in the order the kernel needs.
 
 use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
+use std::time::Duration;
 
 use super::registered::BufferMemory;
 use super::URingContext;
 use crate::abi::{SetupFlags, MAX_ENTRIES};
+use crate::bindings::io_uring_params;
 use crate::error::{Error, Result};
 use crate::sys::{self, Setup};
 use crate::URingAllowlist;
+use options::unsupported_option;
 
-/// The setup flags a caller can ask for, newest first: the order in which
-/// [`unsupported_option`] drops them to find the one a kernel refuses.
-const OPTIONS: [(SetupFlags, &str, (u32, u32)); 5] = [
-    (
-        SetupFlags::COOP_TASKRUN,
-        "coop_taskrun (IORING_SETUP_COOP_TASKRUN)",
-        (5, 19),
-    ),
-    (
-        SetupFlags::SUBMIT_ALL,
-        "submit_all (IORING_SETUP_SUBMIT_ALL)",
-        (5, 18),
-    ),
-    (
-        SetupFlags::R_DISABLED,
-        "allowlist (IORING_SETUP_R_DISABLED)",
-        (5, 10),
-    ),
-    (SetupFlags::CLAMP, "clamp (IORING_SETUP_CLAMP)", (5, 6)),
-    (
-        SetupFlags::CQSIZE,
-        "cq_entries (IORING_SETUP_CQSIZE)",
-        (5, 5),
-    ),
-];
+mod options;
 
 /// The largest completion ring: the kernel's `IORING_MAX_CQ_ENTRIES`
 /// (`io_uring/io_uring.c`, twice [`MAX_ENTRIES`]).
@@ -98,6 +77,8 @@ pub struct URingBuilder<'a> {
     submit_all: Option<bool>,
     coop_taskrun: bool,
     clamp: bool,
+    /// SQPOLL's idle time before its thread sleeps, and its CPU.
+    sqpoll: Option<(Duration, Option<u32>)>,
 }
 
 impl<'a> URingBuilder<'a> {
@@ -116,7 +97,36 @@ impl<'a> URingBuilder<'a> {
             submit_all: None,
             coop_taskrun: false,
             clamp: false,
+            sqpoll: None,
         }
+    }
+
+    /// A kernel thread that polls the submission queue
+    /// (`IORING_SETUP_SQPOLL`, Linux 5.1; from 5.11 without privileges,
+    /// before that `io_uring_setup` fails with `EPERM` for an unprivileged
+    /// process). It submits what is added without any enter: `submit` only
+    /// wakes it when it has slept, after `idle` (millisecond resolution,
+    /// `sq_thread_idle`) without work. Operations are then submitted by
+    /// that thread, never by the caller's, so a caller's thread may exit
+    /// with operations in flight (see
+    /// [Threads that submit](URingContext#threads-that-submit)). The thread
+    /// spins while it has work: it costs a CPU. On such a ring, dropping
+    /// the context cannot turn queued operations into nops (the thread may
+    /// be reading them): they run, and are cancelled like the rest.
+    pub fn sqpoll(mut self, idle: Duration) -> Self {
+        let cpu = self.sqpoll.and_then(|(_, cpu)| cpu);
+        self.sqpoll = Some((idle, cpu));
+        self
+    }
+
+    /// With [`sqpoll`](Self::sqpoll), pins the kernel's SQ thread to `cpu`
+    /// (`IORING_SETUP_SQ_AFF`, Linux 5.1). A CPU that is not online fails
+    /// the build with [`Error::Setup`] (`EINVAL`). Alone, it turns SQPOLL
+    /// on with a 1 s idle time.
+    pub fn sqpoll_cpu(mut self, cpu: u32) -> Self {
+        let idle = self.sqpoll.map_or(Duration::from_secs(1), |(idle, _)| idle);
+        self.sqpoll = Some((idle, Some(cpu)));
+        self
     }
 
     /// A completion ring of `cq_entries` (`IORING_SETUP_CQSIZE`, Linux 5.5,
@@ -306,8 +316,20 @@ impl<'a> URingBuilder<'a> {
         flags.set(SetupFlags::CLAMP, self.clamp);
         flags.set(SetupFlags::COOP_TASKRUN, self.coop_taskrun);
         flags.set(SetupFlags::SUBMIT_ALL, self.submit_all != Some(false));
-        let cq_entries = self.cq_entries.unwrap_or(0);
-        let try_create = |flags| URingContext::create_with(setup, self.entries, flags, cq_entries);
+        flags.set(SetupFlags::SQPOLL, self.sqpoll.is_some());
+        let (idle, cpu) = self.sqpoll.unwrap_or_default();
+        flags.set(SetupFlags::SQ_AFF, cpu.is_some());
+        let try_create = |flags: SetupFlags| {
+            let params = io_uring_params {
+                flags: flags.bits(),
+                // Only read with CQSIZE; CLAMP clamps anything past u32 too.
+                cq_entries: u32::try_from(self.cq_entries.unwrap_or(0)).unwrap_or(u32::MAX),
+                sq_thread_idle: u32::try_from(idle.as_millis()).unwrap_or(u32::MAX),
+                sq_thread_cpu: cpu.unwrap_or(0),
+                ..Default::default()
+            };
+            URingContext::create_with(setup, self.entries, params)
+        };
         let first = try_create(flags);
         let Err(Error::Setup(err)) = first else {
             return first;
@@ -335,51 +357,10 @@ impl<'a> URingBuilder<'a> {
     }
 }
 
-/// Which of the options in `flags` the kernel lacks: drops them newest
-/// first until `creates` succeeds, and names the last one dropped.
-fn unsupported_option(
-    mut flags: SetupFlags,
-    mut creates: impl FnMut(SetupFlags) -> bool,
-) -> Option<(&'static str, (u32, u32))> {
-    for (flag, name, since) in OPTIONS {
-        if flags.contains(flag) {
-            flags.remove(flag);
-            if creates(flags) {
-                return Some((name, since));
-            }
-        }
-    }
-    None
-}
-
 impl URingContext {
     /// A [`URingBuilder`] for a ring of `entries`: the same as
     /// [`URingBuilder::new`].
     pub fn builder<'a>(entries: usize) -> URingBuilder<'a> {
         URingBuilder::new(entries)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_newest_option_a_kernel_refuses_is_named() {
-        // A 5.15 kernel: no SUBMIT_ALL (5.18) nor COOP_TASKRUN (5.19).
-        let known = SetupFlags::R_DISABLED | SetupFlags::CQSIZE | SetupFlags::CLAMP;
-        let kernel = |flags: SetupFlags| known.contains(flags);
-        let asked = SetupFlags::COOP_TASKRUN | SetupFlags::CQSIZE;
-        assert_eq!(
-            unsupported_option(asked, kernel),
-            Some(("coop_taskrun (IORING_SETUP_COOP_TASKRUN)", (5, 19)))
-        );
-        let asked = SetupFlags::SUBMIT_ALL | SetupFlags::R_DISABLED;
-        assert_eq!(
-            unsupported_option(asked, kernel),
-            Some(("submit_all (IORING_SETUP_SUBMIT_ALL)", (5, 18)))
-        );
-        // Nothing to blame: the refusal had another cause.
-        assert_eq!(unsupported_option(SetupFlags::CQSIZE, |_| false), None);
     }
 }

@@ -123,10 +123,14 @@ impl URingContext {
         if self.table_mut().caller_ops() == 0 {
             return Drained::All;
         }
-        // SAFETY: `&mut self`: every enter goes through a `&self` method, so
-        // none runs while this rewrites the queued SQEs; the ring has no
-        // SQPOLL thread (the context never sets one up).
-        unsafe { lock(&self.state).sq.replace_queued_with_nops() };
+        // An SQPOLL ring's kernel thread reads published SQEs on its own:
+        // there, what is queued runs, and is cancelled like the rest.
+        if !self.sqpoll {
+            // SAFETY: `&mut self`: every enter goes through a `&self`
+            // method, so none runs while this rewrites the queued SQEs, and
+            // the ring has no SQPOLL thread (just checked).
+            unsafe { lock(&self.state).sq.replace_queued_with_nops() };
+        }
         let can_cancel = self.can_cancel.load(Ordering::Relaxed);
         let deadline = Deadline::after(if can_cancel { timeout } else { Duration::ZERO });
         loop {

@@ -107,12 +107,15 @@ pub use registered::{MAX_REGISTERED_BUFFERS, MAX_REGISTERED_BUFFER_LEN};
 ///   runs to completion and completes with its normal result.
 ///
 /// Submit from threads that outlive what they submit (long-lived workers,
-/// not short-lived helper threads).
+/// not short-lived helper threads), or let the kernel's SQ thread submit
+/// ([`URingBuilder::sqpoll`](crate::URingBuilder::sqpoll)).
 ///
 /// # Dropping and closing
 ///
 /// Dropping the context with operations in flight turns what was queued but
-/// never submitted into nops, cancels every operation in the kernel with
+/// never submitted into nops (except on a ring with a kernel SQ thread,
+/// [`URingBuilder::sqpoll`](crate::URingBuilder::sqpoll), which may be
+/// reading them: there they run), cancels every operation in the kernel with
 /// `IORING_OP_ASYNC_CANCEL` and waits for all of them to complete, for up
 /// to 5 seconds, before it frees what they keep alive. If they do not all
 /// complete in time, it leaks that state rather than free memory the
@@ -151,6 +154,9 @@ pub struct URingContext {
     _memory: RingMemory,
     ring: sys::Ring,
     sq_entries: u32,
+    /// A kernel thread polls the SQ (`IORING_SETUP_SQPOLL`): it consumes
+    /// published SQEs on its own, with no enter.
+    sqpoll: bool,
     cq_entries: u32,
     /// The most operations tracked at once, the caller's and the context's
     /// own (wake-up nops, the extra SQEs of a cancel by label, drain's

@@ -8,7 +8,7 @@ use super::{RingState, URingBuilder, URingContext};
 use crate::abi::{
     FeatureFlags, IosqeFlags, RegisterOperation, SetupFlags, URingOperation, MAX_ENTRIES,
 };
-use crate::bindings::{io_uring_params, IORING_FEAT_NODROP};
+use crate::bindings::{io_uring_params, IORING_FEAT_NODROP, IORING_SETUP_SQPOLL};
 use crate::error::{setup_error, Error, Result};
 use crate::ring::{CompletionQueue, RingMemory, SubmissionQueue};
 use crate::sys::{self, Setup};
@@ -109,26 +109,24 @@ impl URingContext {
         num_entries: usize,
         setup_flags: SetupFlags,
     ) -> Result<URingContext> {
-        Self::create_with(setup, num_entries, setup_flags, 0)
+        let params = io_uring_params {
+            flags: setup_flags.bits(),
+            ..Default::default()
+        };
+        Self::create_with(setup, num_entries, params)
     }
 
-    /// [`create`](Self::create), with a completion ring of `cq_entries`
-    /// if `setup_flags` has `CQSIZE`.
+    /// [`create`](Self::create), with the setup parameters `params`: its
+    /// flags and what they read (`cq_entries` with `CQSIZE`,
+    /// `sq_thread_idle` with `SQPOLL`, `sq_thread_cpu` with `SQ_AFF`).
     pub(crate) fn create_with(
         setup: Setup<'_>,
         num_entries: usize,
-        setup_flags: SetupFlags,
-        cq_entries: usize,
+        mut params: io_uring_params,
     ) -> Result<URingContext> {
         if num_entries == 0 || num_entries > MAX_ENTRIES {
             return Err(Error::EntriesOutOfRange(num_entries));
         }
-        let mut params = io_uring_params {
-            flags: setup_flags.bits(),
-            // Only read with CQSIZE; CLAMP clamps anything past u32 too.
-            cq_entries: u32::try_from(cq_entries).unwrap_or(u32::MAX),
-            ..Default::default()
-        };
         let ring = setup(num_entries as u32, &mut params).map_err(setup_error)?;
         let memory = RingMemory::map(&ring, &params).map_err(Error::Mmap)?;
         let in_flight_cap = in_flight_cap(&params);
@@ -154,6 +152,7 @@ impl URingContext {
             _memory: memory,
             ring,
             sq_entries: params.sq_entries,
+            sqpoll: params.flags & IORING_SETUP_SQPOLL != 0,
             cq_entries: params.cq_entries,
             in_flight_cap,
             fork_generation: super::fork::generation(),

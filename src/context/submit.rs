@@ -3,6 +3,7 @@
 use std::io;
 
 use super::{is_errno, URingContext};
+use crate::bindings::{IORING_ENTER_SQ_WAIT, IORING_ENTER_SQ_WAKEUP};
 use crate::error::{enter_error, Error, Result};
 use crate::sys;
 
@@ -32,6 +33,13 @@ impl URingContext {
         timeout: Option<std::time::Duration>,
     ) -> io::Result<u32> {
         let to_submit = if submit { self.sq_entries } else { 0 };
+        // With SQPOLL the kernel's thread submits; an enter only wakes it,
+        // and only needs to when it sleeps.
+        let flags = if submit && self.sqpoll && self.sq.sq_thread_sleeps() {
+            flags | IORING_ENTER_SQ_WAKEUP
+        } else {
+            flags
+        };
         // SAFETY: every SQE published on this ring was written by `queue`,
         // `queue_one` or `queue_own`, which track what the operation keeps
         // alive (its iovec array, its file) in the op table before
@@ -58,6 +66,12 @@ impl URingContext {
     ///   take stay queued and go with the next `submit` or `wait`.
     /// - Anything else returns [`Error::Enter`] (`EBADFD`: the ring is still
     ///   disabled).
+    ///
+    /// On a ring with a kernel SQ thread
+    /// ([`URingBuilder::sqpoll`](crate::URingBuilder::sqpoll)), that thread
+    /// submits on its own: `submit` only wakes it if it went to sleep
+    /// (`IORING_SQ_NEED_WAKEUP`), and with the queue full waits until it has
+    /// taken some (`IORING_ENTER_SQ_WAIT`), then returns.
     pub fn submit(&self) -> Result<()> {
         self.check_process()?;
         self.pay_wake_owed();
@@ -71,8 +85,14 @@ impl URingContext {
     }
 
     /// Offers every queued SQE to the kernel until it has consumed them
-    /// all; see [`submit`](Self::submit).
+    /// all; see [`submit`](Self::submit). On an SQPOLL ring, wakes the
+    /// kernel's SQ thread if it sleeps, and returns: that thread consumes
+    /// them, and enter's result there is what it was offered, not what was
+    /// consumed.
     fn submit_queued(&self) -> Result<()> {
+        if self.sqpoll {
+            return self.wake_sq_thread();
+        }
         loop {
             // One load of the head for both: if another thread's enter
             // consumed SQEs between two loads, a 0 from ours would look like
@@ -92,6 +112,34 @@ impl URingContext {
                     }
                 }
                 Ok(_) => {}
+                Err(e) if is_errno(&e, libc::EINTR) => {}
+                Err(e) => return Err(enter_error(e)),
+            }
+        }
+    }
+}
+
+impl URingContext {
+    /// On an SQPOLL ring: wakes the kernel's SQ thread if SQEs are queued
+    /// and it sleeps (`IORING_ENTER_SQ_WAKEUP`); with the queue full, also
+    /// waits until it has taken some (`IORING_ENTER_SQ_WAIT`, Linux 5.10),
+    /// so a caller retrying an add after `NoSpace` does not spin.
+    fn wake_sq_thread(&self) -> Result<()> {
+        let (queued, _) = self.sq.queued();
+        if queued == 0 {
+            return Ok(());
+        }
+        let wait = if queued >= self.sq_entries {
+            IORING_ENTER_SQ_WAIT
+        } else {
+            0
+        };
+        if wait == 0 && !self.sq.sq_thread_sleeps() {
+            return Ok(());
+        }
+        loop {
+            match self.enter(true, 0, wait) {
+                Ok(_) => return Ok(()),
                 Err(e) if is_errno(&e, libc::EINTR) => {}
                 Err(e) => return Err(enter_error(e)),
             }

@@ -1,9 +1,9 @@
 use std::io;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{fence, AtomicU32, Ordering};
 
 use super::{QueuePointers, RingMemory};
 use crate::abi::{Sqe, URingOperation};
-use crate::bindings::{io_uring_params, io_uring_sqe};
+use crate::bindings::{io_uring_params, io_uring_sqe, IORING_SQ_NEED_WAKEUP};
 
 /// The submission side of a ring.
 ///
@@ -65,6 +65,7 @@ impl SubmissionQueue {
             indices: SqIndices {
                 head,
                 tail: tail_ptr,
+                flags: ring.field::<AtomicU32>(off.flags)?,
             },
             sqes: QueuePointers::new(&memory.sqes).array(0, entries)?,
             mask: entries - 1,
@@ -158,13 +159,15 @@ impl SubmissionQueue {
 /// Reads the SQ indices without the ring lock, for decisions that only
 /// need a recent value: the kernel's head and the tail we published.
 ///
-/// Invariant: both pointers point into the ring memory of the
+/// Invariant: every pointer points into the ring memory of the
 /// [`SubmissionQueue`] it came from, and it is used only while that memory
 /// lives (the context drops the memory last).
 #[derive(Clone, Copy)]
 pub(crate) struct SqIndices {
     head: *const AtomicU32,
     tail: *const AtomicU32,
+    /// The SQ ring's flags (`IORING_SQ_*`), which the kernel writes.
+    flags: *const AtomicU32,
 }
 
 impl SqIndices {
@@ -175,6 +178,22 @@ impl SqIndices {
         // `io_commit_sqring`: its reads of the slots it consumed happen
         // before we overwrite them.
         unsafe { (*self.head).load(Ordering::Acquire) }
+    }
+
+    /// Whether the kernel's SQ polling thread has gone to sleep
+    /// (`IORING_SQ_NEED_WAKEUP`): SQEs published now wait until an enter
+    /// with `IORING_ENTER_SQ_WAKEUP` wakes it. Only meaningful on an
+    /// `IORING_SETUP_SQPOLL` ring.
+    pub(crate) fn sq_thread_sleeps(&self) -> bool {
+        // A full fence between our Release store of the tail (in `publish`,
+        // or another thread's) and this load, as liburing's
+        // `sq_ring_needs_enter` has: the SQ thread sets NEED_WAKEUP, then
+        // runs `smp_mb` and looks at the tail once more before it sleeps.
+        // Either it sees our tail, or we see its flag; never neither.
+        fence(Ordering::SeqCst);
+        // SAFETY: `flags` points into live ring memory (type invariant).
+        let flags = unsafe { (*self.flags).load(Ordering::Relaxed) };
+        flags & IORING_SQ_NEED_WAKEUP != 0
     }
 
     /// SQEs published and not yet consumed by the kernel, as of the last
