@@ -766,6 +766,18 @@ fn issue(ring: &URingContext, op: URingOperation, ud: u64, targets: &Targets) ->
                 .expect("add Tee");
             Err(libc::EINVAL)
         }
+        URingOperation::MsgRing => {
+            // The scratch file is no ring.
+            let op = ringfence::op::MsgRing::data(borrowed(&targets.file), 1, 0);
+            ring.add(op, ud).expect("add MsgRing");
+            Err(libc::EBADFD)
+        }
+        URingOperation::FilesUpdate => {
+            // This ring has no registered file table.
+            let op = ringfence::op::FilesUpdate::new(0, [None]);
+            ring.add(op, ud).expect("add FilesUpdate");
+            Err(libc::ENXIO)
+        }
         other => panic!("no recipe for {other:?}: add one to `issue` in tests/restrictions.rs"),
     }
 }

@@ -54,8 +54,9 @@ use common::{
 use libfuzzer_sys::arbitrary::{self, Arbitrary};
 use libfuzzer_sys::fuzz_target;
 use ringfence::op::{
-    Close, EventType, Fadvise, Fallocate, Fsync, Nop, Openat, Openat2, PollAdd, Read, ReadFixed,
-    Readv, Splice, Statx, SyncFileRange, Tee, Timeout, Write, WriteFixed, Writev,
+    Close, EventType, Fadvise, Fallocate, FilesUpdate, Fsync, MsgRing, Nop, Openat, Openat2,
+    PollAdd, Read, ReadFixed, Readv, Splice, Statx, SyncFileRange, Tee, Timeout, Write, WriteFixed,
+    Writev,
 };
 use ringfence::{
     Error, FallocateMode, RegisteredBuffer, ResolveFlags, SpliceFlags, SqeFlags,
@@ -467,6 +468,15 @@ impl Model for Real {
                 adder.push(op, Spec::new(Kind::Gives(Err(libc::ENOENT))).slot());
             }
             // No registered file table: ENXIO.
+            // Not a ring: EBADFD. No file table: ENXIO.
+            URingOperation::MsgRing => {
+                let op = MsgRing::data(Arc::clone(&self.scratch), 1, 0);
+                adder.push(op, Spec::new(Kind::Gives(Err(libc::EBADFD))));
+            }
+            URingOperation::FilesUpdate => {
+                let op = FilesUpdate::new(0, [None]);
+                adder.push(op, Spec::new(Kind::Gives(Err(libc::ENXIO))));
+            }
             URingOperation::Close => {
                 adder.push(
                     Close::fixed_slot(0),

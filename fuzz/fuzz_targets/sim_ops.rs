@@ -45,8 +45,9 @@ use model::{
 };
 use pool::{buf, fill_slot, iovecs, statx_buf, Completed, BUF_LEN};
 use ringfence::op::{
-    Close, EventType, Fadvise, Fallocate, Fsync, Nop, Openat, Openat2, PollAdd, Read, ReadFixed,
-    Readv, Splice, Statx, SyncFileRange, Target, Tee, Timeout, Write, WriteFixed, Writev,
+    Close, EventType, Fadvise, Fallocate, FilesUpdate, Fsync, MsgRing, Nop, Openat, Openat2,
+    PollAdd, Read, ReadFixed, Readv, Splice, Statx, SyncFileRange, Target, Tee, Timeout, Write,
+    WriteFixed, Writev,
 };
 use ringfence::sim::{Fault, SimConfig, SimKernel};
 use ringfence::{
@@ -288,6 +289,15 @@ impl Model for Sim {
                 adder.push(op, Spec::new(Kind::Gives(Err(libc::EOPNOTSUPP))).slot());
             }
             // No registered file table: ENXIO.
+            // The simulated kernel has no other rings and no file table.
+            URingOperation::MsgRing => {
+                let op = MsgRing::data(sim_fd(self.sink), 1, 0);
+                adder.push(op, Spec::new(Kind::Gives(Err(libc::EOPNOTSUPP))));
+            }
+            URingOperation::FilesUpdate => {
+                let op = FilesUpdate::new(0, [None]);
+                adder.push(op, Spec::new(Kind::Gives(Err(libc::EOPNOTSUPP))));
+            }
             URingOperation::Close => {
                 adder.push(
                     Close::fixed_slot(0),

@@ -188,7 +188,7 @@ impl Sqe {
         self.0.len
     }
 
-    #[cfg(test)]
+    #[cfg_attr(not(any(test, feature = "sim")), allow(dead_code))]
     pub(crate) fn op_flags(&self) -> u32 {
         // SAFETY: every member of this union is a plain integer.
         unsafe { self.0.__bindgen_anon_3.rw_flags }

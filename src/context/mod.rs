@@ -31,11 +31,12 @@ mod wait;
 pub use completions::Completion;
 
 use std::io;
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize};
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use crate::abi::IosqeFlags;
+use crate::op::Target;
 use crate::ring::{CompletionQueue, CqIndices, RingMemory, SqIndices, SubmissionQueue};
 use crate::sys;
 use table::{ClaimBoard, OpTable};
@@ -262,6 +263,34 @@ impl URingContext {
         use std::sync::atomic::Ordering::Relaxed;
         self.returned.store(table.returned(), Relaxed);
         self.internal_ops.store(table.internal_ops(), Relaxed);
+    }
+}
+
+impl URingContext {
+    /// This ring as the target of an operation on another ring
+    /// ([`op::MsgRing`](crate::op::MsgRing)): the operation keeps this
+    /// context, and so its ring fd, alive until its completion. A ring of
+    /// the simulated kernel has no fd: the target is -1, which a real
+    /// kernel refuses with `EBADF`.
+    pub fn as_target(self: &Arc<Self>) -> Target {
+        if self.ring.as_fd().is_none() {
+            return Target::raw_for_crosvm_api(-1);
+        }
+        Target::from(Arc::new(RingFd(Arc::clone(self))))
+    }
+}
+
+/// A context as a file an operation holds open: its ring fd.
+///
+/// Invariant: the context's ring is a real kernel ring (`as_target` checks).
+struct RingFd(Arc<URingContext>);
+
+impl AsFd for RingFd {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.0
+            .ring
+            .as_fd()
+            .expect("a RingFd is only made for a kernel ring (type invariant)")
     }
 }
 

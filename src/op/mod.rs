@@ -41,11 +41,13 @@ mod batch;
 mod cancel;
 mod file;
 mod fixed;
+mod memory;
 mod net;
 mod nop;
 mod path;
 mod pipe;
 mod poll;
+mod ring;
 mod rw;
 mod sync;
 mod target;
@@ -63,11 +65,13 @@ pub use nop::Nop;
 pub use path::{Close, Openat, Openat2, Statx};
 pub use pipe::{Splice, Tee};
 pub use poll::{EventType, PollAdd, PollRemove};
+pub use ring::{FilesUpdate, MsgRing};
 pub use rw::{Readv, Writev};
 pub use sync::{Fallocate, Fsync};
 pub use target::Target;
 pub use time::{Clock, LinkTimeout, Timeout, TimeoutRemove};
 
+pub(crate) use memory::KernelMemory;
 pub(crate) use rw::pin_raw_iovecs;
 pub(crate) use target::SharedFd;
 
@@ -119,9 +123,8 @@ pub(crate) struct KeepAlive {
     /// The file the operation works on, held open.
     pub(crate) file: Option<target::SharedFd>,
     /// Memory of the operation's own that the SQE points into (a
-    /// timespec, a socket address, a path, a `msghdr`), on the heap so it
-    /// stays put while the context moves the `KeepAlive` around.
-    pub(crate) owned: Option<Box<dyn std::marker::Send>>,
+    /// timespec, a socket address, a path, a `msghdr`).
+    pub(crate) owned: Option<KernelMemory>,
 }
 
 impl KeepAlive {
@@ -238,6 +241,7 @@ operations!(
     Fallocate,
     Openat,
     Close,
+    FilesUpdate,
     Statx,
     Read,
     Write,
@@ -248,6 +252,7 @@ operations!(
     Splice,
     Tee,
     Shutdown,
+    MsgRing,
     Socket,
 );
 

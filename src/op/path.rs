@@ -14,7 +14,7 @@ use std::os::fd::{IntoRawFd, OwnedFd};
 use std::os::unix::ffi::OsStringExt;
 use std::path::{Path, PathBuf};
 
-use super::{KeepAlive, Operation, Prepared, Target};
+use super::{KeepAlive, KernelMemory, Operation, Prepared, Target};
 use crate::abi::{ResolveFlags, Sqe, URingOperation};
 use crate::{Error, Result};
 
@@ -187,9 +187,8 @@ impl Operation for Openat {
     fn prepare(self) -> Result<Prepared> {
         let mut sqe = Sqe::new(Self::OPCODE);
         self.common.fill::<Self>(&mut sqe)?;
-        let path = Box::new(c_path(self.common.path)?);
-        // The path's bytes stay put while the box is moved around.
-        sqe.set_addr(path.as_ptr() as usize as u64);
+        let (path, at) = KernelMemory::new(c_path(self.common.path)?);
+        sqe.set_addr(path_addr(at));
         // `open_flags` and, in `len`, the mode (`io_openat_prep`).
         sqe.set_op_flags(self.flags as u32);
         sqe.set_len(self.mode);
@@ -218,37 +217,13 @@ struct OpenHow {
 
 const _: () = assert!(size_of::<OpenHow>() == 24);
 
-/// An [`OpenHow`] on the heap, owned through a raw pointer, as
-/// `KernelIovecs` owns an iovec array: moving a `Box` re-asserts unique
-/// access to what it holds, which would invalidate the address the SQE
-/// already carries (the path needs no such care: its bytes live in the
-/// `CString`'s own allocation, and the `CString` stays in its box).
-///
-/// Invariant: the pointer comes from `Box::into_raw` and is freed only by
-/// drop.
-struct KernelOpenHow(std::ptr::NonNull<OpenHow>);
-
-impl KernelOpenHow {
-    fn new(how: OpenHow) -> KernelOpenHow {
-        // SAFETY: `Box::into_raw` never returns null.
-        KernelOpenHow(unsafe { std::ptr::NonNull::new_unchecked(Box::into_raw(Box::new(how))) })
-    }
-
-    /// The address the SQE carries; the cast exposes its provenance.
-    fn addr(&self) -> u64 {
-        self.0.as_ptr() as usize as u64
-    }
+/// The address the SQE carries for the path at `at` (the bytes of a
+/// `CString` the operation keeps); the cast exposes its provenance.
+pub(super) fn path_addr(at: std::ptr::NonNull<CString>) -> u64 {
+    // SAFETY: `at` points at a live `CString` that only the kernel reads
+    // from now on; a shared borrow to find its bytes changes nothing.
+    unsafe { at.as_ref() }.as_ptr() as usize as u64
 }
-
-impl Drop for KernelOpenHow {
-    fn drop(&mut self) {
-        // SAFETY: by the type invariant, from `Box::into_raw`, freed once.
-        drop(unsafe { Box::from_raw(self.0.as_ptr()) });
-    }
-}
-
-// SAFETY: plain integers owned by this value, as a `Box<OpenHow>` would be.
-unsafe impl Send for KernelOpenHow {}
 
 /// `IORING_OP_OPENAT2` (Linux 5.6, `io_uring_enter(2)`): `openat2(2)`,
 /// an open that can restrict how its path resolves.
@@ -311,14 +286,15 @@ impl Operation for Openat2 {
             mode: u64::from(self.mode),
             resolve: self.resolve.bits(),
         };
-        let owned = Box::new((c_path(self.common.path)?, KernelOpenHow::new(how)));
+        let (path, path_at) = KernelMemory::new(c_path(self.common.path)?);
+        let (how, how_at) = KernelMemory::new(how);
         // The path in `addr`, the `open_how` in `addr2` and its size in
-        // `len` (`io_openat2_prep`); both stay put while the box moves.
-        sqe.set_addr(owned.0.as_ptr() as usize as u64);
-        sqe.set_addr2(owned.1.addr());
+        // `len` (`io_openat2_prep`).
+        sqe.set_addr(path_addr(path_at));
+        sqe.set_addr2(how_at.as_ptr() as usize as u64);
         sqe.set_len(size_of::<OpenHow>() as u32);
         let keep_alive = KeepAlive {
-            owned: Some(owned),
+            owned: Some(KernelMemory::new((path, how)).0),
             ..keep_dir(self.common.dir)
         };
         Ok(Prepared::new::<Self>(sqe, keep_alive))

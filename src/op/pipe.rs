@@ -1,7 +1,7 @@
 //! Moving bytes through pipes without copying them to user space:
 //! [`Splice`] and [`Tee`].
 
-use super::{KeepAlive, Operation, Prepared, Target};
+use super::{KeepAlive, KernelMemory, Operation, Prepared, Target};
 use crate::abi::{SpliceFlags, Sqe, URingOperation, SPLICE_F_FD_IN_FIXED};
 use crate::Result;
 
@@ -24,9 +24,7 @@ fn fill_input(input: &Target, flags: SpliceFlags, sqe: &mut Sqe) -> u32 {
 /// them open (the input's in `owned`).
 fn keep_both(input: Target, output: Target) -> KeepAlive {
     KeepAlive {
-        owned: input
-            .keep_alive()
-            .map(|file| Box::new(file) as Box<dyn Send>),
+        owned: input.keep_alive().map(|file| KernelMemory::new(file).0),
         ..KeepAlive::target(output)
     }
 }

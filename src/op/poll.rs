@@ -2,7 +2,7 @@
 
 use super::{KeepAlive, Operation, Prepared, Target};
 use crate::abi::{Sqe, URingOperation};
-use crate::bindings::IORING_POLL_ADD_MULTI;
+use crate::bindings::{IORING_POLL_ADD_MULTI, IORING_POLL_UPDATE_EVENTS};
 use crate::Result;
 
 /// Which way a poll waits.
@@ -100,15 +100,38 @@ impl Operation for PollAdd {
 /// none is pending in the kernel, or `EALREADY` if it is already
 /// completing; with several polls under one user_data, the result is the
 /// oldest one's, and the others are removed alongside.
+///
+/// [`update_events`](Self::update_events) changes what the polls wait for
+/// instead. No form re-keys a poll to another user_data
+/// (`IORING_POLL_UPDATE_USER_DATA`): the context's identity for the
+/// operation is what lets its completion release it, and only it.
 #[derive(Clone, Copy, Debug)]
 pub struct PollRemove {
     target_user_data: u64,
+    update: Option<EventType>,
 }
 
 impl PollRemove {
     /// Removes the polls added with user_data `target_user_data`.
     pub fn new(target_user_data: u64) -> PollRemove {
-        PollRemove { target_user_data }
+        PollRemove {
+            target_user_data,
+            update: None,
+        }
+    }
+
+    /// Makes the polls added with user_data `target_user_data` wait for
+    /// `events` instead, leaving them in flight
+    /// (`IORING_POLL_UPDATE_EVENTS`, Linux 5.13, `io_uring_enter(2)`).
+    /// Completes with 0 if a poll was updated, `ENOENT` if none is
+    /// pending. An updated poll is one-shot from then on, multishot ones
+    /// too: the kernel reads the update's flags as a new poll's, and this
+    /// update does not carry `IORING_POLL_ADD_MULTI` (`io_poll_parse_events`).
+    pub fn update_events(target_user_data: u64, events: EventType) -> PollRemove {
+        PollRemove {
+            target_user_data,
+            update: Some(events),
+        }
     }
 }
 
@@ -117,6 +140,12 @@ impl Operation for PollRemove {
     const PINS_CALLER_MEMORY: bool = false;
 
     fn prepare(self) -> Result<Prepared> {
-        Ok(Prepared::targeting_label::<Self>(self.target_user_data))
+        let mut prepared = Prepared::targeting_label::<Self>(self.target_user_data);
+        if let Some(events) = self.update {
+            // The update's flags go in `len` (`io_uring_prep_poll_update`).
+            prepared.sqe.set_len(IORING_POLL_UPDATE_EVENTS);
+            prepared.sqe.set_poll_events(events.poll_events());
+        }
+        Ok(prepared)
     }
 }

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use super::{KeepAlive, Operation, Prepared};
+use super::{KeepAlive, KernelMemory, Operation, Prepared};
 use crate::abi::{Sqe, URingOperation};
 use crate::bindings::{
     __kernel_timespec, IORING_TIMEOUT_ABS, IORING_TIMEOUT_BOOTTIME, IORING_TIMEOUT_REALTIME,
@@ -54,15 +54,15 @@ impl Timer {
     /// The SQE for `O`, pointing at the timespec it keeps alive, with the
     /// timer's flags.
     fn prepare<O: Operation>(self, count: u64) -> Prepared {
-        // Boxed, so the address the SQE carries stays put while the context
-        // moves the box around; it keeps the box until the completion.
-        let timespec = Box::new(__kernel_timespec {
+        let (timespec, at) = KernelMemory::new(__kernel_timespec {
             // Durations past i64::MAX seconds (292 billion years) saturate.
             tv_sec: i64::try_from(self.time.as_secs()).unwrap_or(i64::MAX),
             tv_nsec: i64::from(self.time.subsec_nanos()),
         });
         let mut sqe = Sqe::new(O::OPCODE);
-        sqe.set_addr(std::ptr::from_ref::<__kernel_timespec>(&timespec) as u64);
+        // The cast exposes the address's provenance, for a simulated kernel
+        // that turns it back into a pointer.
+        sqe.set_addr(at.as_ptr() as usize as u64);
         sqe.set_len(1);
         sqe.set_offset(count);
         let absolute = if self.absolute { IORING_TIMEOUT_ABS } else { 0 };
@@ -237,10 +237,10 @@ mod tests {
             .clock(Clock::Boottime)
             .prepare()
             .unwrap();
-        let owned = prepared.keep_alive.owned.as_ref().expect("kept timespec");
-        let kept = std::ptr::from_ref::<dyn Send>(&**owned).cast::<__kernel_timespec>();
-        assert_eq!(prepared.sqe.addr(), kept as u64);
-        // SAFETY: the box holds a `__kernel_timespec` (built above).
+        assert!(prepared.keep_alive.owned.is_some(), "the timespec is kept");
+        let kept = prepared.sqe.addr() as usize as *const __kernel_timespec;
+        // SAFETY: the SQE's address is the timespec `owned` keeps, exposed
+        // when it was written, and nothing writes it.
         let timespec = unsafe { &*kept };
         assert_eq!((timespec.tv_sec, timespec.tv_nsec), (3, 250));
         assert_eq!(prepared.sqe.len(), 1);

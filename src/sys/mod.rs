@@ -15,7 +15,7 @@ mod mapping;
 pub(crate) use mapping::Mapping;
 
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::time::Duration;
 
 use crate::abi::RegisterOperation;
@@ -76,6 +76,14 @@ impl Ring {
         match self {
             Ring::Linux(fd) => fd.as_raw_fd(),
             Ring::Other(_) => -1,
+        }
+    }
+
+    /// The ring's file descriptor, if it is a real kernel ring.
+    pub(crate) fn as_fd(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
+        match self {
+            Ring::Linux(fd) => Some(fd.as_fd()),
+            Ring::Other(_) => None,
         }
     }
 }

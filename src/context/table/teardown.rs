@@ -21,7 +21,7 @@ static LEAKED: std::sync::Mutex<Leaked> = std::sync::Mutex::new(Leaked {
 /// [`KeepAlive`]: crate::op::KeepAlive
 struct Leaked {
     iovecs: Vec<KernelIovecs>,
-    owned: Vec<Box<dyn Send>>,
+    owned: Vec<crate::op::KernelMemory>,
 }
 
 impl OpTable {

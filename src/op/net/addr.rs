@@ -88,6 +88,15 @@ impl SockAddr {
     pub(super) fn storage(&self) -> &Storage {
         &self.storage
     }
+
+    /// The address of the bytes the kernel reads, for a `SockAddr` at
+    /// `at`, derived without a reference (the kernel's view of the memory
+    /// must not be asserted through one).
+    pub(super) fn storage_ptr(at: std::ptr::NonNull<SockAddr>) -> *const u8 {
+        // SAFETY: `at` points at a live `SockAddr` (the caller's value), so
+        // the field projection stays inside it.
+        unsafe { std::ptr::addr_of!((*at.as_ptr()).storage.0) }.cast()
+    }
 }
 
 impl From<SocketAddrV4> for SockAddr {

@@ -3,7 +3,7 @@
 
 use super::{FileSlot, SockAddr, SocketFlags};
 use crate::abi::{Sqe, URingOperation};
-use crate::op::{KeepAlive, Operation, Prepared, Target};
+use crate::op::{KeepAlive, KernelMemory, Operation, Prepared, Target};
 use crate::Result;
 
 /// `IORING_OP_ACCEPT` (Linux 5.5, `io_uring_enter(2)`): `accept4(2)` on a
@@ -117,14 +117,15 @@ impl Operation for Connect {
     const PINS_CALLER_MEMORY: bool = false;
 
     fn prepare(self) -> Result<Prepared> {
-        let addr = Box::new(self.addr);
+        let len = self.addr.len();
+        let (addr, at) = KernelMemory::new(self.addr);
         let mut sqe = Sqe::new(Self::OPCODE);
         self.target.fill(&mut sqe);
         // The kernel reads the address from `addr` and its length from
-        // `addr2` (io_uring/net.c, `io_connect_prep`). Boxed: moving the box
-        // into the `KeepAlive` leaves the address where the SQE says.
-        sqe.set_addr(addr.storage().0.as_ptr() as u64);
-        sqe.set_addr2(u64::from(addr.len()));
+        // `addr2` (io_uring/net.c, `io_connect_prep`). The storage is the
+        // first bytes the kernel reads; the cast exposes the provenance.
+        sqe.set_addr(SockAddr::storage_ptr(at) as usize as u64);
+        sqe.set_addr2(u64::from(len));
         let keep_alive = KeepAlive {
             owned: Some(addr),
             ..KeepAlive::target(self.target)

@@ -6,7 +6,7 @@ use std::pin::Pin;
 use super::addr::{SockAddr, Storage, STORAGE_LEN};
 use crate::abi::{Sqe, URingOperation, MAX_IOVECS};
 use crate::iobuf::{IoBufMut, KernelIovecs};
-use crate::op::{KeepAlive, Operation, Prepared, Target};
+use crate::op::{KeepAlive, KernelMemory, Operation, Prepared, Target};
 use crate::{Error, Result};
 
 /// A send or receive of one buffer: the two differ only in opcode.
@@ -149,6 +149,7 @@ impl Operation for Recv {
 /// The `msghdr` a sendmsg or recvmsg points the kernel at, and the address
 /// it names, in one heap block the operation owns: the SQE points into it,
 /// and `msg_name` may point at `addr`.
+#[repr(C)]
 struct MsgHeader {
     msghdr: libc::msghdr,
     addr: Storage,
@@ -180,27 +181,36 @@ impl Vectored {
         // targets, integer padding), for which all-zero bytes are a valid
         // value: null pointers and zero lengths, no control buffer.
         let msghdr: libc::msghdr = unsafe { std::mem::zeroed() };
-        let mut header = Box::new(MsgHeader {
+        let own_addr = match &name {
+            Name::Own(addr) => *addr.storage(),
+            _ => Storage([0; STORAGE_LEN]),
+        };
+        let (header, at) = KernelMemory::new(MsgHeader {
             msghdr,
-            addr: Storage([0; STORAGE_LEN]),
+            addr: own_addr,
         });
+        let at = at.as_ptr();
+        // SAFETY: `at` points at the header `header` owns, which nothing
+        // else reaches until the SQE is published; the projections stay
+        // inside it, and no reference to it is made.
+        let own_name = unsafe { std::ptr::addr_of_mut!((*at).addr.0) }.cast::<u8>();
         let (name, name_len) = match name {
             Name::None => (std::ptr::null_mut(), 0),
-            Name::Own(addr) => {
-                header.addr = *addr.storage();
-                (header.addr.0.as_mut_ptr(), addr.len())
-            }
+            Name::Own(addr) => (own_name, addr.len()),
             Name::Caller(buf) => (buf.as_ptr(), buf.len().min(STORAGE_LEN) as u32),
         };
-        header.msghdr.msg_name = name.cast();
-        header.msghdr.msg_namelen = name_len;
-        header.msghdr.msg_iov = iovecs.addr() as usize as *mut libc::iovec;
-        header.msghdr.msg_iovlen = iovecs.len() as _;
+        // SAFETY: as above; these writes are the last Rust makes to it.
+        unsafe {
+            (*at).msghdr.msg_name = name.cast();
+            (*at).msghdr.msg_namelen = name_len;
+            (*at).msghdr.msg_iov = iovecs.addr() as usize as *mut libc::iovec;
+            (*at).msghdr.msg_iovlen = iovecs.len() as _;
+        }
         let mut sqe = Sqe::new(O::OPCODE);
         self.target.fill(&mut sqe);
-        // The header is boxed: moving the box into the `KeepAlive` leaves
-        // it where this address says.
-        sqe.set_addr(&header.msghdr as *const libc::msghdr as u64);
+        // `msghdr` is the header's first field; the cast exposes the
+        // address's provenance.
+        sqe.set_addr(at as usize as u64);
         // One message, as liburing's io_uring_prep_sendmsg and
         // io_uring_prep_recvmsg set it.
         sqe.set_len(1);

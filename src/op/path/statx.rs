@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 
 use super::{c_path, fill_dir, keep_dir};
 use crate::abi::{Sqe, URingOperation};
-use crate::op::{KeepAlive, Operation, Prepared, Target};
+use crate::op::{KeepAlive, KernelMemory, Operation, Prepared, Target};
 use crate::Result;
 
 /// `IORING_OP_STATX` (Linux 5.6, `io_uring_enter(2)`): `statx(2)` into a
@@ -92,10 +92,10 @@ impl Operation for Statx {
     fn prepare(self) -> Result<Prepared> {
         let mut sqe = Sqe::new(Self::OPCODE);
         fill_dir::<Self>(&self.dir, &mut sqe)?;
-        let path = Box::new(c_path(self.path)?);
+        let (path, at) = KernelMemory::new(c_path(self.path)?);
         // The path in `addr`, the mask in `len`, the buffer in `addr2` and
         // the flags in `statx_flags` (`io_statx_prep`).
-        sqe.set_addr(path.as_ptr() as usize as u64);
+        sqe.set_addr(super::path_addr(at));
         sqe.set_len(self.mask);
         sqe.set_addr2(self.buf as usize as u64);
         sqe.set_op_flags(self.flags as u32);

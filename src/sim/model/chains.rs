@@ -8,7 +8,7 @@
 
 use std::collections::VecDeque;
 
-use super::{ops, post, ring_mut, World};
+use super::{cancel, ops, post, ring_mut, World};
 use crate::abi::{IosqeFlags, Sqe, URingOperation};
 
 /// A chain whose head has started: the rest waits for the head's
@@ -156,7 +156,7 @@ pub(super) fn fire_timeouts(world: &mut World, id: usize) -> usize {
     }
     for (head, timeout) in bounded {
         post(world, id, timeout, -libc::ETIME);
-        if ops::remove_pending(world, id, head, ops::Finder::ANY) {
+        if cancel::remove_pending(world, id, head, cancel::Finder::ANY) {
             post(world, id, head, -libc::ECANCELED);
         }
     }

@@ -3,6 +3,7 @@
 //! `backend.rs` is the ring as the context's `sys` layer sees it).
 
 mod backend;
+mod cancel;
 mod chains;
 mod ops;
 

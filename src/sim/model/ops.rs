@@ -4,7 +4,8 @@ use std::mem::size_of;
 use std::sync::atomic::Ordering;
 
 use super::{
-    chains, post, post_more, ring_mut, PendingPoll, World, SQ_ARRAY, SQ_DROPPED, SQ_HEAD, SQ_TAIL,
+    cancel, chains, post, post_more, ring_mut, PendingPoll, World, SQ_ARRAY, SQ_DROPPED, SQ_HEAD,
+    SQ_TAIL,
 };
 use crate::abi::{IosqeFlags, Sqe, URingOperation, MAX_IOVECS};
 use crate::bindings::{io_uring_sqe, IORING_POLL_ADD_MULTI};
@@ -80,60 +81,6 @@ pub(super) fn check(world: &mut World, id: usize, sqe: &Sqe) -> Result<(), i32> 
     ring_mut(world, id).check_restrictions(sqe)
 }
 
-/// Where [`remove_pending`] looks for its target.
-#[derive(Clone, Copy)]
-pub(super) struct Finder {
-    polls: bool,
-    deferred: bool,
-    timeouts: bool,
-}
-
-impl Finder {
-    /// `IORING_OP_ASYNC_CANCEL`: anything pending.
-    pub(super) const ANY: Finder = Finder {
-        polls: true,
-        deferred: true,
-        timeouts: true,
-    };
-    /// `IORING_OP_POLL_REMOVE`: polls only.
-    const POLLS: Finder = Finder {
-        polls: true,
-        deferred: false,
-        timeouts: false,
-    };
-    /// `IORING_OP_TIMEOUT_REMOVE`: timeouts only.
-    const TIMEOUTS: Finder = Finder {
-        polls: false,
-        deferred: false,
-        timeouts: true,
-    };
-}
-
-/// Removes the pending operation `target` of ring `id` from where `finder`
-/// looks; whether it was there.
-pub(super) fn remove_pending(world: &mut World, id: usize, target: u64, finder: Finder) -> bool {
-    let ring = ring_mut(world, id);
-    if let Some(i) = ring.polls.iter().position(|p| p.user_data == target) {
-        if finder.polls {
-            ring.polls.swap_remove(i);
-            return true;
-        }
-    }
-    if let Some(i) = ring.deferred.iter().position(|d| d.user_data() == target) {
-        if finder.deferred {
-            ring.deferred.swap_remove(i);
-            return true;
-        }
-    }
-    if let Some(i) = ring.timeouts.iter().position(|t| t.user_data == target) {
-        if finder.timeouts {
-            ring.timeouts.swap_remove(i);
-            return true;
-        }
-    }
-    false
-}
-
 /// Starts one checked SQE: completes it, holds it back, or leaves it
 /// pending.
 pub(super) fn start(world: &mut World, id: usize, sqe: Sqe) {
@@ -176,27 +123,7 @@ pub(super) fn start(world: &mut World, id: usize, sqe: Sqe) {
         }
         URingOperation::PollRemove
         | URingOperation::AsyncCancel
-        | URingOperation::TimeoutRemove => {
-            let finder = match op {
-                URingOperation::PollRemove => Finder::POLLS,
-                URingOperation::TimeoutRemove => Finder::TIMEOUTS,
-                _ => Finder::ANY,
-            };
-            let target = sqe.addr();
-            if remove_pending(world, id, target, finder) {
-                // The kernel does not order the two completions; neither
-                // does the simulation.
-                if world.random() % 2 == 0 {
-                    post(world, id, target, -libc::ECANCELED);
-                    post(world, id, user_data, 0);
-                } else {
-                    post(world, id, user_data, 0);
-                    post(world, id, target, -libc::ECANCELED);
-                }
-            } else {
-                post(world, id, user_data, -libc::ENOENT);
-            }
-        }
+        | URingOperation::TimeoutRemove => cancel::start(world, id, op, &sqe),
         URingOperation::Timeout => chains::start_timeout(world, id, &sqe),
         // A link timeout is taken into its chain when the chain starts; one
         // that follows no linked SQE is invalid (`io_link_timeout_prep`).
@@ -217,9 +144,10 @@ pub(super) fn start(world: &mut World, id: usize, sqe: Sqe) {
             }
         }
         // The model checks the bookkeeping of one-shot operations only: it
-        // has no sockets, registered buffers, paths or pipes, and the work
-        // of these is tested on the real kernel (tests/net_ops.rs,
-        // tests/setup.rs, tests/fs_ops.rs).
+        // has no sockets, registered buffers or files, paths, pipes or
+        // other rings, and the work of these is tested on the real kernel
+        // (tests/net_ops.rs, tests/setup.rs, tests/fs_ops.rs,
+        // tests/ring_ops.rs).
         URingOperation::ReadFixed
         | URingOperation::WriteFixed
         | URingOperation::SyncFileRange
@@ -229,6 +157,7 @@ pub(super) fn start(world: &mut World, id: usize, sqe: Sqe) {
         | URingOperation::Connect
         | URingOperation::Openat
         | URingOperation::Close
+        | URingOperation::FilesUpdate
         | URingOperation::Statx
         | URingOperation::Fadvise
         | URingOperation::Send
@@ -237,6 +166,7 @@ pub(super) fn start(world: &mut World, id: usize, sqe: Sqe) {
         | URingOperation::Splice
         | URingOperation::Tee
         | URingOperation::Shutdown
+        | URingOperation::MsgRing
         | URingOperation::Socket => post(world, id, user_data, -libc::EOPNOTSUPP),
         _ => unreachable!("{op:?} is issuable, but the simulated kernel has no model of it"),
     }

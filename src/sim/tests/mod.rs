@@ -14,6 +14,7 @@
 //! - `chains.rs`: timeouts and linked chains;
 //! - `lifecycle.rs`: drop and `close`;
 //! - `multishot.rs`: operations that complete more than once;
+//! - `removals.rs`: cancelling by file or everything, poll updates;
 //! - `threads.rs`: several threads on one ring (the tests Miri runs under
 //!   many scheduler seeds have `another_thread` in their names).
 //!
@@ -28,6 +29,7 @@ mod faults;
 mod lifecycle;
 mod multishot;
 mod operations;
+mod removals;
 mod threads;
 
 use std::collections::HashMap;
