@@ -103,6 +103,18 @@ impl URingAllowlist {
     /// `IO_DRAIN`, `IO_LINK`, `IO_HARDLINK`, `BUFFER_SELECT` or
     /// `CQE_SKIP_SUCCESS` makes the kernel refuse them, so such a ring
     /// cannot cancel on drop (it leaks at once, as without `AsyncCancel`).
+    ///
+    /// The caller's operations that name no file (nops, cancellations,
+    /// poll removals, timeouts, link timeouts) get the required
+    /// `FIXED_FILE` and `ASYNC` from the context too, which the kernel
+    /// ignores on them (measured on Linux 6.18). Those the kernel refuses
+    /// with `FIXED_FILE` (openat, openat2, close, statx, files_update,
+    /// timeout_remove) fail at add time with
+    /// [`Error::FixedFileNotSupported`](crate::Error::FixedFileNotSupported)
+    /// on a ring that requires it; every other operation names its file
+    /// itself and runs only on a registered one
+    /// ([`Target::fixed`](crate::op::Target::fixed)): a plain descriptor
+    /// completes with `EACCES`.
     pub fn require_sqe_flags(&mut self, flags: IosqeFlags) -> &mut Self {
         self.required_sqe_flags |= flags;
         self

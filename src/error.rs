@@ -90,11 +90,11 @@ pub enum Error {
     )]
     EntriesOutOfRange(usize),
     /// The operation was given a registered file
-    /// ([`Target::fixed`](crate::op::Target::fixed)), but cannot take one:
-    /// the kernel refuses `IOSQE_FIXED_FILE` on it (openat, openat2, close
-    /// and statx with `EBADF`; files_update and timeout_remove with
-    /// `EINVAL`). On a ring that requires `FIXED_FILE`, such an operation
-    /// cannot run at all: leave it out of the allowlist.
+    /// ([`Target::fixed`](crate::op::Target::fixed)), or added to a ring
+    /// whose allowlist requires `FIXED_FILE`, but cannot take one: the
+    /// kernel refuses `IOSQE_FIXED_FILE` on it (openat, openat2, close and
+    /// statx with `EBADF`; files_update and timeout_remove with `EINVAL`).
+    /// On such a ring it cannot run at all: leave it out of the allowlist.
     #[error(
         "{0:?} cannot address a registered (fixed) file: the kernel refuses IOSQE_FIXED_FILE \
          on it; give it a plain descriptor, and on a ring that requires FIXED_FILE, do \

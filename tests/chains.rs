@@ -9,7 +9,6 @@
 mod common;
 
 use std::io::Write;
-use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -135,14 +134,12 @@ fn a_chain_runs_in_order_so_a_read_sees_the_write_before_it() {
 #[test]
 fn a_failed_link_cancels_the_rest_and_a_failed_hardlink_does_not() {
     let ring = ring!(8);
-    let closed = {
-        let (reader, _) = pipe();
-        reader.as_raw_fd()
-    };
-    // SAFETY: the descriptor is closed, so the kernel fails the fsync with
-    // EBADF (nothing else in this test opens files meanwhile... and if
-    // something did, an fsync of it is harmless).
-    let bad = || unsafe { Target::from_raw_fd(closed) };
+    // A descriptor number far past any this process opens (and past its
+    // file limit): the kernel fails the fsync with EBADF, whatever other
+    // tests open meanwhile.
+    const NO_FILE: i32 = 1 << 30;
+    // SAFETY: the number names no file; the kernel only looks it up.
+    let bad = || unsafe { Target::from_raw_fd(NO_FILE) };
     let mut chain = OpBatch::new();
     chain
         .add_linked(Fsync::new(bad()), 1)

@@ -879,3 +879,59 @@ fn allowlist_masks() -> Vec<u64> {
     masks.extend((0..64).map(|_| rng.u64(..) & all));
     masks
 }
+
+/// On a ring that requires registered files, the caller's operations that
+/// name no file get the flag from the context and run, those the kernel
+/// refuses it on are refused at add time, and a plain descriptor is
+/// refused by the kernel.
+#[test]
+fn a_ring_requiring_fixed_files_runs_fileless_operations_and_refuses_the_rest_early() {
+    use ringfence::op::{Fsync, LinkTimeout, Openat, PollRemove, Timeout, TimeoutRemove};
+    let mut list = allowing(&[
+        URingOperation::Timeout,
+        URingOperation::LinkTimeout,
+        URingOperation::PollRemove,
+        URingOperation::Fsync,
+        URingOperation::Openat,
+        URingOperation::TimeoutRemove,
+    ]);
+    list.allow_housekeeping()
+        .allow_sqe_flags(IosqeFlags::IO_LINK)
+        .require_sqe_flags(IosqeFlags::FIXED_FILE);
+    let ring = ring!(8, Some(&list));
+    ring.add(Nop::new(), 1).expect("nop");
+    ring.add(Timeout::new(Duration::ZERO), 2).expect("timeout");
+    ring.add(PollRemove::new(999), 3).expect("poll remove");
+    ring.add(ringfence::op::AsyncCancel::new(999), 4)
+        .expect("cancel");
+    let mut chain = OpBatch::new();
+    chain
+        .add_linked(Nop::new(), 5)
+        .and_then(|chain| chain.add(LinkTimeout::new(Duration::from_secs(5)), 6))
+        .expect("chain");
+    ring.add_batch(&mut chain).expect("add_batch");
+    let file = std::sync::Arc::new(common::scratch_file(0));
+    ring.add(Fsync::new(file), 7).expect("fsync");
+    assert_eq!(
+        reap_all(&ring, 7),
+        HashMap::from([
+            (1, Ok(0)),
+            (2, Err(libc::ETIME)),
+            (3, Err(libc::ENOENT)),
+            (4, Err(libc::ENOENT)),
+            (5, Ok(0)),
+            (6, Err(libc::ECANCELED)),
+            (7, Err(libc::EACCES)),
+        ])
+    );
+    for refused in [
+        ring.add(Openat::new("/dev/null", libc::O_RDONLY, 0), 8),
+        ring.add(TimeoutRemove::new(2), 9),
+    ] {
+        assert!(
+            matches!(refused, Err(Error::FixedFileNotSupported(_))),
+            "{refused:?}"
+        );
+    }
+    assert_eq!(ring.in_flight(), 0);
+}

@@ -5,8 +5,8 @@ use std::sync::atomic::Ordering;
 
 use super::table::{OpTable, Refusal};
 use super::{lock, URingContext};
-use crate::abi::{Sqe, URingOperation, UserData};
-use crate::op::{OpBatch, Operation, Prepared, Resolve};
+use crate::abi::{IosqeFlags, Sqe, URingOperation, UserData};
+use crate::op::{OpBatch, Operation, Prepared, Resolve, UnderRequiredFlags};
 use crate::{Error, Result};
 
 impl URingContext {
@@ -28,6 +28,9 @@ impl URingContext {
     /// - [`Error::DuplicateUserData`]: `op` pins caller memory and an
     ///   operation with this label is in flight, or one in flight with this
     ///   label pins caller memory (see [User data](Self#user-data));
+    /// - [`Error::FixedFileNotSupported`]: the ring's allowlist requires
+    ///   `FIXED_FILE` and the kernel refuses it on `op` (see
+    ///   [`require_sqe_flags`](crate::URingAllowlist::require_sqe_flags));
     /// - [`Error::InvalidChain`]: `op` is a
     ///   [`LinkTimeout`](crate::op::LinkTimeout), which only works right
     ///   after a linked operation of the same [`OpBatch`];
@@ -52,6 +55,7 @@ impl URingContext {
     pub fn add<O: Operation>(&self, op: O, user_data: UserData) -> Result<()> {
         let prepared = op.prepare()?;
         crate::op::check_chains([&prepared])?;
+        self.check_required_flags([&prepared])?;
         if prepared.resolve != Resolve::Nothing {
             return self.queue(&mut [(prepared, user_data)]);
         }
@@ -74,6 +78,7 @@ impl URingContext {
     /// [Chains](OpBatch#chains)).
     pub fn add_batch(&self, batch: &mut OpBatch) -> Result<()> {
         crate::op::check_chains(batch.ops_mut().iter().map(|(op, _)| op))?;
+        self.check_required_flags(batch.ops_mut().iter().map(|(op, _)| op))?;
         self.queue(batch.ops_mut())?;
         batch.clear();
         Ok(())
@@ -157,6 +162,9 @@ impl URingContext {
         if !extra.is_empty() {
             self.publish_hints(table);
         }
+        for (prepared, _) in ops.iter_mut() {
+            self.carry_required_flags(prepared);
+        }
         let sqes = ops.iter().map(|(op, _)| &op.sqe).chain(&extra);
         state.sq.publish(slots, sqes);
         Ok(())
@@ -181,6 +189,7 @@ impl URingContext {
             return Err(Error::NoSpace);
         };
         prepared.sqe.set_user_data(identity);
+        self.carry_required_flags(&mut prepared);
         state.sq.publish(slots, std::iter::once(&prepared.sqe));
         drop(guard);
         drop(released_files);
@@ -211,6 +220,39 @@ impl URingContext {
             result = table.track_caller(label, pins, keep_alive, cap);
         }
         result
+    }
+
+    /// Refuses operations that cannot run on a ring whose allowlist
+    /// requires `FIXED_FILE` ([`Error::FixedFileNotSupported`]), if this
+    /// ring's does.
+    #[inline]
+    fn check_required_flags<'a>(&self, ops: impl IntoIterator<Item = &'a Prepared>) -> Result<()> {
+        if !self.own_sqe_flags().contains(IosqeFlags::FIXED_FILE) {
+            return Ok(());
+        }
+        for prepared in ops {
+            let op = prepared.opcode();
+            if UnderRequiredFlags::of(op) == UnderRequiredFlags::Refused {
+                return Err(Error::FixedFileNotSupported(op));
+            }
+        }
+        Ok(())
+    }
+
+    /// Gives a caller's operation that names no file the SQE flags this
+    /// ring's allowlist requires and the context's own SQEs carry
+    /// (`FIXED_FILE`, `ASYNC`), so that it passes the restriction: the
+    /// kernel ignores them on it.
+    #[inline]
+    fn carry_required_flags(&self, prepared: &mut Prepared) {
+        let required = self.own_sqe_flags();
+        if required.is_empty() {
+            return;
+        }
+        if UnderRequiredFlags::of(prepared.opcode()) == UnderRequiredFlags::Carries {
+            let flags = prepared.sqe.flags() | required;
+            prepared.sqe.set_flags(flags);
+        }
     }
 
     /// Queues an SQE of the context's own (a wake-up nop, or with `target`

@@ -192,6 +192,11 @@ impl Prepared {
         }
     }
 
+    /// The operation's opcode.
+    pub(crate) fn opcode(&self) -> URingOperation {
+        URingOperation::from_raw(self.sqe.opcode()).expect("an SQE built from a known opcode")
+    }
+
     /// Whether the SQE joins the next one to it (`IO_LINK` or
     /// `IO_HARDLINK`).
     #[inline]
@@ -206,6 +211,44 @@ impl Prepared {
         let flags = self.sqe.flags() | flags;
         self.sqe.set_flags(flags);
         self
+    }
+}
+
+/// What becomes of an operation on a ring whose allowlist requires
+/// `IOSQE_FIXED_FILE` (and perhaps `IOSQE_ASYNC`): the flags the context's
+/// own SQEs carry there too.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum UnderRequiredFlags {
+    /// It names no file, and the kernel ignores the flags on it (measured
+    /// on Linux 6.18: a nop, a cancellation, a poll removal, a timeout and
+    /// a link timeout complete as without them): the context adds them, so
+    /// it passes the restriction.
+    Carries,
+    /// The kernel refuses it with `IOSQE_FIXED_FILE` (openat, openat2,
+    /// close and statx with `EBADF`; files_update and timeout_remove with
+    /// `EINVAL`): it cannot run on such a ring.
+    Refused,
+    /// It names its file itself, through [`Target`]: a registered one
+    /// passes, a plain descriptor is refused by the kernel (`EACCES`).
+    AsIs,
+}
+
+impl UnderRequiredFlags {
+    /// The case of `op`.
+    pub(crate) fn of(op: URingOperation) -> UnderRequiredFlags {
+        use URingOperation as Op;
+        match op {
+            Op::Nop | Op::AsyncCancel | Op::PollRemove | Op::Timeout | Op::LinkTimeout => {
+                UnderRequiredFlags::Carries
+            }
+            Op::Openat
+            | Op::Openat2
+            | Op::Close
+            | Op::Statx
+            | Op::FilesUpdate
+            | Op::TimeoutRemove => UnderRequiredFlags::Refused,
+            _ => UnderRequiredFlags::AsIs,
+        }
     }
 }
 
