@@ -105,9 +105,10 @@ impl URingAllowlist {
     /// cannot cancel on drop (it leaks at once, as without `AsyncCancel`).
     ///
     /// The caller's operations that name no file (nops, cancellations,
-    /// poll removals, timeouts, link timeouts) get the required
-    /// `FIXED_FILE` and `ASYNC` from the context too, which the kernel
-    /// ignores on them (measured on Linux 6.18). Those the kernel refuses
+    /// poll removals, timeouts, link timeouts) get a required `FIXED_FILE`
+    /// from the context too, which the kernel ignores on them (measured on
+    /// Linux 6.18); a required `ASYNC` they must carry themselves
+    /// ([`SqeFlags::ASYNC`](crate::SqeFlags::ASYNC) on a nop). Those the kernel refuses
     /// with `FIXED_FILE` (openat, openat2, close, statx, files_update,
     /// timeout_remove) fail at add time with
     /// [`Error::FixedFileNotSupported`](crate::Error::FixedFileNotSupported)

@@ -239,18 +239,18 @@ impl URingContext {
         Ok(())
     }
 
-    /// Gives a caller's operation that names no file the SQE flags this
-    /// ring's allowlist requires and the context's own SQEs carry
-    /// (`FIXED_FILE`, `ASYNC`), so that it passes the restriction: the
-    /// kernel ignores them on it.
+    /// Gives a caller's operation that names no file `FIXED_FILE` when
+    /// this ring's allowlist requires it, so that it passes the
+    /// restriction: the kernel ignores it on such an operation. (A
+    /// required `ASYNC` is not given: it changes how an operation runs,
+    /// and the caller sets it with [`SqeFlags`](crate::SqeFlags).)
     #[inline]
     fn carry_required_flags(&self, prepared: &mut Prepared) {
-        let required = self.own_sqe_flags();
-        if required.is_empty() {
+        if !self.own_sqe_flags().contains(IosqeFlags::FIXED_FILE) {
             return;
         }
         if UnderRequiredFlags::of(prepared.opcode()) == UnderRequiredFlags::Carries {
-            let flags = prepared.sqe.flags() | required;
+            let flags = prepared.sqe.flags() | IosqeFlags::FIXED_FILE;
             prepared.sqe.set_flags(flags);
         }
     }

@@ -215,14 +215,13 @@ impl Prepared {
 }
 
 /// What becomes of an operation on a ring whose allowlist requires
-/// `IOSQE_FIXED_FILE` (and perhaps `IOSQE_ASYNC`): the flags the context's
-/// own SQEs carry there too.
+/// `IOSQE_FIXED_FILE`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum UnderRequiredFlags {
-    /// It names no file, and the kernel ignores the flags on it (measured
+    /// It names no file, and the kernel ignores the flag on it (measured
     /// on Linux 6.18: a nop, a cancellation, a poll removal, a timeout and
-    /// a link timeout complete as without them): the context adds them, so
-    /// it passes the restriction.
+    /// a link timeout complete as without it): the context adds it, so it
+    /// passes the restriction.
     Carries,
     /// The kernel refuses it with `IOSQE_FIXED_FILE` (openat, openat2,
     /// close and statx with `EBADF`; files_update and timeout_remove with
