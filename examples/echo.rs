@@ -356,8 +356,8 @@ impl<'a> Server<'a> {
                 }
             }
             State::Closing => {
-                // The kernel closed the socket; the buffer is ours again,
-                // and freed with the slot.
+                // The kernel closed the socket. Nothing is in flight on
+                // this connection any more: its slot and buffer can go.
                 self.connections[slot] = None;
                 self.closed += 1;
                 Ok(())
