@@ -21,10 +21,28 @@
 //!   would zero part of the disk) consumed but refused by the kernel with
 //!   `EACCES`.
 //!
+//! With `--fixed` the same worker runs the way a VMM that registers its
+//! resources up front would, and shows:
+//!
+//! - the image registered as file 0 of the ring's file table
+//!   ([`URingBuilder::files`]) and the 32 buffers registered with the kernel
+//!   ([`URingBuilder::buffers`]), before the allowlist applies;
+//! - an allowlist of `ReadFixed`, `WriteFixed`, `Fsync`, `Nop` and
+//!   `AsyncCancel` that also requires `IOSQE_FIXED_FILE` on every SQE, so
+//!   the ring reaches only the files registered at setup;
+//! - I/O with [`op::ReadFixed`], [`op::WriteFixed`] and [`op::Fsync`] on
+//!   [`Target::fixed(0)`](Target::fixed), no `unsafe` needed to lend a
+//!   buffer (the context owns the registered memory);
+//! - completions signalled through an eventfd ([`URingBuilder::eventfd`])
+//!   that the worker sleeps on with `epoll_wait`, as an event loop watching
+//!   many sources would, then reaps with `wait_timeout(Duration::ZERO)`;
+//! - an fsync on a plain descriptor of the same image refused by the kernel
+//!   with `EACCES`, because it does not name a registered file.
+//!
 //! Run it with
 //!
 //! ```text
-//! cargo run --release --example blockdev [-- [--requests N] [--seed N] [IMAGE [REQUESTS]]]
+//! cargo run --release --example blockdev [-- [--fixed] [--requests N] [--seed N] [IMAGE [REQUESTS]]]
 //! cargo run --release --example blockdev -- --help
 //! ```
 //!
@@ -54,14 +72,20 @@ use std::ffi::OsString;
 use std::fmt;
 use std::fs::{File, Metadata, OpenOptions};
 use std::io::{self, Read, Write};
-use std::os::fd::{AsRawFd, RawFd};
+use std::marker::PhantomData;
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::ptr::NonNull;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use lexopt::prelude::*;
-use ringfence::{IoBufMut, URingAllowlist, URingContext, URingOperation};
+use ringfence::op::{self, Target};
+use ringfence::{
+    FallocateMode, IoBufMut, IosqeFlags, URingAllowlist, URingBuilder, URingContext, URingOperation,
+};
 
 /// Size of the disk image.
 const IMAGE_SIZE: usize = 16 << 20;
@@ -82,6 +106,9 @@ const DEFAULT_SEED: u64 = 0x9e37_79b9_7f4a_7c15;
 const MAX_DRAWS: usize = 16;
 /// How often a long run reports progress.
 const PROGRESS_EVERY: Duration = Duration::from_secs(1);
+/// With `--fixed`, how long to sleep in `epoll_wait` for a completion
+/// before giving up: far longer than any request takes.
+const EPOLL_TIMEOUT: Duration = Duration::from_secs(10);
 
 type BoxError = Box<dyn Error>;
 
@@ -140,15 +167,43 @@ fn run(config: &Config) -> Result<(), BoxError> {
     // to stop what is in flight) comes first.
     let mut allowlist = URingAllowlist::new();
     allowlist.allow_housekeeping();
-    for op in [
-        URingOperation::Readv,
-        URingOperation::Writev,
-        URingOperation::Fsync,
-        URingOperation::PollAdd,
-    ] {
-        allowlist.allow_submit_operation(op);
-    }
-    let ring = URingContext::new(QUEUE_DEPTH, Some(&allowlist))?;
+    let (ring, mode) = if config.fixed {
+        // Everything the ring will ever touch is registered now, before
+        // the allowlist applies: the image as file 0, the buffers, the
+        // eventfd. Requiring FIXED_FILE then confines the ring to file 0.
+        for op in [
+            URingOperation::ReadFixed,
+            URingOperation::WriteFixed,
+            URingOperation::Fsync,
+        ] {
+            allowlist.allow_submit_operation(op);
+        }
+        allowlist.require_sqe_flags(IosqeFlags::FIXED_FILE);
+        let notifier = Notifier::new()?;
+        let ring = URingBuilder::new(QUEUE_DEPTH)
+            .files(&[disk.as_fd()])
+            .buffers(QUEUE_DEPTH, MAX_REQUEST)
+            .eventfd(notifier.eventfd.as_fd())
+            .allowlist(&allowlist)
+            .build()?;
+        // A second descriptor of the same image, only to show the kernel
+        // refusing it (see `show_allowlist_enforced`).
+        let plain = Arc::new(disk.try_clone()?);
+        (ring, Mode::Fixed { notifier, plain })
+    } else {
+        for op in [
+            URingOperation::Readv,
+            URingOperation::Writev,
+            URingOperation::Fsync,
+            URingOperation::PollAdd,
+        ] {
+            allowlist.allow_submit_operation(op);
+        }
+        (
+            URingContext::new(QUEUE_DEPTH, Some(&allowlist))?,
+            Mode::Plain,
+        )
+    };
     let allowed: Vec<_> = URingOperation::ALL
         .iter()
         .filter(|op| allowlist.allows_submit_operation(**op))
@@ -157,8 +212,16 @@ fn run(config: &Config) -> Result<(), BoxError> {
         "ring: {} entries, restricted to {allowed:?}",
         ring.sq_entries()
     );
+    if config.fixed {
+        println!(
+            "fixed mode: every SQE must carry IOSQE_FIXED_FILE; the image is registered \
+             file 0, {QUEUE_DEPTH} buffers of {} KiB are registered, and completions \
+             are signalled through an eventfd watched with epoll",
+            MAX_REQUEST >> 10
+        );
+    }
 
-    let mut worker = Worker::new(&ring, disk.as_raw_fd(), shadow, rng);
+    let mut worker = Worker::new(&ring, disk.as_raw_fd(), mode, shadow, rng);
     let start = Instant::now();
     worker.serve(config.requests)?;
     // Flush before shutting down, as a device does when the guest goes away.
@@ -193,10 +256,27 @@ fn run(config: &Config) -> Result<(), BoxError> {
         println!("every read matched the shadow copy");
     }
 
+    if let Mode::Fixed { notifier, .. } = &worker.mode {
+        println!(
+            "eventfd: {} wake-ups from epoll_wait, {} signals counted for {} completions \
+             (the kernel may signal once for several completions posted together)",
+            notifier.wakeups.get(),
+            notifier.signalled.get(),
+            ops
+        );
+    }
+
     worker.show_allowlist_enforced()?;
 
     verify_image(&path, &worker.shadow)?;
     println!("all {IMAGE_SIZE} bytes of the image match the shadow copy");
+    if config.fixed {
+        println!(
+            "fixed mode: all I/O went through registered file 0 and registered buffers, \
+             completions were seen through the eventfd, and the kernel refused the \
+             plain descriptor"
+        );
+    }
     Ok(())
 }
 
@@ -308,12 +388,15 @@ struct Config {
     image: Option<PathBuf>,
     requests: u64,
     seed: u64,
+    /// Registered file and buffers, fixed-file-only ring, eventfd (`--fixed`).
+    fixed: bool,
 }
 
 /// The options. The parser looks every flag up through [`Opt::ALL`], and
 /// `--help` lists the same array, so the two cannot disagree.
 #[derive(Clone, Copy)]
 enum Opt {
+    Fixed,
     Requests,
     Seed,
     Help,
@@ -321,11 +404,18 @@ enum Opt {
 }
 
 impl Opt {
-    const ALL: [Opt; 4] = [Opt::Requests, Opt::Seed, Opt::Help, Opt::Version];
+    const ALL: [Opt; 5] = [
+        Opt::Fixed,
+        Opt::Requests,
+        Opt::Seed,
+        Opt::Help,
+        Opt::Version,
+    ];
 
     /// Short name, long name, and the value's placeholder if it takes one.
     fn names(self) -> (Option<char>, &'static str, Option<&'static str>) {
         match self {
+            Opt::Fixed => (None, "fixed", None),
             Opt::Requests => (None, "requests", Some("N")),
             Opt::Seed => (None, "seed", Some("N")),
             Opt::Help => (Some('h'), "help", None),
@@ -335,6 +425,11 @@ impl Opt {
 
     fn help(self) -> String {
         match self {
+            Opt::Fixed => "register the image and the buffers, require registered\n\
+                           files (ReadFixed, WriteFixed, Fsync on file 0), watch\n\
+                           completions through an eventfd with epoll, and show a\n\
+                           plain descriptor refused"
+                .into(),
             Opt::Requests => format!(
                 "read/write requests to serve; decimal, or hex after 0x\n\
                  [default: $BLOCKDEV_REQUESTS, else {DEFAULT_REQUESTS}]"
@@ -399,6 +494,7 @@ impl Config {
         let mut positional_requests = None;
         let mut requests = None;
         let mut seed = None;
+        let mut fixed = false;
         while let Some(arg) = parser.next()? {
             match arg {
                 Value(value) if image.is_none() => image = Some(PathBuf::from(value)),
@@ -411,6 +507,7 @@ impl Config {
                         requests = Some(parse_number(&parser.value()?, "--requests")?);
                     }
                     Some(Opt::Seed) => seed = Some(parse_number(&parser.value()?, "--seed")?),
+                    Some(Opt::Fixed) => fixed = true,
                     Some(Opt::Help) => return Ok(Command::Help),
                     Some(Opt::Version) => return Ok(Command::Version),
                     None => return Err(arg.unexpected()),
@@ -434,6 +531,7 @@ impl Config {
             image,
             requests,
             seed,
+            fixed,
         }))
     }
 }
@@ -510,11 +608,26 @@ struct Stats {
     queue_full: u64,
 }
 
+/// How the worker reaches the disk and learns of completions.
+enum Mode {
+    /// Readv and writev on the image's descriptor, from buffers the worker
+    /// owns; [`URingContext::wait`] blocks for completions.
+    Plain,
+    /// `--fixed`: ReadFixed and WriteFixed on registered file 0 through the
+    /// registered buffers; the eventfd says when completions are ready.
+    Fixed {
+        notifier: Notifier,
+        /// A plain descriptor of the image, for the ring to refuse.
+        plain: Arc<File>,
+    },
+}
+
 /// The device: the ring, the disk, the buffers, and the shadow copy.
 struct Worker<'a> {
     ring: &'a URingContext,
     disk: RawFd,
-    pool: BufferPool,
+    mode: Mode,
+    pool: BufferPool<'a>,
     shadow: Vec<u8>,
     rng: fastrand::Rng,
     in_flight: HashMap<u64, Request>,
@@ -525,11 +638,22 @@ struct Worker<'a> {
 }
 
 impl<'a> Worker<'a> {
-    fn new(ring: &'a URingContext, disk: RawFd, shadow: Vec<u8>, rng: fastrand::Rng) -> Worker<'a> {
+    fn new(
+        ring: &'a URingContext,
+        disk: RawFd,
+        mode: Mode,
+        shadow: Vec<u8>,
+        rng: fastrand::Rng,
+    ) -> Worker<'a> {
+        let pool = match mode {
+            Mode::Plain => BufferPool::leaked(),
+            Mode::Fixed { .. } => BufferPool::registered(ring),
+        };
         Worker {
             ring,
             disk,
-            pool: BufferPool::new(),
+            mode,
+            pool,
             shadow,
             rng,
             in_flight: HashMap::new(),
@@ -643,9 +767,25 @@ impl<'a> Worker<'a> {
     /// first for as long as the submission queue is full.
     fn push(&mut self, id: u64, request: Request) -> Result<(), BoxError> {
         loop {
-            let added = match &request {
-                Request::Fsync => self.ring.add_fsync(self.disk, id),
-                &Request::Io(io) => {
+            let added = match (&self.mode, &request) {
+                (Mode::Plain, Request::Fsync) => self.ring.add_fsync(self.disk, id),
+                (Mode::Fixed { .. }, Request::Fsync) => {
+                    self.ring.add(op::Fsync::new(Target::fixed(0)), id)
+                }
+                // No `unsafe` here: the registered buffers belong to the
+                // ring, and Rust code reaches them only through the pool,
+                // which keeps its hands off a lent block.
+                (Mode::Fixed { .. }, &Request::Io(io)) => {
+                    let buffer = self.pool.lend_registered(io.slot, self.ring);
+                    let (range, offset) = (0..io.len, Some(io.offset as u64));
+                    match io.dir {
+                        Dir::Read => op::ReadFixed::new(Target::fixed(0), buffer, range, offset)
+                            .and_then(|read| self.ring.add(read, id)),
+                        Dir::Write => op::WriteFixed::new(Target::fixed(0), buffer, range, offset)
+                            .and_then(|write| self.ring.add(write, id)),
+                    }
+                }
+                (Mode::Plain, &Request::Io(io)) => {
                     let iovecs = Box::pin([self.pool.lend(io.slot, io.len)]);
                     let offset = Some(io.offset as u64);
                     match io.dir {
@@ -675,6 +815,8 @@ impl<'a> Worker<'a> {
                 // Make room: `wait` submits what is queued and returns what
                 // has completed. (The refused add dropped its iovec array,
                 // never the buffer; the next turn lends the block again.)
+                // A refused fixed add leaves its block marked lent: the next
+                // turn lends it again, and `complete` gives it back.
                 Err(ringfence::Error::NoSpace) if !self.in_flight.is_empty() => {
                     self.stats.queue_full += 1;
                     self.reap()?;
@@ -688,17 +830,58 @@ impl<'a> Worker<'a> {
     /// fallocate (not allowed) on the disk, and checks that the kernel
     /// refuses the second with `EACCES`. Were it allowed, it would zero the
     /// first MiB of the image, and the final verification would fail.
+    ///
+    /// With `--fixed`, an fsync of registered file 0 (allowed) and one of
+    /// a plain descriptor of the image (refused, the ring requiring
+    /// registered files) come first; the nop is left out, since a nop of
+    /// ours carries no `FIXED_FILE` either and would be refused too.
     fn show_allowlist_enforced(&mut self) -> Result<(), BoxError> {
-        let id = self.take_id();
-        self.ring.add_nop(id)?;
-        let nop = wait_for(self.ring, id)??;
-        println!("nop: allowed, completed with {nop}");
+        match &self.mode {
+            Mode::Plain => {
+                let id = self.take_id();
+                self.ring.add_nop(id)?;
+                let nop = self.wait_for(id)??;
+                println!("nop: allowed, completed with {nop}");
+            }
+            Mode::Fixed { plain, .. } => {
+                let plain = Arc::clone(plain);
+                let id = self.take_id();
+                self.ring.add(op::Fsync::new(Target::fixed(0)), id)?;
+                let fsync = self.wait_for(id)??;
+                println!("fsync of registered file 0: allowed, completed with {fsync}");
+
+                let fd = plain.as_raw_fd();
+                let id = self.take_id();
+                self.ring.add(op::Fsync::new(plain), id)?;
+                match self.wait_for(id)? {
+                    Err(e) if e.raw_os_error() == Some(libc::EACCES) => println!(
+                        "fsync of plain descriptor {fd} (the same image): refused by the kernel \
+                         with EACCES ({e}), because the ring requires registered files"
+                    ),
+                    other => {
+                        return Err(format!(
+                            "the ring requires registered files, yet an fsync of plain \
+                             descriptor {fd} completed with {other:?}"
+                        )
+                        .into())
+                    }
+                }
+            }
+        }
 
         let id = self.take_id();
         let punch_hole = (libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE) as u32;
-        self.ring
-            .add_fallocate(self.disk, 0, 1 << 20, punch_hole, id)?;
-        match wait_for(self.ring, id)? {
+        match self.mode {
+            Mode::Plain => self
+                .ring
+                .add_fallocate(self.disk, 0, 1 << 20, punch_hole, id)?,
+            Mode::Fixed { .. } => {
+                let mode = FallocateMode::from_bits_retain(punch_hole);
+                let fallocate = op::Fallocate::new(Target::fixed(0), 0, 1 << 20, mode);
+                self.ring.add(fallocate, id)?;
+            }
+        }
+        match self.wait_for(id)? {
             Err(e) if e.raw_os_error() == Some(libc::EACCES) => {
                 println!("fallocate (punch hole): not allowed, refused by the kernel with EACCES");
                 Ok(())
@@ -713,13 +896,51 @@ impl<'a> Worker<'a> {
     /// Submits what is queued, waits for at least one completion, and
     /// handles every completion that is ready.
     fn reap(&mut self) -> Result<(), BoxError> {
-        // Collected first: handling a completion needs `&mut self`, while
-        // the iterator borrows the ring.
-        let completions: Vec<_> = self.ring.wait()?.collect();
-        for (id, result) in completions {
+        for (id, result) in self.completions()? {
             self.complete(id, result)?;
         }
         Ok(())
+    }
+
+    /// Submits what is queued and waits for at least one completion:
+    /// blocked in [`URingContext::wait`], or with `--fixed` asleep in
+    /// `epoll_wait` until the eventfd says the kernel posted one. Collected
+    /// into a `Vec`: handling a completion needs `&mut self`, while the
+    /// iterator borrows the ring.
+    fn completions(&self) -> Result<Vec<(u64, io::Result<u32>)>, BoxError> {
+        let Mode::Fixed { notifier, .. } = &self.mode else {
+            return Ok(self.ring.wait()?.collect());
+        };
+        self.ring.submit()?;
+        loop {
+            // As an event loop would: sleep until the eventfd is readable,
+            // then reap without blocking. No completion is missed: each one
+            // bumps the counter when it is posted, and the counter is reset
+            // before looking. A wake-up may find nothing new (the previous
+            // look reaped completions posted after that counter was read):
+            // then sleep again.
+            notifier.sleep(EPOLL_TIMEOUT)?;
+            let ready: Vec<_> = self.ring.wait_timeout(Duration::ZERO)?.collect();
+            if !ready.is_empty() {
+                return Ok(ready);
+            }
+        }
+    }
+
+    /// Waits for the completion of `id`, the only operation in flight.
+    fn wait_for(&self, id: u64) -> Result<io::Result<u32>, BoxError> {
+        // `wait` blocks until something completes; a few turns are plenty.
+        for _ in 0..100 {
+            let mut completions = self.completions()?.into_iter();
+            match (completions.next(), completions.next()) {
+                (None, _) => continue,
+                (Some((user_data, result)), None) if user_data == id => return Ok(result),
+                (Some((user_data, _)), _) => {
+                    return Err(format!("expected only completion {id}, got {user_data}").into())
+                }
+            }
+        }
+        Err(format!("no completion for operation {id}").into())
     }
 
     /// Handles the completion of request `id`: checks a read against the
@@ -779,21 +1000,28 @@ impl<'a> Worker<'a> {
 }
 
 /// The worker's I/O buffers: one page-aligned 64 KiB block per request in
-/// flight, allocated once and leaked, so that they live as long as the
-/// process, as `IoBufMut<'static>` asks.
+/// flight. By default they are allocated once and leaked, so that they live
+/// as long as the process, as `IoBufMut<'static>` asks; with `--fixed` they
+/// are the ring's registered buffers, which the ring owns and keeps until
+/// it is dropped, and `'a` (the ring's borrow) keeps the pool from
+/// outliving them.
 ///
 /// Each block is either *free*, and the worker may use it through
-/// [`block_mut`](Self::block_mut), or *lent* to one readv/writev in flight,
-/// and only the kernel touches it. It becomes free again only through
-/// [`give_back`](Self::give_back), once that operation's completion has
-/// been reaped.
-struct BufferPool {
-    /// [`QUEUE_DEPTH`] blocks, leaked: valid for the life of the process.
-    /// Kept as a raw pointer, since the kernel writes to lent blocks while
-    /// the pool exists.
-    blocks: *mut Block,
+/// [`block_mut`](Self::block_mut), or *lent* to one read or write in
+/// flight, and only the kernel touches it. It becomes free again only
+/// through [`give_back`](Self::give_back), once that operation's completion
+/// has been reaped.
+struct BufferPool<'a> {
+    /// [`QUEUE_DEPTH`] blocks of [`MAX_REQUEST`] bytes each, valid for `'a`
+    /// (leaked ones for the life of the process). Kept as raw pointers,
+    /// since the kernel writes to lent blocks while the pool exists.
+    blocks: Vec<NonNull<u8>>,
+    /// Whether the blocks were leaked, and so may be lent as
+    /// `IoBufMut<'static>`; registered blocks live only as long as the ring.
+    leaked: bool,
     lent: [bool; QUEUE_DEPTH],
     free: Vec<usize>,
+    _memory: PhantomData<&'a URingContext>,
 }
 
 /// Page-aligned, so the same buffers would also do for `O_DIRECT`.
@@ -801,13 +1029,40 @@ struct BufferPool {
 #[repr(C, align(4096))]
 struct Block([u8; MAX_REQUEST]);
 
-impl BufferPool {
-    fn new() -> BufferPool {
+impl BufferPool<'static> {
+    /// Blocks the pool allocates and leaks.
+    fn leaked() -> BufferPool<'static> {
         let blocks = vec![Block([0; MAX_REQUEST]); QUEUE_DEPTH].into_boxed_slice();
+        let blocks = Box::leak(blocks)
+            .iter_mut()
+            .map(|block| NonNull::from(&mut block.0).cast())
+            .collect();
+        BufferPool::with(blocks, true)
+    }
+}
+
+impl<'a> BufferPool<'a> {
+    /// The ring's registered buffers, block `i` being buffer `i`.
+    fn registered(ring: &'a URingContext) -> BufferPool<'a> {
+        let blocks = (0..QUEUE_DEPTH as u16)
+            .map(|i| {
+                let buffer = ring
+                    .registered_buffer(i)
+                    .expect("the ring registered QUEUE_DEPTH buffers");
+                assert_eq!(buffer.len(), MAX_REQUEST);
+                buffer.as_ptr().cast()
+            })
+            .collect();
+        BufferPool::with(blocks, false)
+    }
+
+    fn with(blocks: Vec<NonNull<u8>>, leaked: bool) -> BufferPool<'a> {
         BufferPool {
-            blocks: Box::leak(blocks).as_mut_ptr(),
+            blocks,
+            leaked,
             lent: [false; QUEUE_DEPTH],
             free: (0..QUEUE_DEPTH).collect(),
+            _memory: PhantomData,
         }
     }
 
@@ -821,25 +1076,38 @@ impl BufferPool {
     }
 
     /// The contents of block `slot`, which must not be lent.
-    fn block_mut(&mut self, slot: usize) -> &mut [u8; MAX_REQUEST] {
+    fn block_mut(&mut self, slot: usize) -> &mut [u8] {
         assert!(!self.lent[slot], "block {slot} is lent to the kernel");
-        // SAFETY: `slot` < QUEUE_DEPTH (indexing `lent` checked it), so this
-        // is one of the leaked blocks, valid for the life of the process.
-        // It is not lent, so the kernel is not using it, and the returned
-        // reference borrows the pool mutably, so it is the only one.
-        unsafe { &mut (*self.blocks.add(slot)).0 }
+        // SAFETY: `blocks[slot]` is valid for MAX_REQUEST bytes for `'a`,
+        // which outlasts `self`. It is not lent, so the kernel is not using
+        // it, and the returned reference borrows the pool mutably, so it is
+        // the only one.
+        unsafe { std::slice::from_raw_parts_mut(self.blocks[slot].as_ptr(), MAX_REQUEST) }
     }
 
-    /// Marks block `slot` lent and describes its first `len` bytes for
-    /// readv/writev.
+    /// Marks leaked block `slot` lent and describes its first `len` bytes
+    /// for readv/writev.
     fn lend(&mut self, slot: usize, len: usize) -> IoBufMut<'static> {
+        assert!(
+            self.leaked,
+            "only leaked blocks live as long as IoBufMut<'static> asks"
+        );
         assert!(len <= MAX_REQUEST);
         self.lent[slot] = true;
         // SAFETY: the block is leaked, so valid for the rest of the process,
         // and `len` bytes fit in it. While it is lent, `block_mut` refuses
         // it, and only `give_back`, whose contract is that the kernel is done
         // with it, makes it usable again.
-        unsafe { IoBufMut::from_raw_parts(self.blocks.add(slot).cast::<u8>(), len) }
+        unsafe { IoBufMut::from_raw_parts(self.blocks[slot].as_ptr(), len) }
+    }
+
+    /// Marks registered block `slot` lent, and returns the ring's handle to
+    /// it for a fixed read or write.
+    fn lend_registered(&mut self, slot: usize, ring: &URingContext) -> op::RegisteredBuffer {
+        assert!(!self.leaked, "a leaked block is not registered");
+        self.lent[slot] = true;
+        ring.registered_buffer(slot as u16)
+            .expect("the ring registered QUEUE_DEPTH buffers")
     }
 
     /// Returns block `slot` to the free list.
@@ -854,18 +1122,104 @@ impl BufferPool {
     }
 }
 
-/// Waits for the completion of `id`, the only operation in flight.
-fn wait_for(ring: &URingContext, id: u64) -> Result<io::Result<u32>, BoxError> {
-    // `wait` blocks until something completes; a few turns are plenty.
-    for _ in 0..100 {
-        if let Some((user_data, result)) = ring.wait()?.next() {
-            if user_data != id {
-                return Err(format!("expected completion {id}, got {user_data}").into());
+/// With `--fixed`, how the worker learns that completions are ready: an
+/// eventfd the kernel signals when it posts completions, watched by an
+/// epoll instance, as a VMM's event loop watches its devices' eventfds
+/// alongside everything else.
+struct Notifier {
+    /// The eventfd, non-blocking; a `File` so that reading its counter
+    /// needs no `unsafe`.
+    eventfd: File,
+    epoll: OwnedFd,
+    /// Times `epoll_wait` returned with the eventfd readable.
+    wakeups: std::cell::Cell<u64>,
+    /// The sum of the counters read: how often the kernel signalled, at
+    /// most once per completion (it may signal once for several completions
+    /// posted together).
+    signalled: std::cell::Cell<u64>,
+}
+
+impl Notifier {
+    fn new() -> io::Result<Notifier> {
+        // SAFETY: eventfd(2) takes no pointers.
+        let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: `fd` is a new descriptor that nothing else owns.
+        let eventfd = File::from(unsafe { OwnedFd::from_raw_fd(fd) });
+        // SAFETY: epoll_create1(2) takes no pointers.
+        let fd = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: as for the eventfd.
+        let epoll = unsafe { OwnedFd::from_raw_fd(fd) };
+        let mut event = libc::epoll_event {
+            events: libc::EPOLLIN as u32,
+            u64: 0,
+        };
+        // SAFETY: both descriptors are open (we own them), and `event` is
+        // a valid epoll_event, which the kernel only reads.
+        let added = unsafe {
+            libc::epoll_ctl(
+                epoll.as_raw_fd(),
+                libc::EPOLL_CTL_ADD,
+                eventfd.as_raw_fd(),
+                &mut event,
+            )
+        };
+        if added < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(Notifier {
+            eventfd,
+            epoll,
+            wakeups: Default::default(),
+            signalled: Default::default(),
+        })
+    }
+
+    /// Sleeps in `epoll_wait` until the eventfd is readable, for at most
+    /// `timeout`, then reads (and so resets) its counter.
+    fn sleep(&self, timeout: Duration) -> Result<(), BoxError> {
+        let mut event = libc::epoll_event { events: 0, u64: 0 };
+        let timeout_ms = libc::c_int::try_from(timeout.as_millis()).unwrap_or(libc::c_int::MAX);
+        loop {
+            // SAFETY: `event` has room for the one event `maxevents` allows,
+            // and the epoll descriptor is open.
+            let ready =
+                unsafe { libc::epoll_wait(self.epoll.as_raw_fd(), &mut event, 1, timeout_ms) };
+            match ready {
+                1 => break,
+                0 => {
+                    return Err(format!(
+                        "no completion signalled through the eventfd in {timeout:?}"
+                    )
+                    .into())
+                }
+                _ => {
+                    let e = io::Error::last_os_error();
+                    if e.kind() != io::ErrorKind::Interrupted {
+                        return Err(format!("epoll_wait: {e}").into());
+                    }
+                }
             }
-            return Ok(result);
+        }
+        self.wakeups.set(self.wakeups.get() + 1);
+        let mut counter = [0u8; 8];
+        match (&self.eventfd).read(&mut counter) {
+            Ok(8) => {
+                self.signalled
+                    .set(self.signalled.get() + u64::from_ne_bytes(counter));
+                Ok(())
+            }
+            // Read already (the counter is 0): nothing to add.
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(()),
+            Ok(n) => Err(format!("short read of {n} bytes from the eventfd").into()),
+            Err(e) => Err(format!("reading the eventfd: {e}").into()),
         }
     }
-    Err(format!("no completion for operation {id}").into())
 }
 
 /// The index of the first byte where `a` and `b` differ.
