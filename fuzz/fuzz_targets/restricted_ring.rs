@@ -226,6 +226,11 @@ impl Policy {
         self.allows_op(URingOperation::AsyncCancel) && self.required_flags & !carried == 0
     }
 
+    /// Whether the ring requires `IOSQE_FIXED_FILE` on every SQE.
+    fn requires_fixed_file(&self) -> bool {
+        self.required_flags & IosqeFlags::FIXED_FILE.bits() != 0
+    }
+
     /// Whether register calls answer to the allowlist on this kernel at all.
     fn registers_restricted(&self) -> bool {
         before_linux_7() || self.register_eventfd || self.unregister_eventfd
@@ -504,6 +509,37 @@ impl Model for Restricted {
 
     fn refuses(&self, opcode: URingOperation, flags: IosqeFlags) -> bool {
         !self.policy.permits(opcode, flags.bits())
+    }
+
+    /// On a ring that requires FIXED_FILE, the operations the kernel
+    /// refuses it on (as `URingAllowlist::require_sqe_flags` documents).
+    fn refused_at_add(&self, opcode: URingOperation) -> bool {
+        use URingOperation as Op;
+        self.policy.requires_fixed_file()
+            && matches!(
+                opcode,
+                Op::Openat
+                    | Op::Openat2
+                    | Op::Close
+                    | Op::Statx
+                    | Op::FilesUpdate
+                    | Op::TimeoutRemove
+            )
+    }
+
+    /// On such a ring, the context gives FIXED_FILE to the operations
+    /// that name no file.
+    fn carried_flags(&self, opcode: URingOperation) -> IosqeFlags {
+        use URingOperation as Op;
+        let fileless = matches!(
+            opcode,
+            Op::Nop | Op::AsyncCancel | Op::PollRemove | Op::Timeout | Op::LinkTimeout
+        );
+        if self.policy.requires_fixed_file() && fileless {
+            IosqeFlags::FIXED_FILE
+        } else {
+            IosqeFlags::empty()
+        }
     }
 
     fn unblock(&mut self) {

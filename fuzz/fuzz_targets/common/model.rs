@@ -409,6 +409,18 @@ pub trait Model {
         false
     }
 
+    /// Whether the context refuses `opcode` at add time
+    /// (`Error::FixedFileNotSupported`: a ring that requires `FIXED_FILE`).
+    fn refused_at_add(&self, _opcode: URingOperation) -> bool {
+        false
+    }
+
+    /// The SQE flags the context adds to `opcode`'s SQE on this ring (a
+    /// required `FIXED_FILE`, on operations that name no file).
+    fn carried_flags(&self, _opcode: URingOperation) -> IosqeFlags {
+        IosqeFlags::empty()
+    }
+
     /// Makes every operation in flight able to complete (readiness for the
     /// polls), before a reap.
     fn unblock(&mut self) {}
@@ -524,6 +536,9 @@ enum Outcome {
     Queued,
     Duplicate(u64),
     NoSpace,
+    /// `Error::FixedFileNotSupported`: refused before anything else is
+    /// looked at.
+    Refused(URingOperation),
 }
 
 /// How a ring behaves, for the model.
@@ -642,8 +657,17 @@ impl<M: Model> Book<M> {
             .iter()
             .map(|(label, _, pushed)| (*label, pushed.pins, pushed.spec.aim))
             .collect();
-        let (exact, extras) = self.predict(&plan, 0);
-        let (bounded, _) = self.predict(&plan, self.own_ops);
+        let refused = ops
+            .iter()
+            .map(|(_, opcode, _)| *opcode)
+            .find(|opcode| self.model.refused_at_add(*opcode));
+        let (exact, extras, bounded) = match refused {
+            Some(opcode) => (Outcome::Refused(opcode), 0, Outcome::Refused(opcode)),
+            None => {
+                let (exact, extras) = self.predict(&plan, 0);
+                (exact, extras, self.predict(&plan, self.own_ops).0)
+            }
+        };
         let allowed = |outcome: Outcome| {
             outcome == exact
                 // Some of the context's own operations may hold the cap.
@@ -668,6 +692,7 @@ impl<M: Model> Book<M> {
             Ok(()) => Outcome::Queued,
             Err(Error::NoSpace) => Outcome::NoSpace,
             Err(Error::DuplicateUserData(label)) => Outcome::Duplicate(*label),
+            Err(Error::FixedFileNotSupported(opcode)) => Outcome::Refused(*opcode),
             Err(e) => panic!("{}: unexpected error {e}", what()),
         };
         assert!(
@@ -707,7 +732,8 @@ impl<M: Model> Book<M> {
         // which these targets do not build yet), so only a cancellation
         // aimed at its label can cancel an operation.
         let may_cancel = false;
-        let refused = self.model.refuses(opcode, flags.into());
+        let sent = IosqeFlags::from(flags) | self.model.carried_flags(opcode);
+        let refused = self.model.refuses(opcode, sent);
         let others: Vec<_> = self
             .groups
             .values_mut()
