@@ -262,6 +262,16 @@ pub enum Error {
         /// Their length, in bytes.
         len: usize,
     },
+    /// A [`MsgRing`](crate::op::MsgRing) user_data with bit 63 set: every
+    /// identity a context puts in its own SQEs has that bit, so a
+    /// completion carrying it could pass for one of the target's own
+    /// operations and release what the kernel still uses.
+    #[error(
+        "user_data {0:#x} has bit 63 set, which a context's own identities use: a msg_ring \
+         completion with it could pass for one of the target ring's operations; send a \
+         value below 1 << 63"
+    )]
+    ReservedUserData(u64),
     /// `io_uring_setup` failed for a reason without its own variant.
     #[error("io_uring_setup failed: {0}")]
     Setup(io::Error),
@@ -331,6 +341,7 @@ impl From<Error> for io::Error {
             Error::RegisteredBuffersOutOfRange { .. } => {
                 io::Error::new(io::ErrorKind::InvalidInput, err)
             }
+            Error::ReservedUserData(_) => io::Error::new(io::ErrorKind::InvalidInput, err),
             Error::Setup(e) => e,
             Error::TooManyIovecs(_) => io::Error::new(io::ErrorKind::InvalidInput, err),
         }
@@ -357,43 +368,4 @@ pub(crate) fn setup_error(err: io::Error) -> Error {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn setup_errnos_name_their_cause() {
-        for (errno, needle) in [
-            (libc::ENOSYS, "seccomp"),
-            (libc::EPERM, "io_uring_disabled"),
-            (libc::ENOMEM, "RLIMIT_MEMLOCK"),
-        ] {
-            let err = setup_error(io::Error::from_raw_os_error(errno));
-            assert!(err.to_string().contains(needle), "{err}");
-            assert_eq!(io::Error::from(err).raw_os_error(), Some(errno));
-        }
-        let other = setup_error(io::Error::from_raw_os_error(libc::EINVAL));
-        assert!(matches!(other, Error::Setup(_)));
-        assert_eq!(io::Error::from(other).raw_os_error(), Some(libc::EINVAL));
-    }
-
-    #[test]
-    fn enter_errnos_are_classified() {
-        let classify = |errno| enter_error(io::Error::from_raw_os_error(errno));
-        assert!(matches!(classify(libc::EAGAIN), Error::KernelBusy(_)));
-        assert!(matches!(classify(libc::EBUSY), Error::KernelBusy(_)));
-        assert!(matches!(classify(libc::EBADFD), Error::Enter(_)));
-        let lost = Error::CompletionsLost;
-        assert!(lost.to_string().contains("create a new one"), "{lost}");
-        assert_eq!(io::Error::from(lost).raw_os_error(), Some(libc::EBADR));
-    }
-
-    #[test]
-    fn register_errors_keep_the_errno_and_explain() {
-        let err = Error::Register {
-            call: RegisterOperation::Restrictions,
-            source: io::Error::from_raw_os_error(libc::EBADFD),
-        };
-        assert!(err.to_string().contains("created disabled"), "{err}");
-        assert_eq!(io::Error::from(err).raw_os_error(), Some(libc::EBADFD));
-    }
-}
+mod tests;

@@ -935,3 +935,41 @@ fn a_ring_requiring_fixed_files_runs_fileless_operations_and_refuses_the_rest_ea
     }
     assert_eq!(ring.in_flight(), 0);
 }
+
+/// A cancellation by plain descriptor names a file: on a ring that requires
+/// registered files it does not get FIXED_FILE (the kernel would read the
+/// number as a slot and cancel whatever that slot's file has in flight),
+/// and the kernel refuses it.
+#[test]
+fn a_cancel_by_plain_descriptor_on_a_fixed_files_only_ring_is_refused_not_read_as_a_slot() {
+    use ringfence::op::{AsyncCancel, PollAdd, Target};
+    use std::os::fd::AsFd;
+    let (socket, _peer) = std::os::unix::net::UnixStream::pair().expect("pair");
+    let file = common::scratch_file(0);
+    let number = std::os::fd::AsRawFd::as_raw_fd(&file) as usize;
+    let mut list = allowing(&[URingOperation::PollAdd]);
+    list.allow_housekeeping()
+        .require_sqe_flags(IosqeFlags::FIXED_FILE);
+    // The socket in every slot up to the file's descriptor number.
+    let slots = vec![socket.as_fd(); number + 1];
+    let ring = match common::usable_or_skip(
+        ringfence::URingBuilder::new(8)
+            .files(&slots)
+            .allowlist(&list)
+            .build(),
+    ) {
+        Some(ring) => ring,
+        None => return,
+    };
+    ring.add(
+        PollAdd::new(Target::fixed(number as u32), ringfence::EventType::Read),
+        1,
+    )
+    .expect("poll");
+    ring.submit().expect("submit");
+    ring.add(AsyncCancel::fd(std::sync::Arc::new(file)), 2)
+        .expect("cancel");
+    let got = common::reap_by_user_data(&ring, 1);
+    assert_eq!(common::errno(&got[&2]), Some(libc::EACCES), "{got:?}");
+    assert_eq!(ring.in_flight(), 1, "the poll on that slot is untouched");
+}

@@ -150,3 +150,80 @@ fn a_poll_update_changes_what_a_pending_poll_waits_for() {
     assert_eq!(got[&2].as_ref().ok(), Some(&0));
     assert_eq!(got[&1].as_ref().ok(), Some(&(libc::POLLOUT as u32)));
 }
+
+#[test]
+fn msg_ring_refuses_a_user_data_a_context_uses_for_its_own_identities() {
+    let sender = ring!(4);
+    let target = Arc::new(ring!(4));
+    match sender.add(MsgRing::data(target.as_target(), 1 << 63, 0), 1) {
+        Err(ringfence::Error::ReservedUserData(user_data)) => assert_eq!(user_data, 1 << 63),
+        other => panic!("a message with bit 63 set: {other:?}"),
+    }
+    assert_eq!(sender.in_flight(), 0);
+}
+
+#[test]
+fn files_update_refuses_the_kernel_picked_slot_form() {
+    let ring = ring!(4);
+    let file = Arc::new(scratch_file(0));
+    match ring.add(FilesUpdate::new(u32::MAX, [Some(Target::from(file))]), 1) {
+        Err(ringfence::Error::FixedSlotOutOfRange(u32::MAX)) => {}
+        other => panic!("files_update at u32::MAX: {other:?}"),
+    }
+}
+
+/// A file a splice holds as its input is dropped once the context's lock
+/// is released, as a target file is: its drop may use the same context.
+#[test]
+fn a_splice_input_whose_drop_uses_the_ring_is_dropped_outside_the_lock() {
+    use ringfence::op::Splice;
+    use ringfence::{SpliceFlags, URingContext};
+    use std::os::fd::{AsFd, BorrowedFd};
+
+    struct AddsOnDrop {
+        file: std::fs::File,
+        ring: std::sync::Weak<URingContext>,
+    }
+    impl AsFd for AddsOnDrop {
+        fn as_fd(&self) -> BorrowedFd<'_> {
+            self.file.as_fd()
+        }
+    }
+    impl Drop for AddsOnDrop {
+        fn drop(&mut self) {
+            if let Some(ring) = self.ring.upgrade() {
+                ring.add(Nop::new(), 99).expect("add from a drop");
+            }
+        }
+    }
+    let ring = Arc::new(ring!(8));
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    let worker = {
+        let ring = Arc::clone(&ring);
+        std::thread::spawn(move || {
+            let input = Arc::new(AddsOnDrop {
+                file: scratch_file(0),
+                ring: Arc::downgrade(&ring),
+            });
+            let (_reader, writer) = pipe();
+            let splice = Splice::new(
+                input,
+                Some(0),
+                Arc::new(writer),
+                None,
+                0,
+                SpliceFlags::empty(),
+            );
+            ring.add(splice, 1).expect("add splice");
+            let got: Vec<_> = ring.wait().expect("wait").map(|(ud, _)| ud).collect();
+            done_tx.send(got).expect("send");
+        })
+    };
+    let got = done_rx
+        .recv_timeout(Duration::from_secs(5))
+        .expect("the splice's release deadlocked");
+    worker.join().expect("worker");
+    assert_eq!(got, [1]);
+    // The nop the drop added is in flight, and completes.
+    assert_eq!(reap_by_user_data(&ring, 1)[&99].as_ref().ok(), Some(&0));
+}

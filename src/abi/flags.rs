@@ -60,8 +60,11 @@ bitflags! {
 
 impl From<SqeFlags> for IosqeFlags {
     fn from(flags: SqeFlags) -> IosqeFlags {
-        // Every `SqeFlags` bit is the `IOSQE_*` bit of the same name.
-        IosqeFlags::from_bits_retain(flags.bits())
+        // Every `SqeFlags` bit is the `IOSQE_*` bit of the same name. Only
+        // the named ones pass: `SqeFlags::from_bits_retain` can carry any
+        // bit, and `CQE_SKIP_SUCCESS` or `IO_DRAIN` smuggled through it
+        // would break the bookkeeping this type exists to protect.
+        IosqeFlags::from_bits_retain((flags & SqeFlags::all()).bits())
     }
 }
 
@@ -284,6 +287,9 @@ mod tests {
     fn sqe_flags_are_the_iosqe_bits_of_the_same_name() {
         assert_eq!(IosqeFlags::from(SqeFlags::ASYNC), IosqeFlags::ASYNC);
         assert_eq!(SqeFlags::all().bits(), IosqeFlags::ASYNC.bits());
+        // Unnamed bits, however made, never reach an SQE.
+        let smuggled = SqeFlags::from_bits_retain(IosqeFlags::all().bits());
+        assert_eq!(IosqeFlags::from(smuggled), IosqeFlags::ASYNC);
         // The kernel's seven flags, bits 0 to 6.
         assert_eq!(IosqeFlags::all().bits(), 0x7f);
     }

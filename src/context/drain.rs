@@ -78,7 +78,13 @@ impl URingContext {
             return Ok(());
         }
         let outcome = self.drain(timeout);
-        let mut leak = || self.table_mut().leak_all();
+        // The kernel holds its own reference to a file once it has consumed
+        // the SQE naming it, so leaking may close the files operations
+        // held; but on an SQPOLL ring, SQEs still queued are read by the
+        // kernel's thread on its own, and their descriptors must stay open
+        // (and unreused) until the ring closes.
+        let close_files = !(self.sqpoll && self.sq.queued().0 > 0);
+        let mut leak = || self.table_mut().leak_all(close_files);
         match outcome {
             Drained::All => Ok(()),
             Drained::TimedOut(left) => {

@@ -252,7 +252,7 @@ impl URingContext {
     #[inline]
     fn unlock(&self, mut side: MutexGuard<'_, RingState>) {
         self.publish_hints(&side.table);
-        let files = side.table.take_released_files();
+        let files = side.table.take_released();
         drop(side);
         drop(files);
     }
@@ -272,6 +272,12 @@ impl URingContext {
     /// context, and so its ring fd, alive until its completion. A ring of
     /// the simulated kernel has no fd: the target is -1, which a real
     /// kernel refuses with `EBADF`.
+    ///
+    /// An operation on a ring that targets that same ring (a message to
+    /// itself) holds the last `Arc` while in flight if the caller drops
+    /// theirs: the context then lives until that operation completes, and
+    /// for good if it never does. Keep an `Arc` while such an operation is
+    /// in flight.
     pub fn as_target(self: &Arc<Self>) -> Target {
         if self.ring.as_fd().is_none() {
             return Target::raw_for_crosvm_api(-1);

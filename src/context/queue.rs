@@ -143,7 +143,7 @@ impl URingContext {
                 }
             }
         }
-        _released_files = table.take_released_files();
+        _released_files = table.take_released();
         let count = u32::try_from(ops.len() + extra.len()).ok();
         let slots = match failure {
             None => count.and_then(|count| state.sq.free_slots(count)),
@@ -182,7 +182,7 @@ impl URingContext {
         // Refusals in the order `queue` gives them: the cap and the label
         // rule, then the submission queue's room.
         let tracked = self.track(&mut state.table, &mut prepared, label);
-        released_files = state.table.take_released_files();
+        released_files = state.table.take_released();
         let identity = tracked.map_err(|refusal| refusal.error(label))?;
         let Some(slots) = state.sq.free_slots(1) else {
             prepared.keep_alive = state.table.untrack(identity);
@@ -231,9 +231,8 @@ impl URingContext {
             return Ok(());
         }
         for prepared in ops {
-            let op = prepared.opcode();
-            if UnderRequiredFlags::of(op) == UnderRequiredFlags::Refused {
-                return Err(Error::FixedFileNotSupported(op));
+            if UnderRequiredFlags::of(prepared) == UnderRequiredFlags::Refused {
+                return Err(Error::FixedFileNotSupported(prepared.opcode()));
             }
         }
         Ok(())
@@ -249,7 +248,7 @@ impl URingContext {
         if !self.own_sqe_flags().contains(IosqeFlags::FIXED_FILE) {
             return;
         }
-        if UnderRequiredFlags::of(prepared.opcode()) == UnderRequiredFlags::Carries {
+        if UnderRequiredFlags::of(prepared) == UnderRequiredFlags::Carries {
             let flags = prepared.sqe.flags() | IosqeFlags::FIXED_FILE;
             prepared.sqe.set_flags(flags);
         }

@@ -41,7 +41,7 @@ use std::hash::BuildHasher;
 
 use super::labels::{LabelTable, UnpinnedCounts};
 use crate::abi::UserData;
-use crate::op::{KeepAlive, SharedFd};
+use crate::op::KeepAlive;
 
 mod claims;
 mod slot;
@@ -112,7 +112,7 @@ pub(crate) struct OpTable {
     /// them, served before the ring's.
     returned: VecDeque<Claimed>,
     /// Files of released operations, not yet dropped (see `release`).
-    released_files: Vec<SharedFd>,
+    released: Vec<KeepAlive>,
 }
 
 const SLOT_BITS: u32 = 32;
@@ -139,7 +139,7 @@ impl OpTable {
             adds: 0,
             records: (0..MAX_CLAIMS).map(|_| Record::FREE).collect(),
             returned: VecDeque::new(),
-            released_files: Vec::new(),
+            released: Vec::new(),
         }
     }
 
@@ -284,27 +284,27 @@ impl OpTable {
     }
 
     /// Stops tracking `slot`, whose operation is done: frees its iovec
-    /// array and sets aside the file it held, which may run the caller's
-    /// code when dropped: [`take_released_files`](Self::take_released_files)
-    /// hands those over to be dropped once the lock is released.
+    /// array, and sets aside what holds a file (its target, or its own
+    /// memory, which may hold a splice's input), whose drop may run the
+    /// caller's code: [`take_released`](Self::take_released) hands those
+    /// over to be dropped once the lock is released.
     #[inline]
     pub(super) fn release(&mut self, slot: u32) {
-        if let Some(KeepAlive {
-            file: Some(file), ..
-        }) = self.stop_tracking(slot)
-        {
-            self.released_files.push(file);
+        if let Some(kept) = self.stop_tracking(slot) {
+            if kept.file.is_some() || kept.owned.is_some() {
+                self.released.push(kept);
+            }
         }
     }
 
-    /// The files of operations released since the last call, to drop
-    /// outside the lock. Allocates nothing when there are none.
+    /// What operations released since the last call held a file with, to
+    /// drop outside the lock. Allocates nothing when there is none.
     #[inline]
-    pub(crate) fn take_released_files(&mut self) -> Vec<SharedFd> {
-        if self.released_files.is_empty() {
+    pub(crate) fn take_released(&mut self) -> Vec<KeepAlive> {
+        if self.released.is_empty() {
             return Vec::new();
         }
-        std::mem::take(&mut self.released_files)
+        std::mem::take(&mut self.released)
     }
 
     /// Stops tracking `slot`, returning what it kept alive, if anything.

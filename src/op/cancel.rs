@@ -93,8 +93,10 @@ impl Operation for AsyncCancel {
             Aim::Label(label) => return Ok(Prepared::targeting_label::<Self>(label)),
             Aim::Everything => (IORING_ASYNC_CANCEL_ANY | IORING_ASYNC_CANCEL_ALL, None),
             Aim::File(target) => {
-                // The cancellation's own flag marks a registered file: the
-                // SQE's IOSQE_FIXED_FILE would mean nothing to it.
+                // The cancellation's own flag marks a registered file (the
+                // kernel also reads the number as one under
+                // IOSQE_FIXED_FILE, which the context gives only to this
+                // form on a ring that requires it: `names_plain_fd`).
                 let fixed = if target.is_fixed() {
                     IORING_ASYNC_CANCEL_FD_FIXED
                 } else {
@@ -115,4 +117,11 @@ impl Operation for AsyncCancel {
         };
         Ok(Prepared::new::<Self>(sqe, keep_alive))
     }
+}
+
+/// Whether `sqe`, a cancellation, names a plain descriptor (by file, and not
+/// a registered one).
+pub(super) fn names_plain_fd(sqe: &Sqe) -> bool {
+    let flags = sqe.op_flags();
+    flags & IORING_ASYNC_CANCEL_FD != 0 && flags & IORING_ASYNC_CANCEL_FD_FIXED == 0
 }

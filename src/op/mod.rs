@@ -233,10 +233,15 @@ pub(crate) enum UnderRequiredFlags {
 }
 
 impl UnderRequiredFlags {
-    /// The case of `op`.
-    pub(crate) fn of(op: URingOperation) -> UnderRequiredFlags {
+    /// The case of `prepared`.
+    pub(crate) fn of(prepared: &Prepared) -> UnderRequiredFlags {
         use URingOperation as Op;
-        match op {
+        match prepared.opcode() {
+            // A cancellation by descriptor names a file: with
+            // `IOSQE_FIXED_FILE` the kernel would read the number as a
+            // registered file's index (`io_uring/cancel.c`), so only the
+            // registered form may get it.
+            Op::AsyncCancel if cancel::names_plain_fd(&prepared.sqe) => UnderRequiredFlags::AsIs,
             Op::Nop | Op::AsyncCancel | Op::PollRemove | Op::Timeout | Op::LinkTimeout => {
                 UnderRequiredFlags::Carries
             }

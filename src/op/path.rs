@@ -313,8 +313,9 @@ enum Closing {
 /// table slot.
 ///
 /// Completes with 0, or `close(2)`'s errno (`EBADF` if there was nothing
-/// to close, `EIO`...; as with `close(2)`, the descriptor is gone even
-/// then). Never with `IOSQE_FIXED_FILE`, which the kernel refuses on close
+/// to close, `EIO`...; after `EIO`, as with `close(2)`, the descriptor is
+/// gone). The kernel refuses to close an io_uring's own descriptor
+/// (`EBADF`), which then stays open, and leaked. Never with `IOSQE_FIXED_FILE`, which the kernel refuses on close
 /// (`EBADF`): [`fixed_slot`](Self::fixed_slot) is how a registered file is
 /// closed.
 #[derive(Debug)]
@@ -326,9 +327,9 @@ impl Close {
     /// has run).
     ///
     /// If the operation never reaches the kernel (the add fails, the ring
-    /// is dropped before submitting it, or the allowlist refuses it with
-    /// `EACCES`), the descriptor stays open and is leaked: it is never
-    /// closed twice.
+    /// is dropped before submitting it, an [`OpBatch`](crate::OpBatch)
+    /// holding it is dropped, or the allowlist refuses it with `EACCES`),
+    /// the descriptor stays open and is leaked: it is never closed twice.
     pub fn new(fd: OwnedFd) -> Close {
         Close(Closing::Descriptor(fd))
     }

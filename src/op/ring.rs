@@ -22,12 +22,14 @@ const IORING_MSG_RING_FLAGS_PASS: u32 = 1 << 1;
 /// receives. A [`URingContext`](crate::URingContext) that receives one
 /// yields it from [`wait`](crate::URingContext::wait) as `(user_data,
 /// Ok(result))` (or `Err` for a negative result) and releases nothing for
-/// it: its own operations carry identities of the context's own (a random
-/// per-context tag, a generation and a slot), and a completion whose
-/// user_data is not one of them is foreign. A sender that chose a live
-/// identity by design could make the target release an operation early,
-/// but that takes knowing the target's memory; anyone holding the target's
-/// ring fd can map and write its rings anyway.
+/// it: its own operations carry identities of the context's own, all with
+/// bit 63 set, and this operation refuses such a user_data
+/// ([`Error::ReservedUserData`]), so no message sent with this crate can
+/// pass for one of the target's operations and release what the kernel
+/// still uses. (Code that holds the target's ring fd and posts completions
+/// by other means, another io_uring library or a hand-made SQE, could forge
+/// one; holding a ring fd also lets it map that ring and write its
+/// completion queue directly.)
 ///
 /// Completes, on this ring, with 0 once posted, or (from
 /// `io_uring_prep_msg_ring(3)`) `EBADFD` if the target is not an io_uring,
@@ -63,8 +65,9 @@ pub struct MsgRing {
 }
 
 impl MsgRing {
-    /// Posts a completion with `user_data` and `result` on the ring behind
-    /// `target`: a context's
+    /// Posts a completion with `user_data` (below `1 << 63`, else the add
+    /// fails with [`Error::ReservedUserData`]) and `result` on the ring
+    /// behind `target`: a context's
     /// [`as_target`](crate::URingContext::as_target), any io_uring fd, or
     /// a registered one.
     pub fn data(target: impl Into<Target>, user_data: u64, result: i32) -> MsgRing {
@@ -94,6 +97,9 @@ impl Operation for MsgRing {
     const PINS_CALLER_MEMORY: bool = false;
 
     fn prepare(self) -> Result<Prepared> {
+        if self.user_data >> 63 != 0 {
+            return Err(Error::ReservedUserData(self.user_data));
+        }
         let mut sqe = Sqe::new(Self::OPCODE);
         self.target.fill(&mut sqe);
         sqe.set_addr(u64::from(IORING_MSG_DATA));
@@ -125,7 +131,8 @@ pub struct FilesUpdate {
 }
 
 impl FilesUpdate {
-    /// Sets the table's entries from index `offset` on to `files`, in
+    /// Sets the table's entries from index `offset` (below `u32::MAX`, else
+    /// the add fails with [`Error::FixedSlotOutOfRange`]) on to `files`, in
     /// order: `Some` registers that file (the table keeps its own
     /// reference, so the caller may close its descriptor once this has
     /// completed), `None` clears the entry. The files stay open until the
@@ -153,6 +160,12 @@ impl Operation for FilesUpdate {
         if self.files.iter().flatten().any(Target::is_fixed) {
             return Err(Error::FixedFileNotSupported(Self::OPCODE));
         }
+        // `u32::MAX` is `IORING_FILE_INDEX_ALLOC`: the kernel would pick the
+        // slots and write them back into the array, which this operation
+        // neither offers nor lets the kernel write.
+        if self.offset == u32::MAX {
+            return Err(Error::FixedSlotOutOfRange(self.offset));
+        }
         // -1 clears an entry (`io_sqe_files_update`).
         let fds: Box<[i32]> = self
             .files
@@ -173,8 +186,9 @@ impl Operation for FilesUpdate {
         });
         let mut sqe = Sqe::new(Self::OPCODE);
         // SAFETY: `at` points at the array `array` owns, which only the
-        // kernel reads from now on; a shared borrow to find the
-        // descriptors changes nothing. The cast exposes the provenance.
+        // kernel reads from now on (it writes it back only for
+        // `IORING_FILE_INDEX_ALLOC`, refused above); a shared borrow to find
+        // the descriptors changes nothing. The cast exposes the provenance.
         sqe.set_addr(unsafe { at.as_ref() }.fds.as_ptr() as usize as u64);
         sqe.set_len(len);
         sqe.set_offset(u64::from(self.offset));

@@ -13,6 +13,7 @@ use crate::iobuf::KernelIovecs;
 static LEAKED: std::sync::Mutex<Leaked> = std::sync::Mutex::new(Leaked {
     iovecs: Vec::new(),
     owned: Vec::new(),
+    files: Vec::new(),
 });
 
 /// What [`LEAKED`] holds: each kind of memory a [`KeepAlive`] can point
@@ -22,6 +23,7 @@ static LEAKED: std::sync::Mutex<Leaked> = std::sync::Mutex::new(Leaked {
 struct Leaked {
     iovecs: Vec<KernelIovecs>,
     owned: Vec<crate::op::KernelMemory>,
+    files: Vec<crate::op::SharedFd>,
 }
 
 impl OpTable {
@@ -50,10 +52,12 @@ impl OpTable {
 
     /// Stops tracking every operation without freeing the memory the
     /// kernel may still use: the iovec arrays and the operations' own
-    /// memory go to [`LEAKED`], where they stay for the life of the
-    /// process. Files held open are closed (the
-    /// kernel holds its own reference to a file it uses).
-    pub(crate) fn leak_all(&mut self) {
+    /// memory (with any file it holds) go to [`LEAKED`], where they stay
+    /// for the life of the process. With `close_files`, the files the
+    /// operations' targets held are closed (the kernel holds its own
+    /// reference to a file once it has consumed the SQE naming it);
+    /// otherwise they are leaked too.
+    pub(crate) fn leak_all(&mut self, close_files: bool) {
         let kept = std::mem::take(&mut self.kept);
         let mut files = Vec::new();
         let mut leaked = lock(&LEAKED);
@@ -66,7 +70,11 @@ impl OpTable {
             } = keep_alive;
             leaked.iovecs.extend(iovecs);
             leaked.owned.extend(owned);
-            files.extend(file);
+            if close_files {
+                files.extend(file);
+            } else {
+                leaked.files.extend(file);
+            }
         }
         drop(leaked);
         // Closed once the lock is released: dropping a caller's `Arc` may
