@@ -27,8 +27,9 @@
 //!   `POLL_REMOVE` and `ASYNC_CANCEL` of pending polls, deferred work and
 //!   timeouts;
 //! - `TIMEOUT` (with a count of completions), `TIMEOUT_REMOVE` and
-//!   `LINK_TIMEOUT`, on a clock that only moves when the test calls
-//!   [`SimKernel::fire_timeouts`];
+//!   `LINK_TIMEOUT`, on a clock that moves when the test calls
+//!   [`SimKernel::fire_timeouts`], or when a thread waits without a
+//!   deadline with nothing else to complete;
 //! - chains (`IOSQE_IO_LINK`, `IOSQE_IO_HARDLINK`): each member starts when
 //!   the one before completes, a failed soft-linked member cancels the rest
 //!   (`ECANCELED`), a refused member fails the whole chain, and a chain cut

@@ -2,8 +2,10 @@
 //! `IOSQE_IO_HARDLINK`, `IORING_OP_TIMEOUT` and `IORING_OP_LINK_TIMEOUT`.
 //!
 //! The model has no clock: timers fire when a test calls
-//! [`SimKernel::fire_timeouts`](crate::sim::SimKernel::fire_timeouts), or
-//! (a [`Timeout`](crate::op::Timeout) with a count) once that many other
+//! [`SimKernel::fire_timeouts`](crate::sim::SimKernel::fire_timeouts), when
+//! a thread waits in `io_uring_enter` without a deadline and nothing else
+//! can complete (time passes while it sleeps), or (a
+//! [`Timeout`](crate::op::Timeout) with a count) once that many other
 //! completions have been posted.
 
 use std::collections::VecDeque;

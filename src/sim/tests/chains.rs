@@ -121,3 +121,17 @@ fn drop_drains_pending_timeouts_and_chains() {
     assert_eq!(kernel.pending(), 0);
     assert_eq!(kernel.stats().abandoned, 0);
 }
+
+/// Found by the `sim_ops` fuzz target: a `wait` with only a timeout in
+/// flight blocked until the watchdog, as nothing moved the simulated
+/// clock. A wait without a deadline now lets time pass.
+#[test]
+fn a_wait_with_only_a_timeout_in_flight_lets_it_fire() {
+    let kernel = SimKernel::new();
+    let ring = kernel.new_context(2, None).unwrap();
+    ring.add(Timeout::new(Duration::from_secs(1)), 1).unwrap();
+    let done: Vec<_> = ring.wait().unwrap().collect();
+    assert_eq!(done.len(), 1);
+    assert_eq!(errno(&done[0].1), Some(libc::ETIME));
+    assert_eq!(kernel.pending(), 0);
+}
