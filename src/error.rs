@@ -9,6 +9,21 @@ use crate::abi::{RegisterOperation, MAX_ENTRIES, MAX_FILE_OFFSET, MAX_IOVECS};
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
+    /// [`URingBuilder::buffer_ring`](crate::URingBuilder::buffer_ring) was
+    /// asked for a ring whose entry count is not a power of two from 1 to
+    /// [`MAX_BUF_RING_ENTRIES`](crate::MAX_BUF_RING_ENTRIES) (the kernel's
+    /// limits, `io_uring/kbuf.c`), for buffers of 0 bytes, or for more
+    /// memory than the address space holds.
+    #[error(
+        "a buffer ring of {count} buffers of {len} bytes is out of range: give a power of two \
+         from 1 to 32768 buffers of at least 1 byte each"
+    )]
+    BufferRingOutOfRange {
+        /// The number of buffers (ring entries) asked for.
+        count: u16,
+        /// Their length, in bytes.
+        len: u32,
+    },
     /// A buffer longer than one operation takes: the SQE's length is a
     /// `u32`, so at most `u32::MAX` bytes. Split it over several
     /// operations.
@@ -302,6 +317,7 @@ impl From<Error> for io::Error {
     fn from(err: Error) -> io::Error {
         #[remain::sorted]
         match err {
+            Error::BufferRingOutOfRange { .. } => io::Error::new(io::ErrorKind::InvalidInput, err),
             Error::BufferTooLong(_) => io::Error::new(io::ErrorKind::InvalidInput, err),
             Error::CancelNotAllowed(_) => io::Error::other(err),
             Error::CompletionsLost => io::Error::from_raw_os_error(libc::EBADR),
@@ -357,43 +373,4 @@ pub(crate) fn setup_error(err: io::Error) -> Error {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn setup_errnos_name_their_cause() {
-        for (errno, needle) in [
-            (libc::ENOSYS, "seccomp"),
-            (libc::EPERM, "io_uring_disabled"),
-            (libc::ENOMEM, "RLIMIT_MEMLOCK"),
-        ] {
-            let err = setup_error(io::Error::from_raw_os_error(errno));
-            assert!(err.to_string().contains(needle), "{err}");
-            assert_eq!(io::Error::from(err).raw_os_error(), Some(errno));
-        }
-        let other = setup_error(io::Error::from_raw_os_error(libc::EINVAL));
-        assert!(matches!(other, Error::Setup(_)));
-        assert_eq!(io::Error::from(other).raw_os_error(), Some(libc::EINVAL));
-    }
-
-    #[test]
-    fn enter_errnos_are_classified() {
-        let classify = |errno| enter_error(io::Error::from_raw_os_error(errno));
-        assert!(matches!(classify(libc::EAGAIN), Error::KernelBusy(_)));
-        assert!(matches!(classify(libc::EBUSY), Error::KernelBusy(_)));
-        assert!(matches!(classify(libc::EBADFD), Error::Enter(_)));
-        let lost = Error::CompletionsLost;
-        assert!(lost.to_string().contains("create a new one"), "{lost}");
-        assert_eq!(io::Error::from(lost).raw_os_error(), Some(libc::EBADR));
-    }
-
-    #[test]
-    fn register_errors_keep_the_errno_and_explain() {
-        let err = Error::Register {
-            call: RegisterOperation::Restrictions,
-            source: io::Error::from_raw_os_error(libc::EBADFD),
-        };
-        assert!(err.to_string().contains("created disabled"), "{err}");
-        assert_eq!(io::Error::from(err).raw_os_error(), Some(libc::EBADFD));
-    }
-}
+mod tests;

@@ -4,6 +4,7 @@
 use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
 use std::time::Duration;
 
+use super::buffer_ring::BufferRing;
 use super::registered::BufferMemory;
 use super::URingContext;
 use crate::abi::{SetupFlags, MAX_ENTRIES};
@@ -27,8 +28,8 @@ const MAX_CQ_ENTRIES: usize = 2 * MAX_ENTRIES;
 /// [`build`](Self::build) creates the ring (disabled when there is an
 /// allowlist: `IORING_SETUP_R_DISABLED`, Linux 5.10), checks the allowlist
 /// against what the kernel supports ([`URingContext::probe`]), registers
-/// the eventfd, the files and the buffers, then the allowlist's
-/// restrictions, and enables the ring. All registration thus happens before
+/// the eventfd, the files, the buffers and the buffer rings, then the
+/// allowlist's restrictions, and enables the ring. All registration thus happens before
 /// restrictions apply, which works the same before and after Linux 7.0
 /// (see [Linux 7.0 and allowlists](crate#linux-70-and-allowlists)).
 ///
@@ -74,6 +75,7 @@ pub struct URingBuilder<'a> {
     files: Vec<BorrowedFd<'a>>,
     sparse_files: usize,
     buffers: Option<(usize, usize)>,
+    buffer_rings: Vec<(u16, u16, u32)>, // (group, count, len)
     submit_all: Option<bool>,
     coop_taskrun: bool,
     clamp: bool,
@@ -94,6 +96,7 @@ impl<'a> URingBuilder<'a> {
             files: Vec::new(),
             sparse_files: 0,
             buffers: None,
+            buffer_rings: Vec::new(),
             submit_all: None,
             coop_taskrun: false,
             clamp: false,
@@ -254,6 +257,31 @@ impl<'a> URingBuilder<'a> {
         self
     }
 
+    /// Registers a ring of `count` provided buffers of `len` bytes as
+    /// buffer group `group` (`IORING_REGISTER_PBUF_RING`, Linux 5.19,
+    /// `io_uring_register(2)`, `io_uring_setup_buf_ring(3)`), for
+    /// [`Recv::multishot`](crate::op::Recv::multishot) (through
+    /// [`URingContext::buffer_group`]). May be called once per group.
+    ///
+    /// The context maps the ring and the buffers (zeroed, the ring page
+    /// aligned) and puts every buffer in the ring. The kernel may write any
+    /// buffer of the group that is in the ring until the ring is
+    /// unregistered, so the memory lives as long as the context and every
+    /// operation that may select from the group (leaked with such an
+    /// operation if dropping the context gives up on it). A completion
+    /// lends a buffer ([`URingContext::provided_buffer`]); dropping the
+    /// guard gives it back.
+    ///
+    /// `count` a power of two up to [`MAX_BUF_RING_ENTRIES`](crate::MAX_BUF_RING_ENTRIES)
+    /// and `len` at least 1 byte, or [`build`](Self::build) fails with
+    /// [`Error::BufferRingOutOfRange`]; with [`Error::Mmap`] when the memory
+    /// cannot be mapped, [`Error::Register`] when the kernel refuses the
+    /// ring (`EINVAL` before Linux 5.19, `EEXIST` for a group given twice).
+    pub fn buffer_ring(mut self, group: u16, count: u16, len: u32) -> Self {
+        self.buffer_rings.push((group, count, len));
+        self
+    }
+
     /// Creates the ring. Fails as [`URingContext::new`] does, with the
     /// errors each option names, with [`Error::OptionNotSupported`]
     /// naming an option the kernel refuses (`EINVAL` from
@@ -277,6 +305,9 @@ impl<'a> URingBuilder<'a> {
             Some((count, len)) => Some(BufferMemory::new(count, len)?),
             None => None,
         };
+        let buffer_rings: Vec<_> = (self.buffer_rings.iter())
+            .map(|&(group, count, len)| BufferRing::new(group, count, len))
+            .collect::<Result<_>>()?;
         let mut ring = self.create(setup)?;
         if let Some(allowlist) = self.allowlist {
             match ring.probe_ring() {
@@ -299,6 +330,9 @@ impl<'a> URingBuilder<'a> {
         }
         if let Some(buffers) = buffers {
             ring.register_buffers(buffers)?;
+        }
+        for buffer_ring in buffer_rings {
+            ring.register_buffer_ring(buffer_ring)?;
         }
         if let Some(allowlist) = self.allowlist {
             ring.register_restrictions(allowlist)?;

@@ -17,12 +17,14 @@
 mod addr;
 mod conn;
 mod io;
+mod recv_multi;
 #[cfg(test)]
 mod tests;
 
 pub use addr::SockAddr;
 pub use conn::{Accept, Connect, Shutdown, Socket};
 pub use io::{Recv, Recvmsg, Send, Sendmsg};
+pub use recv_multi::BufferGroup;
 
 use bitflags::bitflags;
 

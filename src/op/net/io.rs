@@ -11,7 +11,7 @@ use crate::{Error, Result};
 
 /// A send or receive of one buffer: the two differ only in opcode.
 #[derive(Debug)]
-struct OneBuffer {
+pub(super) struct OneBuffer {
     buf: IoBufMut<'static>,
     target: Target,
     msg_flags: libc::c_int,
@@ -114,35 +114,49 @@ impl Operation for Send {
 /// fails the add with [`Error::BufferTooLong`].
 ///
 /// It pins caller memory: the kernel writes `buf` until the completion.
+/// [`Recv::multishot`] receives into the ring's provided buffers instead.
 #[derive(Debug)]
-pub struct Recv(OneBuffer);
+pub struct Recv(pub(super) RecvKind);
+
+/// A receive into one caller buffer, or a multishot one into provided
+/// buffers.
+#[derive(Debug)]
+pub(super) enum RecvKind {
+    One(OneBuffer),
+    Multishot(super::recv_multi::Multishot),
+}
 
 impl Recv {
     /// Receives into `buf` from `target`, with no `MSG_*` flags.
     pub fn new(buf: IoBufMut<'static>, target: impl Into<Target>) -> Recv {
-        Recv(OneBuffer {
+        Recv(RecvKind::One(OneBuffer {
             buf,
             target: target.into(),
             msg_flags: 0,
-        })
+        }))
     }
 
     /// The same, with `recv(2)`'s `MSG_*` flags (`MSG_WAITALL`, `MSG_PEEK`,
     /// `MSG_TRUNC`, `MSG_DONTWAIT`, ...).
     pub fn msg_flags(self, msg_flags: libc::c_int) -> Recv {
-        Recv(OneBuffer {
-            msg_flags,
-            ..self.0
+        Recv(match self.0 {
+            RecvKind::One(one) => RecvKind::One(OneBuffer { msg_flags, ..one }),
+            RecvKind::Multishot(multi) => RecvKind::Multishot(multi.msg_flags(msg_flags)),
         })
     }
 }
 
 impl Operation for Recv {
     const OPCODE: URingOperation = URingOperation::Recv;
+    /// True for [`Recv::new`]; [`Recv::multishot`] writes only the
+    /// context's provided buffers, and its prepared form says it pins none.
     const PINS_CALLER_MEMORY: bool = true;
 
     fn prepare(self) -> Result<Prepared> {
-        self.0.prepare::<Self>()
+        match self.0 {
+            RecvKind::One(one) => one.prepare::<Self>(),
+            RecvKind::Multishot(multi) => multi.prepare(),
+        }
     }
 }
 
