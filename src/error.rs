@@ -9,6 +9,14 @@ use crate::abi::{RegisterOperation, MAX_ENTRIES, MAX_FILE_OFFSET, MAX_IOVECS};
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
+    /// All 65536 buffer group ids are taken by the process's buffer rings
+    /// (an id stays taken while an operation that may write the group's
+    /// buffers is in flight, for ever if its context leaked it).
+    #[error(
+        "every buffer group id (65536 of them) is taken by this process's buffer rings: drop \
+         contexts you no longer need, or give each fewer buffer rings"
+    )]
+    BufferGroupsExhausted,
     /// [`URingBuilder::buffer_ring`](crate::URingBuilder::buffer_ring) was
     /// asked for a ring whose entry count is not a power of two from 1 to
     /// [`MAX_BUF_RING_ENTRIES`](crate::MAX_BUF_RING_ENTRIES) (the kernel's
@@ -317,6 +325,7 @@ impl From<Error> for io::Error {
     fn from(err: Error) -> io::Error {
         #[remain::sorted]
         match err {
+            Error::BufferGroupsExhausted => io::Error::from_raw_os_error(libc::ENOSPC),
             Error::BufferRingOutOfRange { .. } => io::Error::new(io::ErrorKind::InvalidInput, err),
             Error::BufferTooLong(_) => io::Error::new(io::ErrorKind::InvalidInput, err),
             Error::CancelNotAllowed(_) => io::Error::other(err),

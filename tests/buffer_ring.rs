@@ -22,9 +22,7 @@ use ringfence::{
 /// Bounds every wait: a test that takes this long is broken, not slow.
 const BOUND: Duration = Duration::from_secs(5);
 
-const GROUP: u16 = 7;
-
-/// A ring with `count` provided buffers of `len` bytes in group [`GROUP`],
+/// A ring with one group of `count` provided buffers of `len` bytes,
 /// or `None` (skipping) where io_uring is unusable or older than Linux 6.0.
 fn ring_with_buffers(
     count: u16,
@@ -35,16 +33,16 @@ fn ring_with_buffers(
         eprintln!("skipping: multishot receive needs Linux 6.0");
         return None;
     }
-    let mut builder = URingBuilder::new(16).buffer_ring(GROUP, count, len);
+    let mut builder = URingBuilder::new(16).buffer_ring(count, len);
     if let Some(allowlist) = allowlist {
         builder = builder.allowlist(allowlist);
     }
     usable_or_skip(builder.build())
 }
 
-/// Adds and submits a multishot receive on `socket` from [`GROUP`].
+/// Adds and submits a multishot receive on `socket` from `ring`'s group.
 fn recv_multishot(ring: &URingContext, socket: &Arc<UnixStream>, label: u64) {
-    let group = ring.buffer_group(GROUP).expect("the group is registered");
+    let group = ring.buffer_group(0).expect("the group is registered");
     ring.add(Recv::multishot(Arc::clone(socket), &group), label)
         .expect("add a multishot recv");
     ring.submit().expect("submit");
@@ -70,9 +68,10 @@ fn next_completion(ring: &URingContext) -> Completion {
 fn received(ring: &URingContext, completion: &Completion) -> Vec<u8> {
     let len = completion.result().expect("a receive succeeds");
     let id = completion.buffer_id().expect("a provided buffer");
+    let group = ring.buffer_group(0).unwrap();
     // SAFETY: the completion was just taken from `wait_completions`, and
     // the buffer has not been given back since.
-    let buffer = unsafe { ring.provided_buffer(GROUP, id, len) }.expect("not lent yet");
+    let buffer = unsafe { ring.provided_buffer(&group, id, len) }.expect("not lent yet");
     buffer.to_vec()
 }
 
@@ -110,6 +109,7 @@ fn a_dry_group_ends_the_receive_with_enobufs_and_giving_back_lets_it_rearm() {
     };
     let (mut tx, rx) = UnixStream::pair().unwrap();
     let rx = Arc::new(rx);
+    let group = ring.buffer_group(0).unwrap();
     recv_multishot(&ring, &rx, 1);
     let mut held = Vec::new();
     for i in 0..2u8 {
@@ -118,7 +118,7 @@ fn a_dry_group_ends_the_receive_with_enobufs_and_giving_back_lets_it_rearm() {
         assert!(completion.more(), "{completion:?}");
         let id = completion.buffer_id().unwrap();
         // SAFETY: just completed with, not given back.
-        let buffer = unsafe { ring.provided_buffer(GROUP, id, 3) }.unwrap();
+        let buffer = unsafe { ring.provided_buffer(&group, id, 3) }.unwrap();
         assert_eq!(&*buffer, &[i; 3]);
         held.push(buffer);
     }
@@ -142,20 +142,25 @@ fn a_lent_buffer_cannot_be_lent_twice() {
     };
     let (mut tx, rx) = UnixStream::pair().unwrap();
     let rx = Arc::new(rx);
+    let group = ring.buffer_group(0).unwrap();
     recv_multishot(&ring, &rx, 1);
     tx.write_all(b"abc").unwrap();
     let completion = next_completion(&ring);
     let id = completion.buffer_id().unwrap();
     // SAFETY: just completed with, not given back.
-    let first = unsafe { ring.provided_buffer(GROUP, id, 3) }.expect("lent once");
+    let first = unsafe { ring.provided_buffer(&group, id, 3) }.expect("lent once");
     // SAFETY: as above; the second is refused while the first is held.
-    assert!(unsafe { ring.provided_buffer(GROUP, id, 3) }.is_none());
+    assert!(unsafe { ring.provided_buffer(&group, id, 3) }.is_none());
     // SAFETY: out of range: nothing is lent.
-    assert!(unsafe { ring.provided_buffer(GROUP, 2, 3) }.is_none());
+    assert!(unsafe { ring.provided_buffer(&group, 2, 3) }.is_none());
     // SAFETY: longer than a buffer: nothing is lent.
-    assert!(unsafe { ring.provided_buffer(GROUP, id, 17) }.is_none());
-    // SAFETY: no such group: nothing is lent.
-    assert!(unsafe { ring.provided_buffer(GROUP + 1, id, 3) }.is_none());
+    assert!(unsafe { ring.provided_buffer(&group, id, 17) }.is_none());
+    let Some(other) = ring_with_buffers(2, 16, None) else {
+        return;
+    };
+    let foreign = other.buffer_group(0).unwrap();
+    // SAFETY: another context's group: nothing is lent.
+    assert!(unsafe { ring.provided_buffer(&foreign, id, 3) }.is_none());
     assert_eq!(&*first, b"abc");
 }
 
@@ -211,7 +216,7 @@ fn a_restricted_ring_runs_a_multishot_recv_only_if_buffer_select_is_allowed() {
 #[test]
 fn buffer_ring_sizes_the_kernel_refuses_are_refused_first() {
     for (count, len) in [(3, 16), (0, 16), (4, 0)] {
-        let built = URingBuilder::new(4).buffer_ring(GROUP, count, len).build();
+        let built = URingBuilder::new(4).buffer_ring(count, len).build();
         assert!(
             matches!(built, Err(Error::BufferRingOutOfRange { .. })),
             "{count} x {len}: {built:?}"
@@ -249,18 +254,42 @@ fn the_buffers_stay_mapped_while_an_operation_that_may_write_them_is_leaked() {
             return;
         };
         let (mut tx, rx) = UnixStream::pair().unwrap();
+        let group = ring.buffer_group(0).unwrap();
         recv_multishot(&ring, &Arc::new(rx), 1);
         tx.write_all(b"x").unwrap();
         let completion = next_completion(&ring);
         assert!(completion.more(), "{completion:?}");
         // SAFETY: just completed with, not given back.
-        let buffer = unsafe { ring.provided_buffer(GROUP, 0, 1) }.unwrap();
+        let buffer = unsafe { ring.provided_buffer(&group, 0, 1) }.unwrap();
         let addr = buffer.as_ptr() as usize;
         drop(buffer); // Back in the ring: the receive may write it again.
+        drop(group); // A handle keeps the memory too.
         assert!(mapped(addr, LEN as usize));
         // Without AsyncCancel drop cannot stop the receive: it leaks it,
         // and with it the buffers the kernel may still write.
         drop(ring);
         assert_eq!(mapped(addr, LEN as usize), leak, "leak: {leak}");
     }
+}
+
+#[test]
+fn a_group_given_to_another_contexts_operation_is_not_found_there() {
+    let (Some(ring), Some(other)) = (
+        ring_with_buffers(2, 16, None),
+        ring_with_buffers(2, 16, None),
+    ) else {
+        return;
+    };
+    let group = ring.buffer_group(0).unwrap();
+    assert_ne!(group.id(), other.buffer_group(0).unwrap().id());
+    assert!(ring.buffer_group(1).is_none());
+    let (mut tx, rx) = UnixStream::pair().unwrap();
+    // `other` has no group of this id: its buffers are never written for an
+    // operation that keeps only `ring`'s memory.
+    other.add(Recv::multishot(Arc::new(rx), &group), 1).unwrap();
+    other.submit().unwrap();
+    tx.write_all(b"x").unwrap();
+    let completion = next_completion(&other);
+    assert!(!completion.more(), "{completion:?}");
+    assert_eq!(errno(&completion.result()), Some(libc::ENOBUFS));
 }

@@ -13,6 +13,12 @@
 //! if drop's drain gives up on that operation, its share is leaked with
 //! the rest of its state, and the mapping with it.
 //!
+//! Group ids are the context's to choose, and unique in the process
+//! while their memory exists: an operation carries the memory of the group
+//! it names, so if it is added to another context's ring, that ring has no
+//! group of that id (the receive fails with `ENOBUFS`) and the kernel can
+//! never write a buffer whose memory the operation does not keep.
+//!
 //! The ring's entries are different: the kernel pins the ring's pages at
 //! registration and reads them through its own mapping until the group is
 //! unregistered or the ring is freed (`io_register_pbuf_ring` and
@@ -35,6 +41,26 @@ use crate::abi::{
 use crate::error::{Error, Result};
 use crate::op::BufferGroup;
 
+/// The buffer group ids in use in the process, a bit each: one is taken
+/// from the creation of a group's memory to its unmapping (for ever if the
+/// memory is leaked).
+static GROUP_IDS: Mutex<Vec<u64>> = Mutex::new(Vec::new());
+
+/// Takes the lowest free group id, if any is left.
+fn take_group_id() -> Option<u16> {
+    let mut ids = lock(&GROUP_IDS);
+    ids.resize(65536 / 64, 0);
+    let word = ids.iter().position(|&word| word != u64::MAX)?;
+    let bit = ids[word].trailing_ones();
+    ids[word] |= 1 << bit;
+    Some((word * 64) as u16 + bit as u16)
+}
+
+/// Gives group id `id` back.
+fn free_group_id(id: u16) {
+    lock(&GROUP_IDS)[usize::from(id) / 64] &= !(1 << (id % 64));
+}
+
 /// One mapping: the ring's entries, then the buffers.
 ///
 /// Invariant: `ptr..ptr + map_len` is a live mapping owned by this value,
@@ -43,6 +69,8 @@ use crate::op::BufferGroup;
 /// from `ptr + ring_len + i * len`. Rust code reaches the mapping only
 /// through raw pointers, except a buffer lent to a [`ProvidedBuffer`].
 struct RingMemory {
+    /// The group's id, taken from [`GROUP_IDS`] for the life of the value.
+    group: u16,
     ptr: NonNull<u8>,
     map_len: usize,
     ring_len: usize,
@@ -86,9 +114,15 @@ impl RingMemory {
         if ptr == libc::MAP_FAILED {
             return Err(Error::Mmap(std::io::Error::last_os_error()));
         }
-        let ptr = NonNull::new(ptr.cast())
+        let ptr = NonNull::new(ptr.cast::<u8>())
             .ok_or(Error::Mmap(std::io::Error::from_raw_os_error(libc::ENOMEM)))?;
+        let Some(group) = take_group_id() else {
+            // SAFETY: the mapping was just made, and nothing points into it.
+            unsafe { libc::munmap(ptr.as_ptr().cast(), map_len) };
+            return Err(Error::BufferGroupsExhausted);
+        };
         Ok(RingMemory {
+            group,
             ptr,
             map_len,
             ring_len,
@@ -114,12 +148,13 @@ impl Drop for RingMemory {
         // so no operation that may select a buffer is in flight, and no
         // `ProvidedBuffer` (it borrows the context, which holds a share).
         unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.map_len) };
+        // No operation names the group any more: another may take its id.
+        free_group_id(self.group);
     }
 }
 
 /// A registered group: its memory and our side of its ring.
 pub(super) struct BufferRing {
-    group: u16,
     memory: Arc<RingMemory>,
     producer: Mutex<Producer>,
 }
@@ -132,11 +167,10 @@ struct Producer {
 }
 
 impl BufferRing {
-    /// Maps group `group`'s memory and puts every buffer in its ring.
-    pub(super) fn new(group: u16, count: u16, len: u32) -> Result<BufferRing> {
+    /// Maps a group's memory and puts every buffer in its ring.
+    pub(super) fn new(count: u16, len: u32) -> Result<BufferRing> {
         let memory = Arc::new(RingMemory::new(count, len)?);
         let ring = BufferRing {
-            group,
             memory,
             producer: Mutex::new(Producer {
                 tail: 0,
@@ -219,7 +253,7 @@ impl Drop for ProvidedBuffer<'_> {
 impl std::fmt::Debug for ProvidedBuffer<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ProvidedBuffer")
-            .field("group", &self.ring.group)
+            .field("group", &self.ring.memory.group)
             .field("id", &self.bid)
             .field("len", &self.len)
             .finish()
@@ -227,16 +261,17 @@ impl std::fmt::Debug for ProvidedBuffer<'_> {
 }
 
 impl URingContext {
-    /// The group `group` of provided buffers registered by
-    /// [`URingBuilder::buffer_ring`](crate::URingBuilder::buffer_ring), for
-    /// [`Recv::multishot`](crate::op::Recv::multishot); `None` if the ring
-    /// has no such group.
-    pub fn buffer_group(&self, group: u16) -> Option<BufferGroup> {
-        let ring = self.buffer_ring(group)?;
-        Some(BufferGroup::new(group, ring.memory.clone()))
+    /// The `index`th group of provided buffers the builder registered
+    /// ([`URingBuilder::buffer_ring`](crate::URingBuilder::buffer_ring), 0
+    /// for the first call), for
+    /// [`Recv::multishot`](crate::op::Recv::multishot) and
+    /// [`provided_buffer`](Self::provided_buffer); `None` past the last.
+    pub fn buffer_group(&self, index: usize) -> Option<BufferGroup> {
+        let ring = self.buffer_rings.get(index)?;
+        Some(BufferGroup::new(ring.memory.group, ring.memory.clone()))
     }
 
-    /// Lends buffer `id` of group `group`, the first `len` bytes of which
+    /// Lends buffer `id` of `group`, the first `len` bytes of which
     /// the kernel filled: the `buffer_id` and result of a completion
     /// ([`Completion::buffer_id`](crate::Completion::buffer_id),
     /// [`Completion::result`](crate::Completion::result)). Dropping the
@@ -244,7 +279,7 @@ impl URingContext {
     /// may pick it again: do so for every completion that carries a
     /// buffer, or the group runs dry (`ENOBUFS`).
     ///
-    /// `None` if the ring has no group `group`, `id` is not one of its
+    /// `None` if `group` is another context's, `id` is not one of its
     /// buffers, `len` is longer than its buffers, or buffer `id` is already
     /// lent (two guards never share a buffer).
     ///
@@ -258,11 +293,13 @@ impl URingContext {
     /// and will not touch it until it is given back.
     pub unsafe fn provided_buffer(
         &self,
-        group: u16,
+        group: &BufferGroup,
         id: u16,
         len: u32,
     ) -> Option<ProvidedBuffer<'_>> {
-        let ring = self.buffer_ring(group)?;
+        // Ids are unique while `group` holds its memory: the same id is the
+        // same group.
+        let ring = (self.buffer_rings.iter()).find(|ring| ring.memory.group == group.id())?;
         if id >= ring.memory.count || len > ring.memory.len {
             return None;
         }
@@ -279,10 +316,6 @@ impl URingContext {
         })
     }
 
-    fn buffer_ring(&self, group: u16) -> Option<&BufferRing> {
-        self.buffer_rings.iter().find(|ring| ring.group == group)
-    }
-
     /// Registers `ring` (`IORING_REGISTER_PBUF_RING`, Linux 5.19) and keeps
     /// it.
     pub(super) fn register_buffer_ring(&mut self, ring: BufferRing) -> Result<()> {
@@ -290,7 +323,7 @@ impl URingContext {
         let reg = BufReg::new(
             memory.ptr.as_ptr() as u64,
             u32::from(memory.count),
-            ring.group,
+            memory.group,
         );
         // SAFETY: PBUF_RING reads one `io_uring_buf_reg`, alive for the
         // call. The ring it names is `memory`'s, page aligned, which the

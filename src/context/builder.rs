@@ -75,7 +75,7 @@ pub struct URingBuilder<'a> {
     files: Vec<BorrowedFd<'a>>,
     sparse_files: usize,
     buffers: Option<(usize, usize)>,
-    buffer_rings: Vec<(u16, u16, u32)>, // (group, count, len)
+    buffer_rings: Vec<(u16, u32)>, // (count, len)
     submit_all: Option<bool>,
     coop_taskrun: bool,
     clamp: bool,
@@ -257,28 +257,28 @@ impl<'a> URingBuilder<'a> {
         self
     }
 
-    /// Registers a ring of `count` provided buffers of `len` bytes as
-    /// buffer group `group` (`IORING_REGISTER_PBUF_RING`, Linux 5.19,
+    /// Registers a ring of `count` provided buffers of `len` bytes as a
+    /// buffer group (`IORING_REGISTER_PBUF_RING`, Linux 5.19,
     /// `io_uring_register(2)`, `io_uring_setup_buf_ring(3)`), for
-    /// [`Recv::multishot`](crate::op::Recv::multishot) (through
-    /// [`URingContext::buffer_group`]). May be called once per group.
+    /// [`Recv::multishot`](crate::op::Recv::multishot); the group of call
+    /// `n` (from 0) is [`URingContext::buffer_group(n)`](URingContext::buffer_group).
     ///
-    /// The context maps the ring and the buffers (zeroed, the ring page
-    /// aligned) and puts every buffer in the ring. The kernel may write any
-    /// buffer of the group that is in the ring until the ring is
-    /// unregistered, so the memory lives as long as the context and every
-    /// operation that may select from the group (leaked with such an
-    /// operation if dropping the context gives up on it). A completion
-    /// lends a buffer ([`URingContext::provided_buffer`]); dropping the
-    /// guard gives it back.
+    /// The context maps the ring and the buffers (zeroed) and puts every
+    /// buffer in the ring. The kernel may write any buffer of the group that
+    /// is in the ring until the ring is unregistered, so the memory lives as
+    /// long as the context and every operation that may select from the
+    /// group (leaked with one that dropping the context gives up on). A
+    /// completion lends a buffer ([`URingContext::provided_buffer`]);
+    /// dropping the guard gives it back.
     ///
-    /// `count` a power of two up to [`MAX_BUF_RING_ENTRIES`](crate::MAX_BUF_RING_ENTRIES)
-    /// and `len` at least 1 byte, or [`build`](Self::build) fails with
-    /// [`Error::BufferRingOutOfRange`]; with [`Error::Mmap`] when the memory
-    /// cannot be mapped, [`Error::Register`] when the kernel refuses the
-    /// ring (`EINVAL` before Linux 5.19, `EEXIST` for a group given twice).
-    pub fn buffer_ring(mut self, group: u16, count: u16, len: u32) -> Self {
-        self.buffer_rings.push((group, count, len));
+    /// `count` a power of two up to [`MAX_BUF_RING_ENTRIES`](crate::MAX_BUF_RING_ENTRIES),
+    /// `len` at least 1 byte, or [`build`](Self::build) fails with
+    /// [`Error::BufferRingOutOfRange`]; [`Error::Mmap`] if the memory cannot
+    /// be mapped, [`Error::Register`] when the kernel refuses the
+    /// ring (`EINVAL` before 5.19), [`Error::BufferGroupsExhausted`] past
+    /// 65536 groups in the process.
+    pub fn buffer_ring(mut self, count: u16, len: u32) -> Self {
+        self.buffer_rings.push((count, len));
         self
     }
 
@@ -306,7 +306,7 @@ impl<'a> URingBuilder<'a> {
             None => None,
         };
         let buffer_rings: Vec<_> = (self.buffer_rings.iter())
-            .map(|&(group, count, len)| BufferRing::new(group, count, len))
+            .map(|&(count, len)| BufferRing::new(count, len))
             .collect::<Result<_>>()?;
         let mut ring = self.create(setup)?;
         if let Some(allowlist) = self.allowlist {

@@ -15,7 +15,9 @@ use crate::Result;
 /// An operation that selects buffers from the group holds that share until
 /// its last completion, so the buffers outlive every write the kernel may
 /// make into them: if dropping the context gives up waiting for such an
-/// operation, the memory is leaked with the rest of its state.
+/// operation, the memory is leaked with the rest of its state. Its id is
+/// unique in the process meanwhile, so an operation given a group of
+/// another context finds no such group in its ring (`ENOBUFS`).
 #[derive(Clone)]
 pub struct BufferGroup {
     id: u16,
@@ -28,7 +30,9 @@ impl BufferGroup {
         BufferGroup { id, memory }
     }
 
-    /// The group's id (the SQE's `buf_group`).
+    /// The group's id (the SQE's `buf_group`), chosen by the context,
+    /// unique in the process while this value (or an operation holding the
+    /// group) exists.
     pub fn id(&self) -> u16 {
         self.id
     }
@@ -74,6 +78,29 @@ impl Recv {
     /// ([`URingAllowlist::allow_sqe_flags`](crate::URingAllowlist::allow_sqe_flags)):
     /// the kernel refuses it with `EACCES` otherwise. A kernel before 6.0
     /// refuses it with `EINVAL`.
+    ///
+    /// ```
+    /// use std::io::Write;
+    /// use std::os::unix::net::UnixStream;
+    /// use std::sync::Arc;
+    /// use ringfence::op::Recv;
+    /// use ringfence::URingBuilder;
+    ///
+    /// let ring = URingBuilder::new(8).buffer_ring(8, 4096).build()?;
+    /// let group = ring.buffer_group(0).unwrap();
+    /// let (mut tx, rx) = UnixStream::pair()?;
+    /// ring.add(Recv::multishot(Arc::new(rx), &group), 7)?;
+    /// tx.write_all(b"hello")?;
+    /// let completion = ring.wait_completions()?.next().unwrap();
+    /// assert!(completion.more());
+    /// let (id, len) = (completion.buffer_id().unwrap(), completion.result()?);
+    /// // SAFETY: the kernel completed with buffer `id` just now, and it has
+    /// // not been given back since.
+    /// let buffer = unsafe { ring.provided_buffer(&group, id, len) }.unwrap();
+    /// assert_eq!(&*buffer, b"hello");
+    /// drop(buffer); // Back in the ring.
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn multishot(target: impl Into<Target>, group: &BufferGroup) -> Recv {
         Recv(RecvKind::Multishot(Multishot {
             target: target.into(),
