@@ -27,10 +27,19 @@
 //! does not unregister the group itself: closing the ring frees it
 //! (`io_destroy_buffers`, `io_uring/kbuf.c`), and on a restricted ring
 //! before Linux 7.0 the kernel would refuse the call anyway.
+//!
+//! Lending is `unsafe` (`provided_buffer`): nothing here sees completions,
+//! so nothing can tell a buffer the kernel completed with from one still
+//! in the ring, which it may write at any moment. The ring's head cannot
+//! stand in: on a worker thread the kernel commits a buffer (moves the
+//! head past it) before it writes it (`io_should_commit`,
+//! `io_uring/kbuf.c`). A safe form needs the completion path to mark a
+//! buffer returned when it yields a CQE with `IORING_CQE_F_BUFFER` of an
+//! operation holding the group, and lend only marked buffers.
 
 use std::ops::Deref;
 use std::ptr::NonNull;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use super::{lock, URingContext};
@@ -43,22 +52,33 @@ use crate::op::BufferGroup;
 
 /// The buffer group ids in use in the process, a bit each: one is taken
 /// from the creation of a group's memory to its unmapping (for ever if the
-/// memory is leaked).
-static GROUP_IDS: Mutex<Vec<u64>> = Mutex::new(Vec::new());
+/// memory is leaked). Atomics, not a lock: a forked child may drop its copy
+/// of a context, and a lock another thread of the parent held at fork would
+/// never be released there.
+static GROUP_IDS: [AtomicU64; 65536 / 64] = [const { AtomicU64::new(0) }; 65536 / 64];
 
 /// Takes the lowest free group id, if any is left.
 fn take_group_id() -> Option<u16> {
-    let mut ids = lock(&GROUP_IDS);
-    ids.resize(65536 / 64, 0);
-    let word = ids.iter().position(|&word| word != u64::MAX)?;
-    let bit = ids[word].trailing_ones();
-    ids[word] |= 1 << bit;
-    Some((word * 64) as u16 + bit as u16)
+    for (word, ids) in GROUP_IDS.iter().enumerate() {
+        // Relaxed: the bits guard no other memory; an id is taken by
+        // exactly one caller because the read-modify-write is atomic.
+        let mut seen = ids.load(Ordering::Relaxed);
+        while seen != u64::MAX {
+            let bit = seen.trailing_ones();
+            match ids.compare_exchange(seen, seen | 1 << bit, Ordering::Relaxed, Ordering::Relaxed)
+            {
+                Ok(_) => return Some((word * 64) as u16 + bit as u16),
+                Err(now) => seen = now,
+            }
+        }
+    }
+    None
 }
 
 /// Gives group id `id` back.
 fn free_group_id(id: u16) {
-    lock(&GROUP_IDS)[usize::from(id) / 64] &= !(1 << (id % 64));
+    // Relaxed, as in `take_group_id`.
+    GROUP_IDS[usize::from(id) / 64].fetch_and(!(1 << (id % 64)), Ordering::Relaxed);
 }
 
 /// One mapping: the ring's entries, then the buffers.
@@ -223,6 +243,7 @@ impl BufferRing {
 /// Only one exists per buffer at a time. `mem::forget` of one only keeps
 /// its buffer out of the ring for the life of the context.
 pub struct ProvidedBuffer<'a> {
+    context: &'a URingContext,
     ring: &'a BufferRing,
     bid: u16,
     len: usize,
@@ -243,6 +264,11 @@ impl Deref for ProvidedBuffer<'_> {
 
 impl Drop for ProvidedBuffer<'_> {
     fn drop(&mut self) {
+        if self.context.check_process().is_err() {
+            // A guard carried across fork: the ring is the parent's, and
+            // its lock may have been held by a thread the child lacks.
+            return;
+        }
         let mut producer = lock(&self.ring.producer);
         let (word, bit) = (usize::from(self.bid) / 64, self.bid % 64);
         producer.lent[word] &= !(1 << bit);
@@ -265,8 +291,10 @@ impl URingContext {
     /// ([`URingBuilder::buffer_ring`](crate::URingBuilder::buffer_ring), 0
     /// for the first call), for
     /// [`Recv::multishot`](crate::op::Recv::multishot) and
-    /// [`provided_buffer`](Self::provided_buffer); `None` past the last.
+    /// [`provided_buffer`](Self::provided_buffer); `None` past the last (or
+    /// in a forked child).
     pub fn buffer_group(&self, index: usize) -> Option<BufferGroup> {
+        self.check_process().ok()?;
         let ring = self.buffer_rings.get(index)?;
         Some(BufferGroup::new(ring.memory.group, ring.memory.clone()))
     }
@@ -280,8 +308,9 @@ impl URingContext {
     /// buffer, or the group runs dry (`ENOBUFS`).
     ///
     /// `None` if `group` is another context's, `id` is not one of its
-    /// buffers, `len` is longer than its buffers, or buffer `id` is already
-    /// lent (two guards never share a buffer).
+    /// buffers, `len` is longer than its buffers, buffer `id` is already
+    /// lent (two guards never share a buffer), or in a forked child (a
+    /// guard carried into one gives nothing back when dropped there).
     ///
     /// # Safety
     ///
@@ -299,6 +328,7 @@ impl URingContext {
     ) -> Option<ProvidedBuffer<'_>> {
         // Ids are unique while `group` holds its memory: the same id is the
         // same group.
+        self.check_process().ok()?;
         let ring = (self.buffer_rings.iter()).find(|ring| ring.memory.group == group.id())?;
         if id >= ring.memory.count || len > ring.memory.len {
             return None;
@@ -310,6 +340,7 @@ impl URingContext {
         }
         producer.lent[word] |= 1 << bit;
         Some(ProvidedBuffer {
+            context: self,
             ring,
             bid: id,
             len: len as usize,
