@@ -9,6 +9,29 @@ use crate::abi::{RegisterOperation, MAX_ENTRIES, MAX_FILE_OFFSET, MAX_IOVECS};
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
+    /// All 65536 buffer group ids are taken by the process's buffer rings
+    /// (an id stays taken while an operation that may write the group's
+    /// buffers is in flight, for ever if its context leaked it).
+    #[error(
+        "every buffer group id (65536 of them) is taken by this process's buffer rings: drop \
+         contexts you no longer need, or give each fewer buffer rings"
+    )]
+    BufferGroupsExhausted,
+    /// [`URingBuilder::buffer_ring`](crate::URingBuilder::buffer_ring) was
+    /// asked for a ring whose entry count is not a power of two from 1 to
+    /// [`MAX_BUF_RING_ENTRIES`](crate::MAX_BUF_RING_ENTRIES) (the kernel's
+    /// limits, `io_uring/kbuf.c`), for buffers of 0 bytes, or for more
+    /// memory than the address space holds.
+    #[error(
+        "a buffer ring of {count} buffers of {len} bytes is out of range: give a power of two \
+         from 1 to 32768 buffers of at least 1 byte each"
+    )]
+    BufferRingOutOfRange {
+        /// The number of buffers (ring entries) asked for.
+        count: u16,
+        /// Their length, in bytes.
+        len: u32,
+    },
     /// A buffer longer than one operation takes: the SQE's length is a
     /// `u32`, so at most `u32::MAX` bytes. Split it over several
     /// operations.
@@ -312,6 +335,8 @@ impl From<Error> for io::Error {
     fn from(err: Error) -> io::Error {
         #[remain::sorted]
         match err {
+            Error::BufferGroupsExhausted => io::Error::from_raw_os_error(libc::ENOSPC),
+            Error::BufferRingOutOfRange { .. } => io::Error::new(io::ErrorKind::InvalidInput, err),
             Error::BufferTooLong(_) => io::Error::new(io::ErrorKind::InvalidInput, err),
             Error::CancelNotAllowed(_) => io::Error::other(err),
             Error::CompletionsLost => io::Error::from_raw_os_error(libc::EBADR),

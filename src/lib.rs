@@ -202,14 +202,14 @@ struct ReadmeDoctests;
 
 pub use abi::{
     FallocateMode, FeatureFlags, FsyncFlags, IosqeFlags, RegisterOperation, ResolveFlags,
-    SpliceFlags, SqeFlags, SyncFileRangeFlags, URingOperation, UserData, MAX_ENTRIES,
-    MAX_FILE_OFFSET, MAX_IOVECS,
+    SpliceFlags, SqeFlags, SyncFileRangeFlags, URingOperation, UserData, MAX_BUF_RING_ENTRIES,
+    MAX_ENTRIES, MAX_FILE_OFFSET, MAX_IOVECS,
 };
 pub use allowlist::URingAllowlist;
 pub use context::{
-    Completion, Probe, URingBuilder, URingContext, MAX_REGISTERED_BUFFERS,
+    Completion, Probe, ProvidedBuffer, URingBuilder, URingContext, MAX_REGISTERED_BUFFERS,
     MAX_REGISTERED_BUFFER_LEN,
 };
 pub use error::{Error, Result};
 pub use iobuf::IoBufMut;
-pub use op::{EventType, OpBatch, RegisteredBuffer};
+pub use op::{BufferGroup, EventType, OpBatch, RegisteredBuffer};

@@ -1,19 +1,25 @@
 //! The typed kernel ABI: limits, the opcode and register-call enums, flag
 //! types, and the ring entries ([`Sqe`], [`Cqe`], restriction entries).
 //!
-//! Everything above this module speaks these types; only `entries.rs` names
-//! bindgen's unions.
+//! Everything above this module speaks these types; only `entries.rs` (and,
+//! for the provided-buffer ring, `buf_ring.rs`) names bindgen's unions.
 
+mod buf_ring;
 mod entries;
 mod flags;
 mod opcode;
 mod versions;
 
+pub use buf_ring::MAX_BUF_RING_ENTRIES;
 pub use flags::{
     FallocateMode, FeatureFlags, FsyncFlags, IosqeFlags, ResolveFlags, SpliceFlags, SqeFlags,
     SyncFileRangeFlags,
 };
 pub use opcode::{RegisterOperation, URingOperation};
+
+pub(crate) use buf_ring::{
+    buf_ring_tail, write_buf_entry, BufReg, BUF_RING_ENTRY_LEN, RECV_MULTISHOT,
+};
 
 pub(crate) use entries::{restriction, Cqe, Restriction, RestrictionKind, Sqe};
 pub(crate) use flags::{CqeFlags, SetupFlags, CQE_BUFFER_SHIFT, SPLICE_F_FD_IN_FIXED};

@@ -4,14 +4,13 @@
 use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
 use std::time::Duration;
 
+use super::buffer_ring::BufferRing;
 use super::registered::BufferMemory;
 use super::URingContext;
-use crate::abi::{SetupFlags, MAX_ENTRIES};
-use crate::bindings::io_uring_params;
+use crate::abi::MAX_ENTRIES;
 use crate::error::{Error, Result};
 use crate::sys::{self, Setup};
 use crate::URingAllowlist;
-use options::unsupported_option;
 
 mod options;
 
@@ -27,8 +26,8 @@ const MAX_CQ_ENTRIES: usize = 2 * MAX_ENTRIES;
 /// [`build`](Self::build) creates the ring (disabled when there is an
 /// allowlist: `IORING_SETUP_R_DISABLED`, Linux 5.10), checks the allowlist
 /// against what the kernel supports ([`URingContext::probe`]), registers
-/// the eventfd, the files and the buffers, then the allowlist's
-/// restrictions, and enables the ring. All registration thus happens before
+/// the eventfd, the files, the buffers and the buffer rings, then the
+/// allowlist's restrictions, and enables the ring. All registration thus happens before
 /// restrictions apply, which works the same before and after Linux 7.0
 /// (see [Linux 7.0 and allowlists](crate#linux-70-and-allowlists)).
 ///
@@ -74,6 +73,7 @@ pub struct URingBuilder<'a> {
     files: Vec<BorrowedFd<'a>>,
     sparse_files: usize,
     buffers: Option<(usize, usize)>,
+    buffer_rings: Vec<(u16, u32)>, // (count, len)
     submit_all: Option<bool>,
     coop_taskrun: bool,
     clamp: bool,
@@ -94,6 +94,7 @@ impl<'a> URingBuilder<'a> {
             files: Vec::new(),
             sparse_files: 0,
             buffers: None,
+            buffer_rings: Vec::new(),
             submit_all: None,
             coop_taskrun: false,
             clamp: false,
@@ -259,6 +260,31 @@ impl<'a> URingBuilder<'a> {
         self
     }
 
+    /// Registers a ring of `count` provided buffers of `len` bytes as a
+    /// buffer group (`IORING_REGISTER_PBUF_RING`, Linux 5.19,
+    /// `io_uring_register(2)`, `io_uring_setup_buf_ring(3)`), for
+    /// [`Recv::multishot`](crate::op::Recv::multishot); the group of call
+    /// `n` (from 0) is [`URingContext::buffer_group(n)`](URingContext::buffer_group).
+    ///
+    /// The context maps the ring and the buffers (zeroed) and puts every
+    /// buffer in the ring. The kernel may write any buffer of the group that
+    /// is in the ring until the ring is unregistered, so the memory lives as
+    /// long as the context and every operation that may select from the
+    /// group (leaked with one that dropping the context gives up on). A
+    /// completion lends a buffer ([`URingContext::provided_buffer`]);
+    /// dropping the guard gives it back.
+    ///
+    /// `count` a power of two up to [`MAX_BUF_RING_ENTRIES`](crate::MAX_BUF_RING_ENTRIES),
+    /// `len` at least 1 byte, or [`build`](Self::build) fails with
+    /// [`Error::BufferRingOutOfRange`]; [`Error::Mmap`] if the memory cannot
+    /// be mapped, [`Error::Register`] when the kernel refuses the
+    /// ring (`EINVAL` before 5.19), [`Error::BufferGroupsExhausted`] past
+    /// 65536 groups in the process.
+    pub fn buffer_ring(mut self, count: u16, len: u32) -> Self {
+        self.buffer_rings.push((count, len));
+        self
+    }
+
     /// Creates the ring. Fails as [`URingContext::new`] does, with the
     /// errors each option names, with [`Error::OptionNotSupported`]
     /// naming an option the kernel refuses (`EINVAL` from
@@ -282,6 +308,9 @@ impl<'a> URingBuilder<'a> {
             Some((count, len)) => Some(BufferMemory::new(count, len)?),
             None => None,
         };
+        let buffer_rings: Vec<_> = (self.buffer_rings.iter())
+            .map(|&(count, len)| BufferRing::new(count, len))
+            .collect::<Result<_>>()?;
         let mut ring = self.create(setup)?;
         if let Some(allowlist) = self.allowlist {
             match ring.probe_ring() {
@@ -305,60 +334,14 @@ impl<'a> URingBuilder<'a> {
         if let Some(buffers) = buffers {
             ring.register_buffers(buffers)?;
         }
+        for buffer_ring in buffer_rings {
+            ring.register_buffer_ring(buffer_ring)?;
+        }
         if let Some(allowlist) = self.allowlist {
             ring.register_restrictions(allowlist)?;
             ring.enable()?;
         }
         Ok(ring)
-    }
-
-    /// Creates the ring with the setup flags asked for, dropping a default
-    /// `SUBMIT_ALL` the kernel refuses, and naming an option it refuses.
-    fn create(&self, setup: Setup<'_>) -> Result<URingContext> {
-        let mut flags = SetupFlags::empty();
-        flags.set(SetupFlags::R_DISABLED, self.allowlist.is_some());
-        flags.set(SetupFlags::CQSIZE, self.cq_entries.is_some());
-        flags.set(SetupFlags::CLAMP, self.clamp);
-        flags.set(SetupFlags::COOP_TASKRUN, self.coop_taskrun);
-        flags.set(SetupFlags::SUBMIT_ALL, self.submit_all != Some(false));
-        flags.set(SetupFlags::SQPOLL, self.sqpoll.is_some());
-        let (idle, cpu) = self.sqpoll.unwrap_or_default();
-        flags.set(SetupFlags::SQ_AFF, cpu.is_some());
-        let try_create = |flags: SetupFlags| {
-            let params = io_uring_params {
-                flags: flags.bits(),
-                // Only read with CQSIZE; CLAMP clamps anything past u32 too.
-                cq_entries: u32::try_from(self.cq_entries.unwrap_or(0)).unwrap_or(u32::MAX),
-                sq_thread_idle: u32::try_from(idle.as_millis()).unwrap_or(u32::MAX),
-                sq_thread_cpu: cpu.unwrap_or(0),
-                ..Default::default()
-            };
-            URingContext::create_with(setup, self.entries, params)
-        };
-        let first = try_create(flags);
-        let Err(Error::Setup(err)) = first else {
-            return first;
-        };
-        if err.raw_os_error() != Some(libc::EINVAL) {
-            return Err(Error::Setup(err));
-        }
-        if self.submit_all.is_none() {
-            flags.remove(SetupFlags::SUBMIT_ALL);
-            let second = try_create(flags);
-            match &second {
-                Err(Error::Setup(e)) if e.raw_os_error() == Some(libc::EINVAL) => {}
-                _ => return second,
-            }
-        }
-        let unsupported = unsupported_option(flags, |flags| try_create(flags).is_ok());
-        Err(match unsupported {
-            Some((option, since)) => Error::OptionNotSupported {
-                option,
-                since,
-                source: err,
-            },
-            None => Error::Setup(err),
-        })
     }
 }
 

@@ -4,6 +4,7 @@
 //! - `builder.rs`: [`URingBuilder`], the options `new` does not take;
 //! - `probe.rs`: what the kernel supports ([`Probe`], features);
 //! - `registered.rs`: registered files and buffers;
+//! - `buffer_ring.rs`: provided-buffer rings and lending their buffers;
 //! - `queue.rs`: the generic add path, batches, and the context's own SQEs;
 //! - `crosvm.rs`: the crosvm-named `add_*` methods, one line each;
 //! - `submit.rs`: `submit` and the one place that calls `io_uring_enter`;
@@ -12,6 +13,7 @@
 //! - `drain.rs`: `close`, drop, and cancelling what is in flight;
 //! - `table.rs` and `labels.rs`: the bookkeeping of operations in flight.
 
+mod buffer_ring;
 mod builder;
 mod completions;
 mod crosvm;
@@ -28,6 +30,7 @@ mod submit;
 mod table;
 mod wait;
 
+pub use buffer_ring::ProvidedBuffer;
 pub use completions::Completion;
 
 use std::io;
@@ -171,6 +174,13 @@ pub struct URingContext {
     features: crate::abi::FeatureFlags,
     /// The registered buffers' memory, after the ring in drop order.
     buffers: Option<registered::BufferMemory>,
+    /// The provided-buffer rings, last: dropped after `Drop` has drained
+    /// the ring (so no operation that may write their buffers is left,
+    /// unless drain gave up and leaked that operation's share of the
+    /// memory, which keeps it mapped) and after the ring fd is closed. The
+    /// kernel pins a ring's entries itself, so their order against the
+    /// ring's fd does not matter (see `buffer_ring.rs`).
+    buffer_rings: Vec<buffer_ring::BufferRing>,
 }
 
 /// What the context's one lock guards: the SQ tail and SQE slots, the CQ

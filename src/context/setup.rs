@@ -158,6 +158,7 @@ impl URingContext {
             fork_generation: super::fork::generation(),
             features: FeatureFlags::from_bits_retain(params.features),
             buffers: None,
+            buffer_rings: Vec::new(),
         })
     }
 

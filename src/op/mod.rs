@@ -59,7 +59,8 @@ pub use cancel::AsyncCancel;
 pub use file::{Fadvise, Read, SyncFileRange, Write};
 pub use fixed::{ReadFixed, RegisteredBuffer, WriteFixed};
 pub use net::{
-    Accept, Connect, Recv, Recvmsg, Send, Sendmsg, Shutdown, SockAddr, Socket, SocketFlags,
+    Accept, BufferGroup, Connect, Recv, Recvmsg, Send, Sendmsg, Shutdown, SockAddr, Socket,
+    SocketFlags,
 };
 pub use nop::Nop;
 pub use path::{Close, Openat, Openat2, Statx};

@@ -17,12 +17,16 @@
 mod addr;
 mod conn;
 mod io;
+mod msg;
+mod recv_multi;
 #[cfg(test)]
 mod tests;
 
 pub use addr::SockAddr;
 pub use conn::{Accept, Connect, Shutdown, Socket};
-pub use io::{Recv, Recvmsg, Send, Sendmsg};
+pub use io::{Recv, Send};
+pub use msg::{Recvmsg, Sendmsg};
+pub use recv_multi::BufferGroup;
 
 use bitflags::bitflags;
 
