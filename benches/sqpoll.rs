@@ -42,7 +42,7 @@ fn sqpoll(c: &mut Criterion) {
         mut io_uring,
         mut io_uring_sqpoll,
         mut ops,
-    } = NopRings::new().unwrap();
+    } = NopRings::new(None).unwrap();
     let mut group = c.benchmark_group("sqpoll");
     for batch in BATCHES {
         group.throughput(Throughput::Elements(batch as u64));

@@ -239,16 +239,21 @@ pub struct NopRings {
 }
 
 impl NopRings {
-    pub fn new() -> io::Result<NopRings> {
+    /// The rings; with `sq_cpu`, both SQ threads are pinned to that CPU
+    /// (`URingBuilder::sqpoll_cpu`, the crate's `setup_sqpoll_cpu`).
+    pub fn new(sq_cpu: Option<u32>) -> io::Result<NopRings> {
+        let mut sqpoll = URingBuilder::new(RING_ENTRIES as usize).sqpoll(SQPOLL_IDLE);
+        let mut io_uring_sqpoll = IoUring::builder();
+        io_uring_sqpoll.setup_sqpoll(SQPOLL_IDLE.as_millis() as u32);
+        if let Some(cpu) = sq_cpu {
+            sqpoll = sqpoll.sqpoll_cpu(cpu);
+            io_uring_sqpoll.setup_sqpoll_cpu(cpu);
+        }
         Ok(NopRings {
             plain: URingContext::new(RING_ENTRIES as usize, None)?,
-            sqpoll: URingBuilder::new(RING_ENTRIES as usize)
-                .sqpoll(SQPOLL_IDLE)
-                .build()?,
+            sqpoll: sqpoll.build()?,
             io_uring: IoUring::new(RING_ENTRIES)?,
-            io_uring_sqpoll: IoUring::builder()
-                .setup_sqpoll(SQPOLL_IDLE.as_millis() as u32)
-                .build(RING_ENTRIES)?,
+            io_uring_sqpoll: io_uring_sqpoll.build(RING_ENTRIES)?,
             ops: OpBatch::with_capacity(RING_ENTRIES as usize),
         })
     }

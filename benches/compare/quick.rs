@@ -44,6 +44,8 @@
 //!   each SQPOLL share it sleeps 150 ms, so that the ring's kernel thread,
 //!   which polls for 100 ms after its last work, is asleep before the next
 //!   contender starts; it prints the CPU time burnt during those pauses.
+//!   `quick sqpoll --pinned` pins this thread to CPU 0 and both SQ threads
+//!   to CPU 1 (`sqpoll_cpu`), so that neither can take the other's CPU.
 
 use std::error::Error;
 use std::time::{Duration, Instant};
@@ -182,8 +184,9 @@ enum Command {
     Compare(usize),
     /// `quick fixed`: readv against read_fixed, over this many rounds.
     Fixed(usize),
-    /// `quick sqpoll`: SQPOLL against a plain ring, over this many rounds.
-    Sqpoll(usize),
+    /// `quick sqpoll [--pinned]`: SQPOLL against a plain ring, over this
+    /// many rounds; pinned: this thread on CPU 0, the SQ threads on CPU 1.
+    Sqpoll { rounds: usize, pinned: bool },
     /// Run one library's round trip `rounds` times at `batch`, untimed:
     /// for `valgrind --tool=callgrind`, which counts its instructions.
     Only {
@@ -195,7 +198,8 @@ enum Command {
 
 fn command_from_args() -> Result<Command> {
     let usage = "usage: quick [ROUNDS]  (ROUNDS >= 1, default 11)\n       \
-                 quick fixed|sqpoll [ROUNDS]  (ROUNDS >= 1, default 12)\n       \
+                 quick fixed [ROUNDS]  (ROUNDS >= 1, default 12)\n       \
+                 quick sqpoll [--pinned] [ROUNDS]  (ROUNDS >= 1, default 12)\n       \
                  quick ringfence|io-uring BATCH ROUNDS  (one library, untimed)";
     let args: Vec<String> = std::env::args().skip(1).collect();
     let count = |arg: &str| match arg.parse() {
@@ -208,11 +212,21 @@ fn command_from_args() -> Result<Command> {
             println!("{usage}");
             std::process::exit(0);
         }
+        [mode, rest @ ..] if mode == "sqpoll" => {
+            let (pinned, rest) = match rest {
+                [flag, rest @ ..] if flag == "--pinned" => (true, rest),
+                rest => (false, rest),
+            };
+            let rounds = match rest {
+                [] => DEFAULT_CONTEST_ROUNDS,
+                [rounds] => count(rounds)?,
+                _ => return Err(usage.into()),
+            };
+            Ok(Command::Sqpoll { rounds, pinned })
+        }
         [mode] if mode == "fixed" => Ok(Command::Fixed(DEFAULT_CONTEST_ROUNDS)),
-        [mode] if mode == "sqpoll" => Ok(Command::Sqpoll(DEFAULT_CONTEST_ROUNDS)),
         [rounds] => Ok(Command::Compare(count(rounds)?)),
         [mode, rounds] if mode == "fixed" => Ok(Command::Fixed(count(rounds)?)),
-        [mode, rounds] if mode == "sqpoll" => Ok(Command::Sqpoll(count(rounds)?)),
         [library, batch, rounds] => {
             let library = match library.as_str() {
                 "ringfence" => Library::Ringfence,
@@ -245,7 +259,7 @@ fn run() -> Result<()> {
     let rounds = match command_from_args()? {
         Command::Compare(rounds) => rounds,
         Command::Fixed(rounds) => return run_fixed(rounds),
-        Command::Sqpoll(rounds) => return run_sqpoll(rounds),
+        Command::Sqpoll { rounds, pinned } => return run_sqpoll(rounds, pinned),
         Command::Only {
             library,
             batch,
@@ -583,17 +597,54 @@ impl Contest for Sqpoll {
     }
 }
 
-fn run_sqpoll(rounds: usize) -> Result<()> {
+/// `quick sqpoll --pinned`: this thread on CPU 0, the SQ threads on CPU 1.
+const PINNED: (usize, u32) = (0, 1);
+
+/// Pins the calling thread to `cpu` (`sched_setaffinity`).
+fn pin_this_thread(cpu: usize) -> Result<()> {
+    // SAFETY: a zeroed cpu_set_t is a valid empty set, and CPU_SET writes
+    // only inside it (`cpu` is checked against its size).
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    if cpu >= libc::CPU_SETSIZE as usize {
+        return Err(format!("CPU {cpu} is past CPU_SETSIZE").into());
+    }
+    // SAFETY: as above.
+    unsafe { libc::CPU_SET(cpu, &mut set) };
+    // SAFETY: `set` is a valid cpu_set_t of the size passed; 0 names the
+    // calling thread.
+    let rc = unsafe { libc::sched_setaffinity(0, std::mem::size_of_val(&set), &set) };
+    if rc != 0 {
+        let e = std::io::Error::last_os_error();
+        return Err(format!("pinning this thread to CPU {cpu}: {e}").into());
+    }
+    Ok(())
+}
+
+fn run_sqpoll(rounds: usize, pinned: bool) -> Result<()> {
+    let sq_cpu = if pinned {
+        pin_this_thread(PINNED.0)?;
+        Some(PINNED.1)
+    } else {
+        None
+    };
     let mut contest = Sqpoll {
-        rings: common::NopRings::new()?,
+        rings: common::NopRings::new(sq_cpu)?,
         idle_cpu: Vec::new(),
     };
     run_contest(
         &mut contest,
         &format!(
             "nop round trip (`OpBatch`, submit, wait for all), rings of {RING_ENTRIES} entries, \
-             SQPOLL with {} ms idle",
-            common::SQPOLL_IDLE.as_millis()
+             SQPOLL with {} ms idle{}",
+            common::SQPOLL_IDLE.as_millis(),
+            if pinned {
+                format!(
+                    ", this thread pinned to CPU {}, the SQ threads to CPU {}",
+                    PINNED.0, PINNED.1
+                )
+            } else {
+                String::new()
+            }
         ),
         rounds,
         &[
