@@ -18,7 +18,9 @@
 //!   crate's `completion()`) instead of blocking in `io_uring_enter`.
 //!
 //! The SQ thread of an SQPOLL ring spins on a CPU while it has work and for
-//! 100 ms after its last (then it sleeps until woken). On a machine with
+//! its idle time, 100 ms here, after its last (`sq_thread_idle`; then it
+//! sleeps until woken: `io_sq_thread` in the kernel's `io_uring/sqpoll.c`,
+//! and `quick sqpoll` measures the CPU time it burns). On a machine with
 //! few cores it competes with the benchmark's own thread, and keeps
 //! spinning into whatever runs next: `quick sqpoll` pauses after each
 //! SQPOLL round so the next one starts without it, and measures the CPU

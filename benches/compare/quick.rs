@@ -27,10 +27,12 @@
 //! difference between two round counts is the user-space instructions of
 //! the extra round trips, set-up cancelled out.
 //!
-//! `quick fixed [ROUNDS]` and `quick sqpoll [ROUNDS]` (ROUNDS defaults to
-//! 12) compare four contenders the same way, in rounds that rotate their
-//! order, at batch 1 and 32, and print the median wall time and process
-//! CPU time per operation of each, and medians of per-round ratios:
+//! `quick fixed [ROUNDS]` and `quick sqpoll [--pinned] [ROUNDS]` (ROUNDS
+//! defaults to 12) compare more contenders the same way, in rounds that
+//! rotate their order, each contender's share sized to about 150 ms at its
+//! own speed, at batch 1 and 32, and print the median wall time and process
+//! CPU time per operation of each, and medians of per-round ratios (the
+//! README's "What a VMM needs" section quotes them):
 //!
 //! - `fixed`: 4 KiB reads at random offsets of a 64 MiB tmpfs file, readv
 //!   against read_fixed on registered buffers and a registered file,
@@ -40,10 +42,10 @@
 //!   SQPOLL ring against a plain one, ringfence against the `io-uring`
 //!   crate (`common::NopRings`, which `benches/sqpoll.rs` also runs), and
 //!   on the SQPOLL ring also reaping by spinning on the completion queue
-//!   instead of blocking in the kernel (six contenders). After
-//!   each SQPOLL share it sleeps 150 ms, so that the ring's kernel thread,
-//!   which polls for 100 ms after its last work, is asleep before the next
-//!   contender starts; it prints the CPU time burnt during those pauses.
+//!   instead of blocking in the kernel (six contenders). After each SQPOLL
+//!   share it sleeps 150 ms, so that the ring's kernel thread, which polls
+//!   for 100 ms after its last work, is asleep before the next contender
+//!   starts; it prints the CPU time burnt during those pauses.
 //!   `quick sqpoll --pinned` pins this thread to CPU 0 and both SQ threads
 //!   to CPU 1 (`sqpoll_cpu`), so that neither can take the other's CPU.
 
