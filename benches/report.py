@@ -9,7 +9,9 @@ per iteration) and ratios against the comparator measured in the same run.
                                                    # median of several runs
 
 Each ratio is the quotient of the two medians shown, with the range of
-the per-run ratios beside it.
+the per-run ratios beside it. The fixed and sqpoll groups (fixed.rs,
+sqpoll.rs) have no single comparator: their pairs of contenders (PAIRS)
+get a ratio table of their own.
 Standard library only.
 """
 import argparse
@@ -122,6 +124,51 @@ COMPARATOR = {"nop": "io-uring", "readv": "io-uring", "in_flight": "io-uring",
               "threads": "io-uring-mutex"}
 
 
+# Groups whose contenders are compared pairwise rather than against one
+# comparator: (label, numerator, denominator), printed as a second table.
+# fixed.rs: each form against the io-uring crate's, and read_fixed against
+# readv within each library. sqpoll.rs: each SQPOLL loop against the plain
+# ring of its library, and each loop against the io-uring crate's.
+PAIRS = {
+    "fixed": [
+        ("readv: ringfence / io-uring", "ringfence-readv", "io-uring-readv"),
+        ("read_fixed: ringfence / io-uring", "ringfence-read-fixed", "io-uring-read-fixed"),
+        ("ringfence: read_fixed / readv", "ringfence-read-fixed", "ringfence-readv"),
+        ("io-uring: read_fixed / readv", "io-uring-read-fixed", "io-uring-readv"),
+    ],
+    "sqpoll": [
+        ("ringfence: SQPOLL / plain", "ringfence-sqpoll", "ringfence"),
+        ("ringfence: SQPOLL polling / plain", "ringfence-sqpoll-polling", "ringfence"),
+        ("io-uring: SQPOLL / plain", "io-uring-sqpoll", "io-uring"),
+        ("io-uring: SQPOLL polling / plain", "io-uring-sqpoll-polling", "io-uring"),
+        ("plain: ringfence / io-uring", "ringfence", "io-uring"),
+        ("SQPOLL: ringfence / io-uring", "ringfence-sqpoll", "io-uring-sqpoll"),
+        ("SQPOLL polling: ringfence / io-uring", "ringfence-sqpoll-polling",
+         "io-uring-sqpoll-polling"),
+    ],
+}
+
+
+def print_pairs(group, params, runs, results):
+    """The ratio table of a group in PAIRS: per parameter, the quotient of
+    the two medians shown, with the range of the per-run ratios."""
+    pairs = PAIRS[group]
+    print(f"\n{group} ratios (quotient of the medians, [per-run range])")
+    print("| param | " + " | ".join(label for label, _, _ in pairs) + " |")
+    print("|---" * (len(pairs) + 1) + "|")
+    for p in params:
+        cells = []
+        for _, a, b in pairs:
+            ka, kb = (group, a, p), (group, b, p)
+            if ka not in results or kb not in results:
+                cells.append("")
+                continue
+            per_run = [r[ka] / r[kb] for r in runs if ka in r and kb in r]
+            cells.append(f"{results[ka] / results[kb]:.2f} "
+                         f"[{min(per_run):.2f}–{max(per_run):.2f}]")
+        print(f"| {p} | " + " | ".join(cells) + " |")
+
+
 def median(values):
     values = sorted(values)
     mid = len(values) // 2
@@ -170,6 +217,8 @@ def main():
                     cell += f" ({ratio[0]:.2f}× [{ratio[1]:.2f}–{ratio[2]:.2f}])"
                 cells.append(cell)
             print(f"| {p} | " + " | ".join(cells) + " |")
+        if group in PAIRS:
+            print_pairs(group, params, runs, results)
     if args.svg:
         pathlib.Path(args.svg).write_text(svg_chart(results))
 
