@@ -741,7 +741,7 @@ fn issue(ring: &URingContext, op: URingOperation, ud: u64, targets: &Targets) ->
         URingOperation::Statx => {
             // SAFETY: all-zero bytes are a valid statx; leaked, it outlives
             // the operation.
-            let buf: &'static mut libc::statx = Box::leak(Box::new(unsafe { std::mem::zeroed() }));
+            let buf: &'static mut libc::statx = common::leak_value(unsafe { std::mem::zeroed() });
             // SAFETY: the buffer is leaked and never touched again.
             let op = unsafe { ringfence::op::Statx::new(MISSING, 0, libc::STATX_SIZE, buf) };
             ring.add(op, ud).expect("add Statx");

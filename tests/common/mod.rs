@@ -132,6 +132,18 @@ pub fn leak(bytes: Vec<u8>) -> &'static mut [u8] {
     buf
 }
 
+/// `value`, leaked for the rest of the process and recorded in [`LEAKED`]
+/// (as [`leak`] does for bytes): for memory an operation writes, such as a
+/// statx buffer.
+pub fn leak_value<T>(value: T) -> &'static mut T {
+    let value: &'static mut T = Box::leak(Box::new(value));
+    LEAKED
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .push(std::ptr::from_mut(value) as usize);
+    value
+}
+
 /// A heap buffer of `len` bytes that lives for the rest of the process, as
 /// `IoBufMut<'static>` requires. Returns the buffer and a raw view of it for
 /// checking its contents after the operation has completed.
