@@ -49,6 +49,7 @@ use crate::abi::{
 };
 use crate::error::{Error, Result};
 use crate::op::BufferGroup;
+use crate::sys::{self, Mapping};
 
 /// The buffer group ids in use in the process, a bit each: one is taken
 /// from the creation of a group's memory to its unmapping (for ever if the
@@ -83,25 +84,18 @@ fn free_group_id(id: u16) {
 
 /// One mapping: the ring's entries, then the buffers.
 ///
-/// Invariant: `ptr..ptr + map_len` is a live mapping owned by this value,
-/// unmapped on drop; the ring takes its first `ring_len` bytes (a whole
-/// number of pages, so `ptr` is page aligned), buffer `i` the `len` bytes
-/// from `ptr + ring_len + i * len`. Rust code reaches the mapping only
+/// Invariant: `mapping` is unmapped on drop; the ring takes its first
+/// `ring_len` bytes (a whole number of pages, so the ring is page
+/// aligned), buffer `i` the `len` bytes from `ring_len + i * len` on. Rust code reaches the mapping only
 /// through raw pointers, except a buffer lent to a [`ProvidedBuffer`].
 struct RingMemory {
     /// The group's id, taken from [`GROUP_IDS`] for the life of the value.
     group: u16,
-    ptr: NonNull<u8>,
-    map_len: usize,
+    mapping: Mapping,
     ring_len: usize,
     count: u16,
     len: u32,
 }
-
-// SAFETY: plain memory owned by this value, reached as the invariant says.
-unsafe impl Send for RingMemory {}
-// SAFETY: as above; `&RingMemory` only hands out addresses.
-unsafe impl Sync for RingMemory {}
 
 impl RingMemory {
     /// Maps a ring of `count` entries and `count` zeroed buffers of `len`
@@ -112,39 +106,17 @@ impl RingMemory {
         if !entries.is_power_of_two() || entries > MAX_BUF_RING_ENTRIES || len == 0 {
             return Err(out_of_range);
         }
-        // SAFETY: sysconf takes no pointers.
-        let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096);
+        let page = sys::page_size();
         let ring_len = (entries * BUF_RING_ENTRY_LEN).div_ceil(page) * page;
         let map_len = (len as usize)
             .checked_mul(entries)
             .and_then(|buffers| buffers.checked_add(ring_len))
             .ok_or(out_of_range)?;
-        // SAFETY: a fresh anonymous mapping at an address the kernel
-        // chooses cannot alias any Rust object; the arguments are values.
-        let ptr = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                map_len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-                -1,
-                0,
-            )
-        };
-        if ptr == libc::MAP_FAILED {
-            return Err(Error::Mmap(std::io::Error::last_os_error()));
-        }
-        let ptr = NonNull::new(ptr.cast::<u8>())
-            .ok_or(Error::Mmap(std::io::Error::from_raw_os_error(libc::ENOMEM)))?;
-        let Some(group) = take_group_id() else {
-            // SAFETY: the mapping was just made, and nothing points into it.
-            unsafe { libc::munmap(ptr.as_ptr().cast(), map_len) };
-            return Err(Error::BufferGroupsExhausted);
-        };
+        let mapping = Mapping::anonymous(map_len).map_err(Error::Mmap)?;
+        let group = take_group_id().ok_or(Error::BufferGroupsExhausted)?;
         Ok(RingMemory {
             group,
-            ptr,
-            map_len,
+            mapping,
             ring_len,
             count,
             len,
@@ -155,20 +127,21 @@ impl RingMemory {
     fn buffer(&self, bid: u16) -> NonNull<u8> {
         debug_assert!(bid < self.count);
         // SAFETY: inside the mapping (invariant), as `bid < count`.
-        unsafe {
-            self.ptr
+        let at = unsafe {
+            self.mapping
+                .as_ptr()
                 .add(self.ring_len + usize::from(bid) * self.len as usize)
-        }
+        };
+        NonNull::new(at).expect("a mapping is never at null")
     }
 }
 
 impl Drop for RingMemory {
     fn drop(&mut self) {
-        // SAFETY: the mapping is ours (invariant). The last share is gone,
-        // so no operation that may select a buffer is in flight, and no
-        // `ProvidedBuffer` (it borrows the context, which holds a share).
-        unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.map_len) };
-        // No operation names the group any more: another may take its id.
+        // The last share is gone, so no operation that may select a buffer
+        // is in flight, and no `ProvidedBuffer` (it borrows the context,
+        // which holds a share): the mapping goes once this returns, and no
+        // operation names the group any more, so another may take its id.
         free_group_id(self.group);
     }
 }
@@ -218,7 +191,7 @@ impl BufferRing {
         // holder writes entries.
         unsafe {
             write_buf_entry(
-                memory.ptr.as_ptr(),
+                memory.mapping.as_ptr(),
                 index,
                 memory.buffer(bid).as_ptr() as u64,
                 memory.len,
@@ -228,7 +201,7 @@ impl BufferRing {
         producer.tail = producer.tail.wrapping_add(1);
         // SAFETY: the ring outlives this borrow (we hold the memory), and
         // its tail is only ever accessed atomically, here.
-        let tail = unsafe { buf_ring_tail(memory.ptr.as_ptr()) };
+        let tail = unsafe { buf_ring_tail(memory.mapping.as_ptr()) };
         // Release: the entry written above must be visible before the
         // kernel sees the new tail, which it reads with `smp_load_acquire`
         // (`io_ring_buffer_select`, `io_uring/kbuf.c`).
@@ -352,7 +325,7 @@ impl URingContext {
     pub(super) fn register_buffer_ring(&mut self, ring: BufferRing) -> Result<()> {
         let memory = &ring.memory;
         let reg = BufReg::new(
-            memory.ptr.as_ptr() as u64,
+            memory.mapping.as_ptr() as u64,
             u32::from(memory.count),
             memory.group,
         );

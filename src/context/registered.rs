@@ -9,6 +9,7 @@ use crate::abi::RegisterOperation;
 use crate::bindings::io_uring_files_update;
 use crate::error::{Error, Result};
 use crate::op::RegisteredBuffer;
+use crate::sys::{self, Mapping};
 
 /// The most buffers one ring registers: the kernel's
 /// `IORING_MAX_REG_BUFFERS` (`io_uring/rsrc.c`, 1 << 14).
@@ -21,23 +22,17 @@ pub const MAX_REGISTERED_BUFFER_LEN: usize = 1 << 30;
 /// The memory of a ring's registered buffers: one anonymous private
 /// mapping, `count` buffers of `len` bytes, each starting on a page.
 ///
-/// Invariant: `ptr..ptr + map_len` is a live mapping owned by this value,
-/// unmapped on drop. Rust code reaches it only through raw pointers
-/// ([`RegisteredBuffer::as_ptr`]), so the kernel writing it never aliases
-/// a Rust reference unless the caller's `unsafe` code made one.
+/// Invariant: `mapping` is `count * stride` bytes, unmapped on drop (see
+/// the drop order in [`URingContext`]). Rust code reaches it only through
+/// raw pointers ([`RegisteredBuffer::as_ptr`]), so the kernel writing it
+/// never aliases a Rust reference unless the caller's `unsafe` code made
+/// one.
 pub(super) struct BufferMemory {
-    ptr: NonNull<u8>,
-    map_len: usize,
+    mapping: Mapping,
     stride: usize,
     count: usize,
     len: usize,
 }
-
-// SAFETY: the mapping is plain memory owned by this value; see the
-// invariant for how it is reached.
-unsafe impl Send for BufferMemory {}
-// SAFETY: as above; `&BufferMemory` only hands out addresses.
-unsafe impl Sync for BufferMemory {}
 
 impl BufferMemory {
     /// Maps `count` zeroed buffers of `len` bytes.
@@ -47,33 +42,14 @@ impl BufferMemory {
         {
             return Err(Error::RegisteredBuffersOutOfRange { count, len });
         }
-        // SAFETY: sysconf takes no pointers.
-        let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096);
+        let page = sys::page_size();
         let stride = len.div_ceil(page) * page;
         let map_len = stride
             .checked_mul(count)
             .ok_or(Error::RegisteredBuffersOutOfRange { count, len })?;
-        // SAFETY: a fresh anonymous mapping at an address the kernel
-        // chooses cannot alias any Rust object; the arguments are plain
-        // values.
-        let ptr = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                map_len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-                -1,
-                0,
-            )
-        };
-        if ptr == libc::MAP_FAILED {
-            return Err(Error::Mmap(std::io::Error::last_os_error()));
-        }
-        let ptr = NonNull::new(ptr.cast())
-            .ok_or(Error::Mmap(std::io::Error::from_raw_os_error(libc::ENOMEM)))?;
+        let mapping = Mapping::anonymous(map_len).map_err(Error::Mmap)?;
         Ok(BufferMemory {
-            ptr,
-            map_len,
+            mapping,
             stride,
             count,
             len,
@@ -86,7 +62,9 @@ impl BufferMemory {
         (i < self.count).then(|| {
             // SAFETY: `i * stride` is inside the mapping (invariant), as
             // `i < count` and the mapping is `count * stride` bytes.
-            let base = unsafe { self.ptr.add(i * self.stride) };
+            let base = unsafe { self.mapping.as_ptr().add(i * self.stride) };
+            // `Mapping` never holds a null pointer.
+            let base = NonNull::new(base).expect("a mapping is never at null");
             RegisteredBuffer::from_raw_parts(index, NonNull::slice_from_raw_parts(base, self.len))
         })
     }
@@ -103,20 +81,12 @@ impl BufferMemory {
     }
 }
 
-impl Drop for BufferMemory {
-    fn drop(&mut self) {
-        // Unmapping is safe even if the kernel may still write a buffer (a
-        // drain that gave up): registration pinned the pages
-        // (`io_sqe_buffer_register`, `io_uring/rsrc.c`), and the kernel
-        // reaches them through those pins, not through our addresses; once
-        // unmapped they belong to no mapping of ours, and stay allocated
-        // until the kernel unpins them when the ring is freed.
-        // SAFETY: the mapping is ours (invariant) and nothing reaches it
-        // after this value is gone but raw pointers the caller promised not
-        // to use past the context.
-        unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.map_len) };
-    }
-}
+// Unmapping (when `mapping` drops) is safe even if the kernel may still
+// write a buffer (a drain that gave up): registration pinned the pages
+// (`io_sqe_buffer_register`, `io_uring/rsrc.c`), and the kernel reaches them
+// through those pins, not through our addresses; once unmapped they belong
+// to no mapping of ours, and stay allocated until the kernel unpins them
+// when the ring is freed.
 
 impl URingContext {
     /// Buffer `index` of the buffers registered by

@@ -4,7 +4,8 @@ use std::ptr::NonNull;
 
 use super::Ring;
 
-/// A shared mapping of ring memory, unmapped (or released) on drop.
+/// A mapping of ring memory (or of memory the context registers with the
+/// kernel), unmapped (or released) on drop.
 ///
 /// Invariant: `ptr..ptr + len` is live ring memory that stays mapped (for
 /// another backend: allocated) at least until this value is dropped.
@@ -16,7 +17,8 @@ pub(crate) struct Mapping {
 
 /// What keeps a mapping's memory alive.
 enum Backing {
-    /// A `MAP_SHARED` mapping of a ring fd, owned by this value alone.
+    /// A mapping this value alone owns: of a ring fd (`MAP_SHARED`), or
+    /// anonymous.
     Mmap,
     /// Memory of another backend, kept alive by this handle (never read:
     /// it is held for its drop).
@@ -44,6 +46,30 @@ impl Mapping {
                 offset as libc::off_t,
             )
         };
+        Self::mapped(ptr, len)
+    }
+
+    /// `len` bytes of fresh, zeroed, page-aligned private memory
+    /// (`MAP_PRIVATE | MAP_ANONYMOUS`), for memory the context registers
+    /// with the kernel (registered buffers, provided-buffer rings).
+    pub(crate) fn anonymous(len: usize) -> io::Result<Mapping> {
+        // SAFETY: a fresh mapping at an address the kernel chooses cannot
+        // alias any Rust object; the arguments are plain values.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        Self::mapped(ptr, len)
+    }
+
+    /// The mapping `mmap` returned as `ptr`, or its error.
+    fn mapped(ptr: *mut libc::c_void, len: usize) -> io::Result<Mapping> {
         if ptr == libc::MAP_FAILED {
             return Err(io::Error::last_os_error());
         }
@@ -107,3 +133,9 @@ impl Drop for Mapping {
 unsafe impl Send for Mapping {}
 // SAFETY: `&Mapping` only hands out the base pointer and length.
 unsafe impl Sync for Mapping {}
+
+/// The system's page size, in bytes.
+pub(crate) fn page_size() -> usize {
+    // SAFETY: sysconf takes no pointers.
+    usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096)
+}

@@ -12,7 +12,7 @@
 
 mod mapping;
 
-pub(crate) use mapping::Mapping;
+pub(crate) use mapping::{page_size, Mapping};
 
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
