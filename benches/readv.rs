@@ -13,9 +13,7 @@
 
 mod common;
 
-use std::fs::File;
 use std::hint::black_box;
-use std::io::{self, Write};
 use std::os::fd::AsRawFd;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
@@ -23,75 +21,7 @@ use io_uring::{opcode, types, IoUring};
 use ringfence::op::{Readv, Target};
 use ringfence::{IoBufMut, OpBatch, URingContext};
 
-const BLOCK: usize = 4096;
-const FILE_LEN: usize = 64 << 20;
-
-/// Where the file goes: tmpfs on every Linux system that mounts it.
-const TMPFS_DIR: &str = "/dev/shm";
-
-/// A file of `FILE_LEN` bytes on tmpfs, in [`TMPFS_DIR`]. If that
-/// directory is missing, is not tmpfs or has no room for the file, falls
-/// back to the default temporary directory (a disk file, whose reads may
-/// reach the disk) and says so on stderr.
-fn tmpfs_file() -> File {
-    let on_tmpfs = tempfile::tempfile_in(TMPFS_DIR).and_then(|file| {
-        if !is_tmpfs(&file)? {
-            return Err(io::Error::other("not a tmpfs mount"));
-        }
-        fill(&file)?;
-        Ok(file)
-    });
-    match on_tmpfs {
-        Ok(file) => file,
-        Err(e) => {
-            let file = tempfile::tempfile().unwrap();
-            fill(&file).unwrap();
-            eprintln!(
-                "readv: {TMPFS_DIR} is not usable ({e}); reading a file in {} instead, whose page cache may be reclaimed, so the figures may include disk reads",
-                std::env::temp_dir().display()
-            );
-            file
-        }
-    }
-}
-
-/// Whether `file` is on tmpfs.
-fn is_tmpfs(file: &File) -> io::Result<bool> {
-    let mut fs = std::mem::MaybeUninit::<libc::statfs>::uninit();
-    // SAFETY: the fd is open for the call (`file` is borrowed), and
-    // `fs.as_mut_ptr()` points to writable memory of the struct's size,
-    // which fstatfs fills in full when it returns 0.
-    if unsafe { libc::fstatfs(file.as_raw_fd(), fs.as_mut_ptr()) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: fstatfs returned 0, so it initialized the whole struct.
-    let fs = unsafe { fs.assume_init() };
-    Ok(fs.f_type == libc::TMPFS_MAGIC)
-}
-
-/// Writes `FILE_LEN` bytes of a repeating pattern to `file`. `sync_all`
-/// matters only for the disk fallback: its pages are then clean, as a
-/// page-cached file's usually are (on tmpfs it does nothing).
-fn fill(mut file: &File) -> io::Result<()> {
-    let chunk: Vec<u8> = (0..1 << 20).map(|i| i as u8).collect();
-    for _ in 0..FILE_LEN / chunk.len() {
-        file.write_all(&chunk)?;
-    }
-    file.sync_all()
-}
-
-/// Block-aligned offsets, from a fixed seed so every run reads the same.
-struct Offsets(fastrand::Rng);
-
-impl Offsets {
-    fn new() -> Offsets {
-        Offsets(fastrand::Rng::with_seed(0x9e37_79b9_7f4a_7c15))
-    }
-
-    fn next(&mut self) -> u64 {
-        self.0.u64(..(FILE_LEN / BLOCK) as u64) * BLOCK as u64
-    }
-}
+use common::{tmpfs_file, Offsets, BLOCK};
 
 /// `batch` block buffers; read `i` of a round goes to block `i`.
 struct Buffers(Vec<u8>);
@@ -141,7 +71,7 @@ fn io_uring_reap(ring: &mut IoUring, batch: usize) {
 }
 
 fn readv(c: &mut Criterion) {
-    let file = tmpfs_file();
+    let file = tmpfs_file("readv").expect("a file to read");
     let fd = file.as_raw_fd();
     let mut group = c.benchmark_group("readv");
     let ring = URingContext::new(common::RING_ENTRIES as usize, None).unwrap();
