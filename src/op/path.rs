@@ -13,6 +13,7 @@ use std::ffi::CString;
 use std::os::fd::{IntoRawFd, OwnedFd};
 use std::os::unix::ffi::OsStringExt;
 use std::path::{Path, PathBuf};
+use std::ptr::{addr_of, NonNull};
 
 use super::{KeepAlive, KernelMemory, Operation, Prepared, Target};
 use crate::abi::{ResolveFlags, Sqe, URingOperation};
@@ -78,6 +79,15 @@ struct OpenCommon {
 }
 
 impl OpenCommon {
+    /// `path`, relative to the working directory, into a plain descriptor.
+    fn new(path: &Path) -> OpenCommon {
+        OpenCommon {
+            dir: None,
+            path: path.to_path_buf(),
+            install: Install::Descriptor,
+        }
+    }
+
     /// Fills the directory and `file_index`.
     fn fill<O: Operation>(&self, sqe: &mut Sqe) -> Result<()> {
         fill_dir::<O>(&self.dir, sqe)?;
@@ -167,11 +177,7 @@ impl Openat {
     /// A path with a NUL byte fails the add with [`Error::NulInPath`].
     pub fn new(path: impl AsRef<Path>, flags: i32, mode: libc::mode_t) -> Openat {
         Openat {
-            common: OpenCommon {
-                dir: None,
-                path: path.as_ref().to_path_buf(),
-                install: Install::Descriptor,
-            },
+            common: OpenCommon::new(path.as_ref()),
             flags,
             mode,
         }
@@ -259,11 +265,7 @@ impl Openat2 {
         resolve: ResolveFlags,
     ) -> Openat2 {
         Openat2 {
-            common: OpenCommon {
-                dir: None,
-                path: path.as_ref().to_path_buf(),
-                install: Install::Descriptor,
-            },
+            common: OpenCommon::new(path.as_ref()),
             flags,
             mode,
             resolve,
@@ -286,15 +288,19 @@ impl Operation for Openat2 {
             mode: u64::from(self.mode),
             resolve: self.resolve.bits(),
         };
-        let (path, path_at) = KernelMemory::new(c_path(self.common.path)?);
-        let (how, how_at) = KernelMemory::new(how);
+        let (owned, at) = KernelMemory::new((c_path(self.common.path)?, how));
+        let at = at.as_ptr();
+        // SAFETY: `at` points at the pair `owned` keeps, which nothing else
+        // reaches; the projections stay inside it and make no reference.
+        let (path_at, how_at) = unsafe { (addr_of!((*at).0), addr_of!((*at).1)) };
         // The path in `addr`, the `open_how` in `addr2` and its size in
-        // `len` (`io_openat2_prep`).
+        // `len` (`io_openat2_prep`); the casts expose the provenance.
+        let path_at = NonNull::new(path_at.cast_mut()).expect("inside a live allocation");
         sqe.set_addr(path_addr(path_at));
-        sqe.set_addr2(how_at.as_ptr() as usize as u64);
+        sqe.set_addr2(how_at as usize as u64);
         sqe.set_len(size_of::<OpenHow>() as u32);
         let keep_alive = KeepAlive {
-            owned: Some(KernelMemory::new((path, how)).0),
+            owned: Some(owned),
             ..keep_dir(self.common.dir)
         };
         Ok(Prepared::new::<Self>(sqe, keep_alive))
