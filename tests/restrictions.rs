@@ -681,23 +681,32 @@ fn issue(ring: &URingContext, op: URingOperation, ud: u64, targets: &Targets) ->
             ring.add(socket, ud).expect("add socket");
             Err(libc::EPROTONOSUPPORT)
         }
-        URingOperation::ReadFixed | URingOperation::WriteFixed => {
+        URingOperation::ReadFixed
+        | URingOperation::WriteFixed
+        | URingOperation::ReadvFixed
+        | URingOperation::WritevFixed => {
             // No buffer is registered on this ring: allowed, the kernel
-            // fails both with EFAULT and touches no memory.
+            // fails each with EFAULT and touches no memory.
+            use ringfence::op::{ReadFixed, ReadvFixed, WriteFixed, WritevFixed};
             let memory = std::ptr::NonNull::slice_from_raw_parts(std::ptr::NonNull::dangling(), 16);
             let buffer = ringfence::RegisteredBuffer::from_raw_parts(0, memory);
             // SAFETY: the scratch file outlives the ring.
             let target = unsafe { ringfence::op::Target::from_raw_fd(file) };
-            let added = if op == URingOperation::ReadFixed {
-                ring.add(
-                    ringfence::op::ReadFixed::new(target, buffer, 0..16, Some(0)).unwrap(),
+            let added = match op {
+                URingOperation::ReadFixed => {
+                    ring.add(ReadFixed::new(target, buffer, 0..16, Some(0)).unwrap(), ud)
+                }
+                URingOperation::WriteFixed => {
+                    ring.add(WriteFixed::new(target, buffer, 0..16, Some(0)).unwrap(), ud)
+                }
+                URingOperation::ReadvFixed => ring.add(
+                    ReadvFixed::new(target, buffer, &[0..8, 8..16], Some(0)).unwrap(),
                     ud,
-                )
-            } else {
-                ring.add(
-                    ringfence::op::WriteFixed::new(target, buffer, 0..16, Some(0)).unwrap(),
+                ),
+                _ => ring.add(
+                    WritevFixed::new(target, buffer, &[0..8, 8..16], Some(0)).unwrap(),
                     ud,
-                )
+                ),
             };
             added.expect("add a fixed read or write");
             Err(libc::EFAULT)

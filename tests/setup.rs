@@ -16,7 +16,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::{errno, eventfd, eventfd_count, leaked_buf, pattern, pinned, pipe, reap};
-use ringfence::op::{Fsync, PollAdd, ReadFixed, Readv, Target, WriteFixed};
+use ringfence::op::{
+    Fsync, PollAdd, ReadFixed, Readv, ReadvFixed, Target, WriteFixed, WritevFixed,
+};
 use ringfence::{
     Error, EventType, FeatureFlags, IosqeFlags, RegisterOperation, RegisteredBuffer,
     URingAllowlist, URingBuilder, URingContext, URingOperation,
@@ -261,6 +263,70 @@ fn a_fixed_range_past_its_registered_buffer_fails_efault() {
     );
 }
 
+/// Also the check that the hand-numbered opcodes 60 and 61 are the
+/// kernel's: with another number the kernel would run another operation
+/// (or none) and these bytes would not move.
+#[test]
+fn writev_fixed_and_readv_fixed_move_ranges_of_registered_buffers_in_order() {
+    if common::kernel_version() < (6, 15) {
+        eprintln!("skipping: the vectored fixed forms need Linux 6.15");
+        return;
+    }
+    let file = Arc::new(tempfile::tempfile().unwrap());
+    let ring = build!(URingBuilder::new(8).buffers(2, 8192));
+    let data = pattern(8192, 5);
+    fill_buffer(&ring, 0, 0, &data);
+    let buffer = ring.registered_buffer(0).unwrap();
+    // Two ranges, out of order: the file gets 6000..7000 then 0..500.
+    ring.add(
+        WritevFixed::new(Arc::clone(&file), buffer, &[6000..7000, 0..500], Some(10)).unwrap(),
+        1,
+    )
+    .unwrap();
+    assert_eq!(only(&ring, 1).unwrap(), 1500);
+    let mut on_disk = vec![0; 1510];
+    file.read_exact_at(&mut on_disk, 0).unwrap();
+    let mut want = vec![0; 10];
+    want.extend_from_slice(&data[6000..7000]);
+    want.extend_from_slice(&data[..500]);
+    assert_eq!(on_disk, want, "writev_fixed wrote other bytes");
+
+    // Back into buffer 1, split differently: 700 bytes at 4000, then the
+    // rest at 100.
+    let target = ring.registered_buffer(1).unwrap();
+    ring.add(
+        ReadvFixed::new(Arc::clone(&file), target, &[4000..4700, 100..900], Some(10)).unwrap(),
+        2,
+    )
+    .unwrap();
+    assert_eq!(only(&ring, 2).unwrap(), 1500);
+    let got = buffer_bytes(&ring, 1);
+    assert_eq!(&got[4000..4700], &want[10..710], "first range");
+    assert_eq!(&got[100..900], &want[710..1510], "second range");
+    assert!(
+        got[..100]
+            .iter()
+            .chain(&got[900..4000])
+            .chain(&got[4700..])
+            .all(|b| *b == 0),
+        "wrote outside the ranges"
+    );
+
+    // A range one byte past the buffer fails the whole read, untouched.
+    ring.add(
+        ReadvFixed::new(Arc::clone(&file), target, &[0..16, 8000..8193], Some(0)).unwrap(),
+        3,
+    )
+    .unwrap();
+    assert_eq!(errno(&only(&ring, 3)), Some(libc::EFAULT), "past the end");
+    let (start, end) = (5, 4);
+    let err = ReadvFixed::new(Arc::clone(&file), target, &[0..1, start..end], None).unwrap_err();
+    assert!(
+        matches!(err, Error::InvalidBufferRange { start: 5, end: 4 }),
+        "{err:?}"
+    );
+}
+
 /// An allowlist for a worker that reaches files only through the
 /// registered table: fixed reads and writes, fsync and poll, plus
 /// housekeeping, every SQE required to carry `FIXED_FILE`.
@@ -427,9 +493,14 @@ fn probe_agrees_with_the_operations_that_run_and_features_are_reported() {
             "{op:?} runs here but the probe says no"
         );
     }
-    // Linux 6.18 knows every operation the 6.1 bindings name, and more.
+    // Linux 6.18 knows every operation the crate names (the bindings' and
+    // the hand-numbered ones after them); from 6.16 to 6.18 `IORING_OP_PIPE`
+    // is the last, so its number, 62, checks the hand-numbered list's end.
     assert!(usize::from(probe.last_op()) + 1 >= URingOperation::ALL.len());
     assert!(probe.supports(URingOperation::SendmsgZc));
+    if ((6, 16)..=(6, 18)).contains(&common::kernel_version()) {
+        assert_eq!(probe.last_op(), URingOperation::Pipe as u8);
+    }
     if let Some(past) = probe.last_op().checked_add(1) {
         assert!(!probe.supports_raw(past), "an opcode past last_op");
     }

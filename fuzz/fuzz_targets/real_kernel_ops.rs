@@ -39,7 +39,6 @@ use std::cell::Cell;
 use std::fs::File;
 use std::os::fd::{AsFd, AsRawFd};
 use std::os::unix::net::UnixDatagram;
-use std::ptr::NonNull;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -55,12 +54,10 @@ use libfuzzer_sys::arbitrary::{self, Arbitrary};
 use libfuzzer_sys::fuzz_target;
 use ringfence::op::{
     Close, EventType, Fadvise, Fallocate, FilesUpdate, Fsync, MsgRing, Nop, Openat, Openat2,
-    PollAdd, Read, ReadFixed, Readv, Splice, Statx, SyncFileRange, Tee, Timeout, Write, WriteFixed,
-    Writev,
+    PollAdd, Read, Readv, Splice, Statx, SyncFileRange, Tee, Timeout, Write, Writev,
 };
 use ringfence::{
-    Error, FallocateMode, RegisteredBuffer, ResolveFlags, SpliceFlags, SqeFlags,
-    SyncFileRangeFlags, URingOperation,
+    Error, FallocateMode, ResolveFlags, SpliceFlags, SqeFlags, SyncFileRangeFlags, URingOperation,
 };
 
 /// A path that exists nowhere, for the path operations.
@@ -402,22 +399,10 @@ impl Model for Real {
                 adder.push(op, Spec::new(Kind::Poll));
             }
             opcode if common::net::is_net(opcode) => self.net(input, adder),
-            URingOperation::ReadFixed | URingOperation::WriteFixed => {
-                // No buffer is registered on this ring: the kernel fails both with
-                // EFAULT and touches no memory (tests/setup.rs).
-                let buffer = RegisteredBuffer::from_raw_parts(
-                    0,
-                    NonNull::slice_from_raw_parts(NonNull::dangling(), BUF_LEN),
-                );
+            opcode if common::fixed::is_fixed(opcode) => {
+                // No buffer is registered on this ring (common/fixed.rs).
                 let spec = Spec::new(Kind::Gives(Err(libc::EFAULT)));
-                if input.opcode() == URingOperation::ReadFixed {
-                    let op = ReadFixed::new(Arc::clone(&self.scratch), buffer, 0..BUF_LEN, Some(0));
-                    adder.push(op.expect("a valid range"), spec);
-                } else {
-                    let op =
-                        WriteFixed::new(Arc::clone(&self.scratch), buffer, 0..BUF_LEN, Some(0));
-                    adder.push(op.expect("a valid range"), spec);
-                }
+                common::fixed::push(opcode, Arc::clone(&self.scratch).into(), spec, adder);
             }
             URingOperation::Read => {
                 fill_slot(adder, |buf| buf.fill(0xee));

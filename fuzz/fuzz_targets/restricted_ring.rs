@@ -38,7 +38,6 @@ use std::collections::BTreeSet;
 use std::fs::File;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
-use std::ptr::NonNull;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -54,12 +53,10 @@ use libfuzzer_sys::arbitrary::{self, Arbitrary};
 use libfuzzer_sys::fuzz_target;
 use ringfence::op::{
     Close, EventType, Fadvise, Fallocate, FilesUpdate, Fsync, MsgRing, Nop, Openat, Openat2,
-    PollAdd, Read, ReadFixed, Readv, Splice, Statx, SyncFileRange, Target, Tee, Timeout, Write,
-    WriteFixed, Writev,
+    PollAdd, Read, Readv, Splice, Statx, SyncFileRange, Target, Tee, Timeout, Write, Writev,
 };
 use ringfence::{
-    Error, FallocateMode, IosqeFlags, RegisterOperation, RegisteredBuffer, URingAllowlist,
-    URingOperation,
+    Error, FallocateMode, IosqeFlags, RegisterOperation, URingAllowlist, URingOperation,
 };
 use ringfence::{ResolveFlags, SpliceFlags, SyncFileRangeFlags};
 
@@ -388,21 +385,10 @@ impl Model for Restricted {
                 let spec = Spec::new(Kind::Gives(Err(res)));
                 common::net::push(opcode, scratch().into(), 0, true, spec, adder);
             }
-            URingOperation::ReadFixed | URingOperation::WriteFixed => {
-                // No buffer is registered on this ring: the kernel fails both with
-                // EFAULT and touches no memory (tests/setup.rs).
-                let buffer = RegisteredBuffer::from_raw_parts(
-                    0,
-                    NonNull::slice_from_raw_parts(NonNull::dangling(), BUF_LEN),
-                );
+            opcode if common::fixed::is_fixed(opcode) => {
+                // No buffer is registered on this ring (common/fixed.rs).
                 let spec = Spec::new(Kind::Gives(Err(libc::EFAULT)));
-                if input.opcode() == URingOperation::ReadFixed {
-                    let op = ReadFixed::new(scratch(), buffer, 0..BUF_LEN, Some(0));
-                    adder.push(op.expect("a valid range"), spec);
-                } else {
-                    let op = WriteFixed::new(scratch(), buffer, 0..BUF_LEN, Some(0));
-                    adder.push(op.expect("a valid range"), spec);
-                }
+                common::fixed::push(opcode, scratch().into(), spec, adder);
             }
             URingOperation::Read => {
                 fill_slot(adder, |buf| buf.fill(0xee));

@@ -27,6 +27,8 @@
 //! Input (decoded with `arbitrary`): `Input`.
 #![no_main]
 
+#[path = "common/fixed.rs"]
+mod fixed;
 #[path = "common/model.rs"]
 mod model;
 #[path = "common/net.rs"]
@@ -35,7 +37,6 @@ mod net;
 mod pool;
 
 use std::os::fd::RawFd;
-use std::ptr::NonNull;
 use std::time::Duration;
 
 use libfuzzer_sys::arbitrary::{self, Arbitrary};
@@ -46,13 +47,10 @@ use model::{
 use pool::{buf, fill_slot, iovecs, statx_buf, Completed, BUF_LEN};
 use ringfence::op::{
     Close, EventType, Fadvise, Fallocate, FilesUpdate, Fsync, MsgRing, Nop, Openat, Openat2,
-    PollAdd, Read, ReadFixed, Readv, Splice, Statx, SyncFileRange, Target, Tee, Timeout, Write,
-    WriteFixed, Writev,
+    PollAdd, Read, Readv, Splice, Statx, SyncFileRange, Target, Tee, Timeout, Write, Writev,
 };
 use ringfence::sim::{Fault, SimConfig, SimKernel};
-use ringfence::{
-    FallocateMode, RegisteredBuffer, ResolveFlags, SpliceFlags, SyncFileRangeFlags, URingOperation,
-};
+use ringfence::{FallocateMode, ResolveFlags, SpliceFlags, SyncFileRangeFlags, URingOperation};
 
 /// A path that exists nowhere, for the path operations.
 const MISSING: &str = "/nonexistent/ringfence-fuzz";
@@ -211,21 +209,10 @@ impl Model for Sim {
                 let spec = Spec::new(Kind::Gives(Err(libc::EOPNOTSUPP)));
                 net::push(opcode, sim_fd(self.sink), 0, true, spec, adder);
             }
-            URingOperation::ReadFixed | URingOperation::WriteFixed => {
-                // The simulated kernel does not model registered buffers: it fails
-                // both with EOPNOTSUPP (tests/setup.rs runs them for real).
-                let buffer = RegisteredBuffer::from_raw_parts(
-                    0,
-                    NonNull::slice_from_raw_parts(NonNull::dangling(), BUF_LEN),
-                );
+            opcode if fixed::is_fixed(opcode) => {
+                // The simulated kernel models no registered buffers.
                 let spec = Spec::new(Kind::Gives(Err(libc::EOPNOTSUPP)));
-                if input.opcode() == URingOperation::ReadFixed {
-                    let op = ReadFixed::new(sim_fd(self.sink), buffer, 0..BUF_LEN, Some(0));
-                    adder.push(op.expect("a valid range"), spec);
-                } else {
-                    let op = WriteFixed::new(sim_fd(self.sink), buffer, 0..BUF_LEN, Some(0));
-                    adder.push(op.expect("a valid range"), spec);
-                }
+                fixed::push(opcode, sim_fd(self.sink), spec, adder);
             }
             URingOperation::Read => {
                 fill_slot(adder, |buf| buf.fill(0xee));

@@ -2,6 +2,29 @@
 
 use crate::bindings::*;
 
+// Operations newer than the committed bindings (Linux 6.1's header ends at
+// `IORING_OP_SENDMSG_ZC`, 48), numbered by hand in the order of
+// `enum io_uring_op` in the kernel's `include/uapi/linux/io_uring.h`
+// (Linux 6.16); `URingOperation::since` gives each one's release. The
+// kernel numbers opcodes by their place in that enum, so the order is the
+// number: `tests/setup.rs` checks 60 and 61 by moving data with them and
+// 62 as the last opcode a 6.18 probe reports. Local items shadow the glob
+// import above, so a regenerated header that has them changes nothing.
+const IORING_OP_READ_MULTISHOT: u32 = 49;
+const IORING_OP_WAITID: u32 = 50;
+const IORING_OP_FUTEX_WAIT: u32 = 51;
+const IORING_OP_FUTEX_WAKE: u32 = 52;
+const IORING_OP_FUTEX_WAITV: u32 = 53;
+const IORING_OP_FIXED_FD_INSTALL: u32 = 54;
+const IORING_OP_FTRUNCATE: u32 = 55;
+const IORING_OP_BIND: u32 = 56;
+const IORING_OP_LISTEN: u32 = 57;
+const IORING_OP_RECV_ZC: u32 = 58;
+const IORING_OP_EPOLL_WAIT: u32 = 59;
+const IORING_OP_READV_FIXED: u32 = 60;
+const IORING_OP_WRITEV_FIXED: u32 = 61;
+const IORING_OP_PIPE: u32 = 62;
+
 /// Declares a fieldless `u8` enum over kernel constants, in kernel
 /// numbering, with `ALL` (every variant, in order) and `from_raw`.
 macro_rules! kernel_enum {
@@ -84,6 +107,20 @@ kernel_enum! {
         UringCmd = IORING_OP_URING_CMD,
         SendZc = IORING_OP_SEND_ZC,
         SendmsgZc = IORING_OP_SENDMSG_ZC,
+        ReadMultishot = IORING_OP_READ_MULTISHOT,
+        Waitid = IORING_OP_WAITID,
+        FutexWait = IORING_OP_FUTEX_WAIT,
+        FutexWake = IORING_OP_FUTEX_WAKE,
+        FutexWaitv = IORING_OP_FUTEX_WAITV,
+        FixedFdInstall = IORING_OP_FIXED_FD_INSTALL,
+        Ftruncate = IORING_OP_FTRUNCATE,
+        Bind = IORING_OP_BIND,
+        Listen = IORING_OP_LISTEN,
+        RecvZc = IORING_OP_RECV_ZC,
+        EpollWait = IORING_OP_EPOLL_WAIT,
+        ReadvFixed = IORING_OP_READV_FIXED,
+        WritevFixed = IORING_OP_WRITEV_FIXED,
+        Pipe = IORING_OP_PIPE,
     }
 }
 
@@ -126,13 +163,18 @@ mod tests {
 
     #[test]
     fn operations_follow_kernel_numbering() {
-        assert_eq!(URingOperation::ALL.len(), IORING_OP_LAST as usize);
+        // The bindings' operations, then the hand-numbered ones after them.
+        assert_eq!(URingOperation::SendmsgZc as u32 + 1, IORING_OP_LAST);
+        assert_eq!(URingOperation::ALL.len(), IORING_OP_PIPE as usize + 1);
         for (i, op) in URingOperation::ALL.iter().enumerate() {
             assert_eq!(*op as usize, i);
             assert_eq!(URingOperation::from_raw(i as u8), Some(*op));
         }
         assert_eq!(URingOperation::AsyncCancel as u32, IORING_OP_ASYNC_CANCEL);
-        assert_eq!(URingOperation::from_raw(IORING_OP_LAST as u8), None);
+        assert_eq!(
+            URingOperation::from_raw(URingOperation::ALL.len() as u8),
+            None
+        );
         assert_eq!(RegisterOperation::ALL.len(), IORING_REGISTER_LAST as usize);
         for (i, op) in RegisterOperation::ALL.iter().enumerate() {
             assert_eq!(*op as usize, i);

@@ -10,7 +10,10 @@ impl URingOperation {
     /// Source: the "Available since" line of each opcode in
     /// `io_uring_enter(2)` (liburing's `man/io_uring_enter.2`); the eight
     /// opcodes it lists without one (`NOP` to `POLL_REMOVE`) are the set
-    /// io_uring shipped with, in 5.1.
+    /// io_uring shipped with, in 5.1. The operations after `SendmsgZc`,
+    /// which the man page predates, from the kernel's release notes
+    /// (kernelnewbies.org, "Linux 6.7" to "Linux 6.16", io_uring sections)
+    /// and the merge that added each to `include/uapi/linux/io_uring.h`.
     ///
     /// ```
     /// use ringfence::URingOperation;
@@ -36,6 +39,12 @@ impl URingOperation {
             Fsetxattr | Setxattr | Fgetxattr | Getxattr | Socket | UringCmd => (5, 19),
             SendZc => (6, 0),
             SendmsgZc => (6, 1),
+            ReadMultishot | Waitid | FutexWait | FutexWake | FutexWaitv => (6, 7),
+            FixedFdInstall => (6, 8),
+            Ftruncate => (6, 9),
+            Bind | Listen => (6, 11),
+            RecvZc | EpollWait | ReadvFixed | WritevFixed => (6, 15),
+            Pipe => (6, 16),
         }
     }
 }
@@ -61,5 +70,6 @@ mod tests {
             assert!(pair[1] >= (5, 1), "{op:?}");
         }
         assert_eq!(URingOperation::SendmsgZc.since(), (6, 1));
+        assert_eq!(URingOperation::ReadvFixed.since(), (6, 15));
     }
 }

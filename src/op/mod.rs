@@ -57,7 +57,7 @@ pub(crate) use batch::check_chains;
 pub use batch::OpBatch;
 pub use cancel::AsyncCancel;
 pub use file::{Fadvise, Read, SyncFileRange, Write};
-pub use fixed::{ReadFixed, RegisteredBuffer, WriteFixed};
+pub use fixed::{ReadFixed, ReadvFixed, RegisteredBuffer, WriteFixed, WritevFixed};
 pub use net::{
     Accept, BufferGroup, Connect, Recv, Recvmsg, Send, Sendmsg, Shutdown, SockAddr, Socket,
     SocketFlags,
@@ -302,6 +302,8 @@ operations!(
     Shutdown,
     MsgRing,
     Socket,
+    ReadvFixed,
+    WritevFixed,
 );
 
 #[cfg(test)]

@@ -1,10 +1,12 @@
 //! What the real-kernel fuzz targets (`real_kernel_ops`, `restricted_ring`)
 //! share: the files and the pipe their operations use, ring creation and
 //! the model (`model`, which `sim_ops` uses too) with the buffer pool
-//! (`pool`), and the socket operations' builder (`net`, `sim_ops`'s too).
+//! (`pool`), and the builders of the socket and registered-buffer
+//! operations (`net`, `fixed`: `sim_ops`'s too).
 //!
 //! Not a fuzz target: each target includes it with `mod common;`.
 
+pub mod fixed;
 pub mod model;
 pub mod net;
 pub mod pool;

@@ -5,7 +5,7 @@ use std::sync::{Arc, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use super::super::{Fault, Shared, World};
-use super::{bit_set, release_some, ring_mut, set_bit, Restrictions};
+use super::{bit_set, release_some, ring_mut, set_bit, Restrictions, OP_LAST};
 use crate::abi::{IosqeFlags, RegisterOperation, Restriction, RestrictionKind, URingOperation};
 use crate::bindings::*;
 use crate::sys::{Backend, Mapping};
@@ -215,7 +215,7 @@ impl Backend for SimRing {
                             set_bit(&mut parsed.register_ops, value, IORING_REGISTER_LAST)
                         }
                         Some(RestrictionKind::SqeOp) => {
-                            set_bit(&mut parsed.sqe_ops, value, IORING_OP_LAST)
+                            set_bit(&mut parsed.sqe_ops, value, OP_LAST)
                         }
                         Some(RestrictionKind::SqeFlagsAllowed) => {
                             parsed.sqe_flags_allowed = IosqeFlags::from_bits_retain(value);
@@ -260,12 +260,12 @@ impl Backend for SimRing {
                 // knows, up to `nr_args`, flagged if it runs them (this
                 // kernel runs exactly the issuable operations).
                 let header = arg.cast_mut().cast::<io_uring_probe>();
-                let ops_len = nr_args.min(IORING_OP_LAST);
+                let ops_len = nr_args.min(OP_LAST);
                 // SAFETY: the caller passes an `io_uring_probe` followed by
                 // `nr_args` entries, writable (its pointer came from a
                 // mutable borrow) for the call.
                 unsafe {
-                    (*header).last_op = (IORING_OP_LAST - 1) as u8;
+                    (*header).last_op = (OP_LAST - 1) as u8;
                     (*header).ops_len = ops_len as u8;
                 }
                 // SAFETY: as above; the entries follow the 16-byte header.

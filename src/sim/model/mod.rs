@@ -16,7 +16,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use super::{Region, World};
-use crate::abi::{Cqe, CqeFlags, IosqeFlags, Sqe, MAX_ENTRIES};
+use crate::abi::{Cqe, CqeFlags, IosqeFlags, Sqe, URingOperation, MAX_ENTRIES};
 use crate::bindings::*;
 
 // The simulated layout: deliberately not the kernel's order, so that code
@@ -40,7 +40,7 @@ const CQES: u32 = 192;
 /// Restrictions registered on a ring (`IORING_REGISTER_RESTRICTIONS`).
 #[derive(Default)]
 pub(super) struct Restrictions {
-    /// Bit `n`: opcode `n` is allowed (`IORING_OP_LAST` <= 64).
+    /// Bit `n`: opcode `n` is allowed ([`OP_LAST`] <= 64).
     pub(super) sqe_ops: u64,
     /// Bit `n`: register call `n` is allowed (`IORING_REGISTER_LAST` <= 64).
     pub(super) register_ops: u64,
@@ -247,7 +247,11 @@ impl RingModel {
     }
 }
 
-const _: () = assert!(IORING_OP_LAST <= 64 && IORING_REGISTER_LAST <= 64);
+/// One past the highest opcode the simulated kernel knows: every one the
+/// crate names, as a kernel of Linux 6.16 or later knows them.
+pub(super) const OP_LAST: u32 = URingOperation::ALL.len() as u32;
+
+const _: () = assert!(OP_LAST <= 64 && IORING_REGISTER_LAST <= 64);
 
 pub(super) fn bit_set(bits: u64, n: u32) -> bool {
     n < 64 && bits & (1 << n) != 0

@@ -167,7 +167,9 @@ pub(super) fn start(world: &mut World, id: usize, sqe: Sqe) {
         | URingOperation::Tee
         | URingOperation::Shutdown
         | URingOperation::MsgRing
-        | URingOperation::Socket => post(world, id, user_data, -libc::EOPNOTSUPP),
+        | URingOperation::Socket
+        | URingOperation::ReadvFixed
+        | URingOperation::WritevFixed => post(world, id, user_data, -libc::EOPNOTSUPP),
         _ => unreachable!("{op:?} is issuable, but the simulated kernel has no model of it"),
     }
 }
