@@ -69,9 +69,7 @@ fn received(ring: &URingContext, completion: &Completion) -> Vec<u8> {
     let len = completion.result().expect("a receive succeeds");
     let id = completion.buffer_id().expect("a provided buffer");
     let group = ring.buffer_group(0).unwrap();
-    // SAFETY: the completion was just taken from `wait_completions`, and
-    // the buffer has not been given back since.
-    let buffer = unsafe { ring.provided_buffer(&group, id, len) }.expect("not lent yet");
+    let buffer = ring.provided_buffer(&group, id, len).expect("not lent yet");
     buffer.to_vec()
 }
 
@@ -117,8 +115,7 @@ fn a_dry_group_ends_the_receive_with_enobufs_and_giving_back_lets_it_rearm() {
         let completion = next_completion(&ring);
         assert!(completion.more(), "{completion:?}");
         let id = completion.buffer_id().unwrap();
-        // SAFETY: just completed with, not given back.
-        let buffer = unsafe { ring.provided_buffer(&group, id, 3) }.unwrap();
+        let buffer = ring.provided_buffer(&group, id, 3).unwrap();
         assert_eq!(&*buffer, &[i; 3]);
         held.push(buffer);
     }
@@ -136,32 +133,40 @@ fn a_dry_group_ends_the_receive_with_enobufs_and_giving_back_lets_it_rearm() {
 }
 
 #[test]
-fn a_lent_buffer_cannot_be_lent_twice() {
+fn only_a_buffer_the_kernel_completed_with_is_lent_and_only_once() {
     let Some(ring) = ring_with_buffers(2, 16, None) else {
         return;
     };
     let (mut tx, rx) = UnixStream::pair().unwrap();
     let rx = Arc::new(rx);
     let group = ring.buffer_group(0).unwrap();
+    // Before any completion every buffer is in the ring, where the
+    // kernel may write it: none is lent.
+    for id in 0..2 {
+        assert!(ring.provided_buffer(&group, id, 3).is_none(), "{id}");
+    }
     recv_multishot(&ring, &rx, 1);
     tx.write_all(b"abc").unwrap();
     let completion = next_completion(&ring);
     let id = completion.buffer_id().unwrap();
-    // SAFETY: just completed with, not given back.
-    let first = unsafe { ring.provided_buffer(&group, id, 3) }.expect("lent once");
-    // SAFETY: as above; the second is refused while the first is held.
-    assert!(unsafe { ring.provided_buffer(&group, id, 3) }.is_none());
-    // SAFETY: out of range: nothing is lent.
-    assert!(unsafe { ring.provided_buffer(&group, 2, 3) }.is_none());
-    // SAFETY: longer than a buffer: nothing is lent.
-    assert!(unsafe { ring.provided_buffer(&group, id, 17) }.is_none());
+    // The other buffer is still in the ring: not lent.
+    assert!(ring.provided_buffer(&group, 1 - id, 3).is_none());
+    // Longer than a buffer, out of range, another context's group: none.
+    assert!(ring.provided_buffer(&group, id, 17).is_none());
+    assert!(ring.provided_buffer(&group, 2, 3).is_none());
     let Some(other) = ring_with_buffers(2, 16, None) else {
         return;
     };
     let foreign = other.buffer_group(0).unwrap();
-    // SAFETY: another context's group: nothing is lent.
-    assert!(unsafe { ring.provided_buffer(&foreign, id, 3) }.is_none());
+    assert!(ring.provided_buffer(&foreign, id, 3).is_none());
+    // The one completed with is lent once.
+    let first = ring.provided_buffer(&group, id, 3).expect("lent once");
+    assert!(ring.provided_buffer(&group, id, 3).is_none(), "lent twice");
     assert_eq!(&*first, b"abc");
+    // Given back, it is in the ring again: not lent until the kernel
+    // completes with it again.
+    drop(first);
+    assert!(ring.provided_buffer(&group, id, 3).is_none(), "given back");
 }
 
 #[test]
@@ -259,8 +264,7 @@ fn the_buffers_stay_mapped_while_an_operation_that_may_write_them_is_leaked() {
         tx.write_all(b"x").unwrap();
         let completion = next_completion(&ring);
         assert!(completion.more(), "{completion:?}");
-        // SAFETY: just completed with, not given back.
-        let buffer = unsafe { ring.provided_buffer(&group, 0, 1) }.unwrap();
+        let buffer = ring.provided_buffer(&group, 0, 1).unwrap();
         let addr = buffer.as_ptr() as usize;
         drop(buffer); // Back in the ring: the receive may write it again.
         drop(group); // A handle keeps the memory too.

@@ -28,14 +28,17 @@
 //! (`io_destroy_buffers`, `io_uring/kbuf.c`), and on a restricted ring
 //! before Linux 7.0 the kernel would refuse the call anyway.
 //!
-//! Lending is `unsafe` (`provided_buffer`): nothing here sees completions,
-//! so nothing can tell a buffer the kernel completed with from one still
-//! in the ring, which it may write at any moment. The ring's head cannot
-//! stand in: on a worker thread the kernel commits a buffer (moves the
-//! head past it) before it writes it (`io_should_commit`,
-//! `io_uring/kbuf.c`). A safe form needs the completion path to mark a
-//! buffer returned when it yields a CQE with `IORING_CQE_F_BUFFER` of an
-//! operation holding the group, and lend only marked buffers.
+//! Lending is safe (`provided_buffer`) because it lends only a buffer the
+//! kernel has completed with: claiming a completion that carries
+//! `IORING_CQE_F_BUFFER` of an operation holding the group marks the
+//! buffer it names ([`CompletedBuffers`]), and lending takes the mark. A
+//! buffer still in the ring, which the kernel may write at any moment, is
+//! never marked. The ring's head could not say this: on a worker thread
+//! the kernel commits a buffer (moves the head past it) before it writes
+//! it (`io_should_commit`, `io_uring/kbuf.c`). The marks rest on the
+//! CQE's user_data being the operation's identity; a msg_ring CQE that
+//! forged one would have to guess it, as it would to release any other
+//! operation early (see the context's docs on foreign completions).
 
 use std::ops::Deref;
 use std::ptr::NonNull;
@@ -48,7 +51,7 @@ use crate::abi::{
     MAX_BUF_RING_ENTRIES,
 };
 use crate::error::{Error, Result};
-use crate::op::BufferGroup;
+use crate::op::{BufferGroup, CompletedBuffers};
 use crate::sys::{self, Mapping};
 
 /// The buffer group ids in use in the process, a bit each: one is taken
@@ -86,8 +89,9 @@ fn free_group_id(id: u16) {
 ///
 /// Invariant: `mapping` is unmapped on drop; the ring takes its first
 /// `ring_len` bytes (a whole number of pages, so the ring is page
-/// aligned), buffer `i` the `len` bytes from `ring_len + i * len` on. Rust code reaches the mapping only
-/// through raw pointers, except a buffer lent to a [`ProvidedBuffer`].
+/// aligned), buffer `i` the `len` bytes from `ring_len + i * len` on.
+/// Rust code reaches the mapping only through raw pointers, except a
+/// buffer lent to a [`ProvidedBuffer`].
 struct RingMemory {
     /// The group's id, taken from [`GROUP_IDS`] for the life of the value.
     group: u16,
@@ -149,14 +153,17 @@ impl Drop for RingMemory {
 /// A registered group: its memory and our side of its ring.
 pub(super) struct BufferRing {
     memory: Arc<RingMemory>,
+    /// Which buffers the kernel completed with and are not lent: shared
+    /// with every operation that selects from the group, whose completions
+    /// mark them.
+    completed: Arc<CompletedBuffers>,
     producer: Mutex<Producer>,
 }
 
 /// What the lock serialises: our copy of the ring's tail (only we write
-/// it) and which buffers are lent to a [`ProvidedBuffer`].
+/// it).
 struct Producer {
     tail: u16,
-    lent: Vec<u64>,
 }
 
 impl BufferRing {
@@ -165,10 +172,8 @@ impl BufferRing {
         let memory = Arc::new(RingMemory::new(count, len)?);
         let ring = BufferRing {
             memory,
-            producer: Mutex::new(Producer {
-                tail: 0,
-                lent: vec![0; usize::from(count).div_ceil(64)],
-            }),
+            completed: Arc::new(CompletedBuffers::new(count)),
+            producer: Mutex::new(Producer { tail: 0 }),
         };
         let mut producer = lock(&ring.producer);
         (0..count).for_each(|bid| ring.publish(&mut producer, bid));
@@ -227,10 +232,11 @@ impl Deref for ProvidedBuffer<'_> {
 
     fn deref(&self) -> &[u8] {
         // SAFETY: `len` is at most the buffer's length, inside the mapping
-        // the context keeps while `self` borrows it. The buffer is lent to
-        // `self` alone (its bit in `lent`), and the kernel does not write a
-        // buffer it completed with until we publish it again
-        // (`provided_buffer`'s contract), which only `self`'s drop does.
+        // the context keeps while `self` borrows it. The kernel completed
+        // with the buffer (its mark, which `provided_buffer` took for
+        // `self` alone) and does not write it until we publish it again,
+        // which only `self`'s drop does; until then no completion can mark
+        // it again, so no second guard exists.
         unsafe { std::slice::from_raw_parts(self.ring.memory.buffer(self.bid).as_ptr(), self.len) }
     }
 }
@@ -243,8 +249,6 @@ impl Drop for ProvidedBuffer<'_> {
             return;
         }
         let mut producer = lock(&self.ring.producer);
-        let (word, bit) = (usize::from(self.bid) / 64, self.bid % 64);
-        producer.lent[word] &= !(1 << bit);
         self.ring.publish(&mut producer, self.bid);
     }
 }
@@ -269,7 +273,11 @@ impl URingContext {
     pub fn buffer_group(&self, index: usize) -> Option<BufferGroup> {
         self.check_process().ok()?;
         let ring = self.buffer_rings.get(index)?;
-        Some(BufferGroup::new(ring.memory.group, ring.memory.clone()))
+        Some(BufferGroup::new(
+            ring.memory.group,
+            ring.memory.clone(),
+            ring.completed.clone(),
+        ))
     }
 
     /// Lends buffer `id` of `group`, the first `len` bytes of which
@@ -280,20 +288,16 @@ impl URingContext {
     /// may pick it again: do so for every completion that carries a
     /// buffer, or the group runs dry (`ENOBUFS`).
     ///
-    /// `None` if `group` is another context's, `id` is not one of its
-    /// buffers, `len` is longer than its buffers, buffer `id` is already
-    /// lent (two guards never share a buffer), or in a forked child (a
-    /// guard carried into one gives nothing back when dropped there).
-    ///
-    /// # Safety
-    ///
-    /// The kernel may write any buffer of the group that is in the ring.
-    /// `id` must come from a completion of an operation on this group that
-    /// the caller has taken from [`wait_completions`](Self::wait_completions),
-    /// and the buffer must not have been given back (a guard for it
-    /// dropped) since that completion: then the kernel is done with it
-    /// and will not touch it until it is given back.
-    pub unsafe fn provided_buffer(
+    /// `None` unless the kernel has completed with buffer `id` (a
+    /// completion naming it has been claimed, by
+    /// [`wait_completions`](Self::wait_completions) or
+    /// [`wait`](Self::wait)) and it has not been lent since: a buffer
+    /// still in the ring, which the kernel may write at any moment, is
+    /// never lent, nor one buffer twice. Also `None` if `group` is another
+    /// context's, `id` is not one of its buffers, `len` is longer than its
+    /// buffers, or in a forked child (a guard carried into one gives
+    /// nothing back when dropped there).
+    pub fn provided_buffer(
         &self,
         group: &BufferGroup,
         id: u16,
@@ -303,15 +307,9 @@ impl URingContext {
         // same group.
         self.check_process().ok()?;
         let ring = (self.buffer_rings.iter()).find(|ring| ring.memory.group == group.id())?;
-        if id >= ring.memory.count || len > ring.memory.len {
+        if id >= ring.memory.count || len > ring.memory.len || !ring.completed.take(id) {
             return None;
         }
-        let mut producer = lock(&ring.producer);
-        let (word, bit) = (usize::from(id) / 64, id % 64);
-        if producer.lent[word] & (1 << bit) != 0 {
-            return None;
-        }
-        producer.lent[word] |= 1 << bit;
         Some(ProvidedBuffer {
             context: self,
             ring,

@@ -271,8 +271,9 @@ impl<'a> URingBuilder<'a> {
     /// is in the ring until the ring is unregistered, so the memory lives as
     /// long as the context and every operation that may select from the
     /// group (leaked with one that dropping the context gives up on). A
-    /// completion lends a buffer ([`URingContext::provided_buffer`]);
-    /// dropping the guard gives it back.
+    /// completion that names a buffer lets the context lend it, once
+    /// ([`URingContext::provided_buffer`], safe: a buffer still in the
+    /// ring is never lent); dropping the guard gives it back.
     ///
     /// `count` a power of two up to [`MAX_BUF_RING_ENTRIES`](crate::MAX_BUF_RING_ENTRIES),
     /// `len` at least 1 byte, or [`build`](Self::build) fails with

@@ -58,6 +58,7 @@ pub use batch::OpBatch;
 pub use cancel::AsyncCancel;
 pub use file::{Fadvise, Read, SyncFileRange, Write};
 pub use fixed::{ReadFixed, ReadvFixed, RegisteredBuffer, WriteFixed, WritevFixed};
+pub(crate) use net::CompletedBuffers;
 pub use net::{
     Accept, BufferGroup, Connect, Recv, Recvmsg, Send, Sendmsg, Shutdown, SockAddr, Socket,
     SocketFlags,
@@ -126,6 +127,11 @@ pub(crate) struct KeepAlive {
     /// Memory of the operation's own that the SQE points into (a
     /// timespec, a socket address, a path, a `msghdr`).
     pub(crate) owned: Option<KernelMemory>,
+    /// The completed-buffer marks of the provided-buffer group the
+    /// operation selects from: its completions with
+    /// `IORING_CQE_F_BUFFER` mark the buffer they name. Bookkeeping the
+    /// kernel never touches.
+    pub(crate) completed: Option<std::sync::Arc<CompletedBuffers>>,
 }
 
 impl KeepAlive {
@@ -138,8 +144,9 @@ impl KeepAlive {
             iovecs,
             file,
             owned,
+            completed,
         } = self;
-        iovecs.is_none() && file.is_none() && owned.is_none()
+        iovecs.is_none() && file.is_none() && owned.is_none() && completed.is_none()
     }
 
     /// What an operation on `target` and no caller memory keeps: the file,

@@ -27,6 +27,7 @@ pub use conn::{Accept, Connect, Shutdown, Socket};
 pub use io::{Recv, Send};
 pub use msg::{Recvmsg, Sendmsg};
 pub use recv_multi::BufferGroup;
+pub(crate) use recv_multi::CompletedBuffers;
 
 use bitflags::bitflags;
 

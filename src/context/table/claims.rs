@@ -10,7 +10,7 @@
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 use super::{OpTable, CLAIM_BATCH, MAX_CLAIMS, NO_SLOT};
-use crate::abi::{Cqe, CqeFlags, UserData};
+use crate::abi::{Cqe, CqeFlags, UserData, CQE_BUFFER_SHIFT};
 use crate::ring::CompletionQueue;
 
 /// A completion claimed from the ring, as the caller will see it: 24
@@ -179,6 +179,9 @@ impl OpTable {
                 return None;
             }
         };
+        if cqe.flags.contains(CqeFlags::BUFFER) {
+            self.mark_completed_buffer(slot, cqe.flags);
+        }
         // A multishot operation stays in flight until its last completion,
         // the one without IORING_CQE_F_MORE (see the parent module's docs).
         let more = cqe.flags.contains(CqeFlags::MORE);
@@ -189,6 +192,20 @@ impl OpTable {
             flags: cqe.flags.bits(),
             release,
         })
+    }
+
+    /// Marks the provided buffer a completion of `slot` names as completed
+    /// with, if the operation holds a group's marks (only those select
+    /// buffers: callers cannot set `IOSQE_BUFFER_SELECT`). A CQE whose
+    /// user_data is not one of ours (a msg_ring's) never gets here.
+    #[cold]
+    fn mark_completed_buffer(&self, slot: u32, flags: CqeFlags) {
+        if !self.slots[slot as usize].keeps {
+            return;
+        }
+        if let Some(completed) = &self.kept[slot as usize].completed {
+            completed.mark((flags.bits() >> CQE_BUFFER_SHIFT) as u16);
+        }
     }
 
     /// Claims up to `max` completions, handing each to `take` with its

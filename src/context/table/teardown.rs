@@ -67,6 +67,8 @@ impl OpTable {
                 iovecs,
                 file,
                 owned,
+                // Marks only, which the kernel never reads or writes: freed.
+                completed: _,
             } = keep_alive;
             leaked.iovecs.extend(iovecs);
             leaked.owned.extend(owned);

@@ -1,5 +1,6 @@
 //! [`Recv::multishot`] and the [`BufferGroup`] it receives into.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use super::io::{Recv, RecvKind};
@@ -22,12 +23,23 @@ use crate::Result;
 pub struct BufferGroup {
     id: u16,
     memory: Arc<dyn std::marker::Send + Sync>,
+    completed: Arc<CompletedBuffers>,
 }
 
 impl BufferGroup {
-    /// The group `id`, whose buffers live in `memory`.
-    pub(crate) fn new(id: u16, memory: Arc<dyn std::marker::Send + Sync>) -> BufferGroup {
-        BufferGroup { id, memory }
+    /// The group `id`, whose buffers live in `memory`, and which of them
+    /// the kernel has completed with (`completed`, shared with the
+    /// context's side of the ring).
+    pub(crate) fn new(
+        id: u16,
+        memory: Arc<dyn std::marker::Send + Sync>,
+        completed: Arc<CompletedBuffers>,
+    ) -> BufferGroup {
+        BufferGroup {
+            id,
+            memory,
+            completed,
+        }
     }
 
     /// The group's id (the SQE's `buf_group`), chosen by the context,
@@ -41,6 +53,52 @@ impl BufferGroup {
 impl std::fmt::Debug for BufferGroup {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("BufferGroup").field("id", &self.id).finish()
+    }
+}
+
+/// The buffers of a group that the kernel has completed with and that
+/// have not been lent since: a bit per buffer id.
+///
+/// A bit is set when the context claims a completion carrying
+/// `IORING_CQE_F_BUFFER` of an operation that holds the group (so the
+/// kernel took the buffer out of the ring, wrote it, and posted the CQE;
+/// it will not touch the buffer again until it is published anew), and
+/// cleared when the buffer is lent. Lending only a set bit is what makes
+/// [`URingContext::provided_buffer`](crate::URingContext::provided_buffer)
+/// safe: the ring's head cannot say the same, since on a worker thread the
+/// kernel moves the head past a buffer before it writes it
+/// (`io_should_commit`, `io_uring/kbuf.c`).
+pub(crate) struct CompletedBuffers {
+    bits: Box<[AtomicU64]>,
+}
+
+impl CompletedBuffers {
+    /// No buffer completed yet, of `count`.
+    pub(crate) fn new(count: u16) -> CompletedBuffers {
+        let words = usize::from(count).div_ceil(64);
+        CompletedBuffers {
+            bits: (0..words).map(|_| AtomicU64::new(0)).collect(),
+        }
+    }
+
+    /// Marks buffer `bid` completed (ids past the group are ignored: the
+    /// kernel never names one).
+    pub(crate) fn mark(&self, bid: u16) {
+        if let Some(word) = self.bits.get(usize::from(bid) / 64) {
+            // Release: pairs with `take`'s Acquire, so that whoever lends
+            // the buffer sees the kernel's writes, which the claim saw
+            // through its Acquire load of the CQ tail.
+            word.fetch_or(1 << (bid % 64), Ordering::Release);
+        }
+    }
+
+    /// Clears buffer `bid`'s mark; whether it was set.
+    pub(crate) fn take(&self, bid: u16) -> bool {
+        let bit = 1 << (bid % 64);
+        self.bits
+            .get(usize::from(bid) / 64)
+            // Acquire: pairs with `mark`'s Release (see there).
+            .is_some_and(|word| word.fetch_and(!bit, Ordering::Acquire) & bit != 0)
     }
 }
 
@@ -65,7 +123,8 @@ impl Recv {
     /// and the id of the buffer holding the bytes
     /// ([`Completion::buffer_id`](crate::Completion::buffer_id)): read it
     /// and give it back with
-    /// [`URingContext::provided_buffer`](crate::URingContext::provided_buffer).
+    /// [`URingContext::provided_buffer`](crate::URingContext::provided_buffer),
+    /// which lends it once that completion has been claimed.
     /// The last completion, without MORE, ends the receive: 0 when the peer
     /// shut down its side (end of stream), `ENOBUFS` when the group had no
     /// buffer left (give buffers back and add the receive again), `ECANCELED`
@@ -94,9 +153,7 @@ impl Recv {
     /// let completion = ring.wait_completions()?.next().unwrap();
     /// assert!(completion.more());
     /// let (id, len) = (completion.buffer_id().unwrap(), completion.result()?);
-    /// // SAFETY: the kernel completed with buffer `id` just now, and it has
-    /// // not been given back since.
-    /// let buffer = unsafe { ring.provided_buffer(&group, id, len) }.unwrap();
+    /// let buffer = ring.provided_buffer(&group, id, len).unwrap();
     /// assert_eq!(&*buffer, b"hello");
     /// drop(buffer); // Back in the ring.
     /// # Ok::<(), Box<dyn std::error::Error>>(())
@@ -126,11 +183,31 @@ impl Multishot {
         sqe.set_op_flags(self.msg_flags as u32);
         let keep_alive = KeepAlive {
             owned: Some(KernelMemory::new(self.group.memory).0),
+            completed: Some(self.group.completed),
             ..KeepAlive::target(self.target)
         };
         Ok(Prepared {
             pins_caller_memory: false,
             ..Prepared::new::<Recv>(sqe, keep_alive)
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::CompletedBuffers;
+
+    #[test]
+    fn a_mark_is_taken_once_and_ids_past_the_group_are_never_marked() {
+        let completed = CompletedBuffers::new(70);
+        assert!(!completed.take(3), "nothing is marked at first");
+        completed.mark(3);
+        completed.mark(69);
+        assert!(completed.take(3));
+        assert!(!completed.take(3), "taken twice");
+        assert!(completed.take(69), "the second word");
+        // An id past the bitmap (the kernel never names one) is ignored.
+        completed.mark(200);
+        assert!(!completed.take(200));
     }
 }
