@@ -70,11 +70,16 @@ def op(which, label=0, file=0, offset=None, flags=0, target=0):
             + u8(target))
 
 
-def batch(*ops):
-    """model::BatchInput: 1 to 3 operations."""
+# model::BatchInput::links: bit i links operation i to the next; HARD
+# makes those links hard ones.
+HARD = 8
+
+
+def batch(*ops, links=0):
+    """model::BatchInput: 1 to 3 operations, chained as `links` says."""
     assert 1 <= len(ops) <= 3
     padded = list(ops) + [op(NOP)] * (3 - len(ops))
-    return u8(len(ops) - 1) + b"".join(padded)
+    return u8(len(ops) - 1) + u8(links) + b"".join(padded)
 
 
 class Steps:
@@ -118,9 +123,9 @@ def sim_ops():
     s = TargetSteps("Forget", "Fault", "SetReady", "CompleteDeferred")
     faults = Steps("Interrupted", "InterruptedWait", "Again", "Busy", "ShortSubmit")
 
-    def input(nodrop, defer, seed, entries_log2, *body):
-        return (boolean(nodrop) + boolean(defer) + u8(seed) + u8(entries_log2)
-                + steps(*body))
+    def input(nodrop, defer, seed, entries_log2, *body, ext_arg=True):
+        return (boolean(nodrop) + boolean(defer) + boolean(ext_arg) + u8(seed)
+                + u8(entries_log2) + steps(*body))
 
     write("sim_ops", "plain_ops", input(True, False, 1, 3,
         s.Add(op(NOP, 0)), s.Add(op(READV, 1, offset=at(10))),
@@ -154,9 +159,10 @@ def sim_ops():
         s.Add(op(NOP, 1)), s.Add(op(NOP, 2)), s.Submit(), s.Add(op(NOP, 3)),
         s.Batch(batch(op(NOP, 4), op(NOP, 5))), s.ReapSome(u8(1)),
         s.Add(op(NOP, 6)), s.Reap(), s.Drain()))
+    # Without EXT_ARG, `wait_timeout` polls the ring fd.
     write("sim_ops", "overflow", input(True, False, 6, 0,
         *[x for i in range(6) for x in (s.Add(op(NOP, i)), s.Submit())],
-        s.Reap(), s.Reap(), s.Drain()))
+        s.Reap(), s.Reap(), s.Drain(), ext_arg=False))
     write("sim_ops", "offsets", input(True, False, 7, 3,
         s.Add(op(READV, 1, offset=near_max(0))), s.Add(op(READV, 2, offset=near_max(300))),
         s.Add(op(READV, 3, offset=above_max(0))), s.Add(op(READV, 4, offset=max_offset())),
@@ -172,6 +178,14 @@ def sim_ops():
         s.Submit(), s.Add(op(POLL_REMOVE, 6, target=5)), s.Submit(),
         s.Add(op(POLL_ADD, 5)), s.Add(op(ASYNC_CANCEL, 7, target=5)),
         s.Batch(batch(op(POLL_ADD, 8), op(ASYNC_CANCEL, 9, target=8))), s.Reap(), s.Drain()))
+    # Chains: a read past the largest file fails and cancels the rest of a
+    # soft chain; a hard chain runs on; a chain left open is refused.
+    write("sim_ops", "chains", input(True, True, 10, 3,
+        s.Batch(batch(op(WRITEV, 1, offset=near_max(0)), op(NOP, 2), op(READV, 3, offset=at(1)),
+                      links=0b011)),
+        s.Batch(batch(op(WRITEV, 4, offset=near_max(0)), op(NOP, 5), links=0b001 | HARD)),
+        s.Batch(batch(op(NOP, 6), op(NOP, 7), links=0b011)), s.Submit(),
+        s.CompleteDeferred(u8(3)), s.Reap(), s.Drain()))
 
 
 def real_kernel_ops():
@@ -222,6 +236,14 @@ def real_kernel_ops():
         *[s.Add(op(NOP, 2)) for _ in range(8)],
         s.Batch(batch(op(NOP, 3), op(WRITEV, 3), op(NOP, 4))), s.Submit(),
         s.Batch(batch(op(NOP, 3), op(NOP, 3), op(NOP, 4))), s.Reap(), s.Drain()))
+    # Chains: a read past the end of the zero-length file is short and
+    # cancels the rest of a soft chain; a hard chain runs on; an open chain
+    # is refused.
+    write("real_kernel_ops", "chains", input(
+        s.Batch(batch(op(READV, 1, file=3, offset=near_max(0)), op(NOP, 2),
+                      op(WRITEV, 3, file=2, offset=at(1)), links=0b011)),
+        s.Batch(batch(op(READV, 4, file=0), op(FSYNC, 5, file=0), links=0b001 | HARD)),
+        s.Batch(batch(op(NOP, 6), links=0b001)), s.Submit(), s.Reap(), s.Drain()))
     write("real_kernel_ops", "pending_at_close", input(
         s.Add(op(POLL_ADD, 1)), s.Add(op(POLL_ADD, 2)), s.Add(op(READV, 3, file=1)),
         s.Add(op(NOP, 4, flags=ASYNC)), s.Submit()))
@@ -260,11 +282,20 @@ def restricted_ring():
         mask(POLL_ADD), housekeeping=True, close_early=True, body=(
             s.Add(op(POLL_ADD, 1)), s.Add(op(POLL_ADD, 1)), s.Add(op(NOP, 1)), s.Submit(),
             s.ReapSome(u8(1)))))
+    # Chains in batches: one broken by a member outside the allowlist, a
+    # hard one, one whose head's ASYNC flag is refused.
     write("restricted_ring", "link_chains", input(
         mask(NOP, READV, POLL_ADD), allowed=LINK | HARDLINK, body=(
-            s.Add(op(NOP, 1, flags=LINK)), s.Add(op(FSYNC, 2)), s.Add(op(NOP, 3, flags=HARDLINK)),
-            s.Add(op(READV, 4, file=1)), s.Add(op(NOP, 5, flags=LINK | ASYNC)),
-            s.Add(op(NOP, 6)), s.Submit(), s.Reap(), s.Drain())))
+            s.Batch(batch(op(NOP, 1), op(FSYNC, 2), op(NOP, 3), links=0b011)),
+            s.Batch(batch(op(NOP, 4), op(READV, 5, file=0), links=0b001 | HARD)),
+            s.Batch(batch(op(NOP, 6, flags=ASYNC), op(NOP, 7), links=0b001)),
+            s.Submit(), s.Reap(), s.Drain())))
+    # Link flags the allowlist does not allow: every linked SQE refused.
+    write("restricted_ring", "links_not_allowed", input(
+        mask(NOP, READV), body=(
+            s.Batch(batch(op(NOP, 1), op(NOP, 2), links=0b001)),
+            s.Batch(batch(op(NOP, 3), op(READV, 4, file=0), links=0b001 | HARD)),
+            s.Submit(), s.Reap(), s.Drain())))
     write("restricted_ring", "async_required", input(
         sets.Mask(u64(2**64 - 1)), required=ASYNC, body=(
             s.Add(op(NOP, 1, flags=ASYNC)), s.Add(op(NOP, 2)), s.Add(op(READV, 3)),

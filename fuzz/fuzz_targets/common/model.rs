@@ -180,11 +180,16 @@ impl OpInput {
     }
 }
 
-/// Up to three operations added with one `add_batch`.
+/// Up to three operations added with one `add_batch`, perhaps as a chain.
 #[derive(Arbitrary, Clone, Copy, Debug)]
 pub struct BatchInput {
     /// 1 + count % 3 of `ops`.
     pub count: u8,
+    /// Bit `i` (0, 1, 2): operation `i` is linked to the next
+    /// (`add_linked`, or `add_hardlinked` with bit 3), where both are
+    /// [`chainable`]. A link from the last operation leaves the chain open,
+    /// which `add_batch` must refuse.
+    pub links: u8,
     pub ops: [OpInput; 3],
 }
 
@@ -192,6 +197,53 @@ impl BatchInput {
     pub fn ops(&self) -> &[OpInput] {
         &self.ops[..1 + usize::from(self.count % 3)]
     }
+
+    /// How operation `i` joins the next, if it does.
+    fn link(&self, i: usize) -> Option<Link> {
+        let ops = self.ops();
+        let next_chainable = ops.get(i + 1).is_none_or(|next| chainable(next.opcode()));
+        let linked = self.links & (1 << i) != 0 && chainable(ops[i].opcode()) && next_chainable;
+        linked.then_some(if self.links & 8 != 0 {
+            Link::Hard
+        } else {
+            Link::Soft
+        })
+    }
+}
+
+/// How an operation of a batch joins the next.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Link {
+    /// `IOSQE_IO_LINK`: the next runs only if this one succeeds.
+    Soft,
+    /// `IOSQE_IO_HARDLINK`: the next runs once this one completes.
+    Hard,
+}
+
+/// Whether the targets chain `opcode`: the operations that complete
+/// promptly in every target (a poll or timeout that never fires would hold
+/// the rest of its chain until drain, which the targets' checks of what is
+/// still in flight do not expect). Every member of a chain may complete
+/// with `ECANCELED`: a failed (or short) one cancels the rest of a soft
+/// chain, and a member the kernel refuses at submission (outside the
+/// allowlist) fails the whole chain.
+fn chainable(opcode: URingOperation) -> bool {
+    matches!(
+        opcode,
+        URingOperation::Nop
+            | URingOperation::Readv
+            | URingOperation::Writev
+            | URingOperation::Fsync
+            | URingOperation::Read
+            | URingOperation::Write
+            | URingOperation::Fallocate
+            | URingOperation::SyncFileRange
+            | URingOperation::Fadvise
+            | URingOperation::ReadFixed
+            | URingOperation::WriteFixed
+            | URingOperation::ReadvFixed
+            | URingOperation::WritevFixed
+    )
 }
 
 /// A cancellation, poll removal or timeout removal: the operations it may
@@ -256,7 +308,8 @@ impl<K> Spec<K> {
 
 enum Mode<'a> {
     Add(&'a URingContext),
-    Batch(&'a mut OpBatch),
+    /// Into the batch, linked to the next operation or not.
+    Batch(&'a mut OpBatch, Option<Link>),
     /// Builds and drops: see [`check_arms`].
     Probe,
 }
@@ -274,6 +327,10 @@ struct Pushed<K> {
     spec: Spec<K>,
     pins: bool,
     result: Option<ringfence::Result<()>>,
+    /// In a chain of a batch: it may complete with `ECANCELED`.
+    chained: bool,
+    /// The link flag its SQE carries (which an allowlist must allow).
+    link: IosqeFlags,
 }
 
 impl<'a, K> Adder<'a, K> {
@@ -338,13 +395,21 @@ impl<'a, K> Adder<'a, K> {
         );
         let result = match &mut self.mode {
             Mode::Add(ring) => Some(ring.add(op, self.label)),
-            Mode::Batch(batch) => Some(batch.add(op, self.label).map(drop)),
+            Mode::Batch(batch, None) => Some(batch.add(op, self.label).map(drop)),
+            Mode::Batch(batch, Some(Link::Soft)) => {
+                Some(batch.add_linked(op, self.label).map(drop))
+            }
+            Mode::Batch(batch, Some(Link::Hard)) => {
+                Some(batch.add_hardlinked(op, self.label).map(drop))
+            }
             Mode::Probe => None,
         };
         self.pushed = Some(Pushed {
             spec,
             pins: O::PINS_CALLER_MEMORY,
             result,
+            chained: false,
+            link: IosqeFlags::empty(),
         });
     }
 
@@ -705,20 +770,27 @@ impl<M: Model> Book<M> {
         }
         let count = ops.len();
         for (label, opcode, pushed) in ops {
-            self.record(label, opcode, pushed.spec, pushed.pins);
+            self.record(label, opcode, pushed);
         }
         self.own_ops += extras;
         self.queued = self.queued.map(|queued| queued + count + extras);
         false
     }
 
-    fn record(&mut self, label: u64, opcode: URingOperation, spec: Spec<M::Kind>, pins: bool) {
-        let Spec {
-            mut kind,
-            aim,
-            flags,
+    fn record(&mut self, label: u64, opcode: URingOperation, pushed: Pushed<M::Kind>) {
+        let Pushed {
+            spec:
+                Spec {
+                    mut kind,
+                    aim,
+                    flags,
+                    ..
+                },
+            pins,
+            chained,
+            link,
             ..
-        } = spec;
+        } = pushed;
         if let Some(aim) = aim {
             if let Some(group) = self.groups.get_mut(&aim.target) {
                 for op in &mut group.ops {
@@ -728,11 +800,10 @@ impl<M: Model> Book<M> {
                 }
             }
         }
-        // Single adds cannot link (chains live in batches of their own,
-        // which these targets do not build yet), so only a cancellation
-        // aimed at its label can cancel an operation.
-        let may_cancel = false;
-        let sent = IosqeFlags::from(flags) | self.model.carried_flags(opcode);
+        // Besides a cancellation aimed at its label (above), only its chain
+        // can cancel an operation (see `chainable`).
+        let may_cancel = chained;
+        let sent = IosqeFlags::from(flags) | self.model.carried_flags(opcode) | link;
         let refused = self.model.refuses(opcode, sent);
         let others: Vec<_> = self
             .groups
@@ -816,7 +887,9 @@ impl<M: Model> Book<M> {
         let model = &self.model;
         let allows = |op: &Op<M::Kind>, res: Res| {
             if op.refused {
-                return res == Err(libc::EACCES);
+                // Refused at submission; in a chain an earlier member's
+                // refusal may cancel it first.
+                return res == Err(libc::EACCES) || (op.may_cancel && res == Err(libc::ECANCELED));
             }
             match res {
                 Err(libc::EACCES) => false,
@@ -916,7 +989,7 @@ impl<M: Model> World<M> {
     pub fn step(&mut self, step: &CommonStep) {
         match step {
             CommonStep::Add(op) => self.add(op),
-            CommonStep::Batch(batch) => self.add_batch(batch.ops()),
+            CommonStep::Batch(batch) => self.add_batch(&batch),
             CommonStep::Submit => self.submit(),
             CommonStep::Reap => {
                 self.reap(Reap::All);
@@ -955,17 +1028,22 @@ impl<M: Model> World<M> {
         self.book.add(&self.ring, input);
     }
 
-    /// Adds up to three operations with one `add_batch`.
-    pub fn add_batch(&mut self, inputs: &[OpInput]) {
+    /// Adds up to three operations with one `add_batch`, chained as
+    /// `input` says.
+    pub fn add_batch(&mut self, input: &BatchInput) {
         let mut batch = OpBatch::new();
         let mut ops = Vec::new();
-        for input in inputs {
-            let label = input.label.value();
-            let opcode = input.opcode();
+        // Whether the last operation in the batch links to the next.
+        let mut open = false;
+        for (i, op_input) in input.ops().iter().enumerate() {
+            let label = op_input.label.value();
+            let opcode = op_input.opcode();
             let slot_free = self.book.slot_free(label);
             let before = batch.len();
-            let mut adder = Adder::new(Mode::Batch(&mut batch), opcode, label, slot_free);
-            build(&self.book.model, input, &mut adder);
+            let link = input.link(i);
+            let mode = Mode::Batch(&mut batch, link);
+            let mut adder = Adder::new(mode, opcode, label, slot_free);
+            build(&self.book.model, op_input, &mut adder);
             let mut pushed = adder.finish();
             let result = pushed.result.take().expect("batched");
             match pushed.spec.offset.filter(|o| *o > MAX_OFFSET) {
@@ -982,6 +1060,13 @@ impl<M: Model> World<M> {
                 }
                 None => {
                     assert!(result.is_ok(), "batching {opcode:?}: {result:?}");
+                    pushed.chained = open || link.is_some();
+                    pushed.link = match link {
+                        None => IosqeFlags::empty(),
+                        Some(Link::Soft) => IosqeFlags::IO_LINK,
+                        Some(Link::Hard) => IosqeFlags::IO_HARDLINK,
+                    };
+                    open = link.is_some();
                     ops.push((label, opcode, pushed));
                 }
             }
@@ -995,6 +1080,14 @@ impl<M: Model> World<M> {
                 batch.len()
             ),
             Err(_) => assert_eq!(batch.len(), count, "a failed add_batch changed the batch"),
+        }
+        if open {
+            // A chain must end inside its batch: refused, nothing queued.
+            assert!(
+                matches!(result, Err(Error::InvalidChain(_))),
+                "an open chain: {result:?}"
+            );
+            return;
         }
         if self.book.added(ops, &result) {
             self.submit();
