@@ -401,7 +401,7 @@ impl Model for Real {
             opcode if common::net::is_net(opcode) => self.net(input, adder),
             opcode if common::fixed::is_fixed(opcode) => {
                 // No buffer is registered on this ring (common/fixed.rs).
-                let spec = Spec::new(Kind::Gives(Err(libc::EFAULT)));
+                let spec = Spec::new(Kind::Gives(Err(common::fixed::without_buffers(opcode))));
                 common::fixed::push(opcode, Arc::clone(&self.scratch).into(), spec, adder);
             }
             URingOperation::Read => {

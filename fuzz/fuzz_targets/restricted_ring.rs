@@ -387,7 +387,7 @@ impl Model for Restricted {
             }
             opcode if common::fixed::is_fixed(opcode) => {
                 // No buffer is registered on this ring (common/fixed.rs).
-                let spec = Spec::new(Kind::Gives(Err(libc::EFAULT)));
+                let spec = Spec::new(Kind::Gives(Err(common::fixed::without_buffers(opcode))));
                 common::fixed::push(opcode, scratch().into(), spec, adder);
             }
             URingOperation::Read => {

@@ -74,7 +74,10 @@ pub(crate) struct BufReg(io_uring_buf_reg);
 impl BufReg {
     /// A ring of `entries` at `ring_addr` (page aligned), for group
     /// `group`; no flags (the ring's memory is the caller's, not mmapped
-    /// from the kernel with `IOU_PBUF_RING_MMAP`).
+    /// from the kernel with `IOU_PBUF_RING_MMAP`). Not `IOU_PBUF_RING_INC`
+    /// either: with incremental consumption a completion names a buffer
+    /// the kernel goes on writing, and the context's lending
+    /// (`CompletedBuffers`) takes a completion's buffer to be done with.
     pub(crate) fn new(ring_addr: u64, entries: u32, group: u16) -> BufReg {
         BufReg(io_uring_buf_reg {
             ring_addr,

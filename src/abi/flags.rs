@@ -272,6 +272,11 @@ bitflags! {
         /// `IORING_CQE_F_NOTIF`: a zero-copy send's notification that the
         /// kernel is done with the buffer (Linux 6.0).
         const NOTIF = IORING_CQE_F_NOTIF;
+        /// `IORING_CQE_F_BUF_MORE` (Linux 6.12, newer than the bindings):
+        /// the kernel will go on writing the provided buffer named, as it
+        /// does on a ring registered with `IOU_PBUF_RING_INC`, which the
+        /// context never asks for.
+        const BUF_MORE = 1 << 4;
     }
 }
 

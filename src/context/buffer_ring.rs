@@ -36,9 +36,10 @@
 //! never marked. The ring's head could not say this: on a worker thread
 //! the kernel commits a buffer (moves the head past it) before it writes
 //! it (`io_should_commit`, `io_uring/kbuf.c`). The marks rest on the
-//! CQE's user_data being the operation's identity; a msg_ring CQE that
-//! forged one would have to guess it, as it would to release any other
-//! operation early (see the context's docs on foreign completions).
+//! CQE's user_data being the operation's identity, whose bit 63 is always
+//! set: [`MsgRing`](crate::op::MsgRing) refuses to post a CQE with such a
+//! user_data, so safe code cannot forge one (code outside the crate that
+//! holds the ring fd can, as `MsgRing`'s docs say).
 
 use std::ops::Deref;
 use std::ptr::NonNull;
@@ -293,7 +294,11 @@ impl URingContext {
     /// [`wait_completions`](Self::wait_completions) or
     /// [`wait`](Self::wait)) and it has not been lent since: a buffer
     /// still in the ring, which the kernel may write at any moment, is
-    /// never lent, nor one buffer twice. Also `None` if `group` is another
+    /// never lent, nor one buffer twice. The mark is the buffer's, set
+    /// when any thread claims the completion: lend it from the thread that
+    /// took that completion, or another thread asking for the same id may
+    /// get it first (and once it has gone round the ring again, hold
+    /// another receive's bytes). Also `None` if `group` is another
     /// context's, `id` is not one of its buffers, `len` is longer than its
     /// buffers, or in a forked child (a guard carried into one gives
     /// nothing back when dropped there).

@@ -4,10 +4,8 @@
 use std::ops::Range;
 use std::ptr::NonNull;
 
-use super::rw::Vectored;
-use super::{KeepAlive, Operation, Prepared, Target};
+use super::{KeepAlive, KernelMemory, Operation, Prepared, Target};
 use crate::abi::{Sqe, URingOperation, MAX_IOVECS};
-use crate::iobuf::IoBufMut;
 use crate::{Error, Result};
 
 /// One buffer in a ring's registered buffer table: its index, where it is
@@ -201,12 +199,26 @@ impl Operation for WriteFixed {
     }
 }
 
+/// One iovec of a vectored fixed operation, laid out as the kernel's
+/// `struct iovec`: an address it checks against the registered buffer,
+/// never dereferenced by Rust code, so a plain integer.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+struct FixedIovec {
+    base: usize,
+    len: usize,
+}
+
+const _: () = assert!(std::mem::size_of::<FixedIovec>() == std::mem::size_of::<libc::iovec>());
+
 /// A vectored read or write through one registered buffer: iovecs that
-/// each name a range of it, sent as [`Readv`](super::Readv) sends its own,
-/// plus the buffer's index.
+/// each name a range of it, and the buffer's index.
+#[derive(Debug)]
 struct VectoredFixed {
-    vectored: Vectored,
+    target: Target,
     index: u16,
+    iovecs: Vec<FixedIovec>,
+    offset: Option<u64>,
 }
 
 impl VectoredFixed {
@@ -219,65 +231,63 @@ impl VectoredFixed {
         if ranges.len() > MAX_IOVECS {
             return Err(Error::TooManyIovecs(ranges.len()));
         }
-        let base = buffer.as_ptr().cast::<u8>().as_ptr();
+        let base = buffer.as_ptr().cast::<u8>().as_ptr() as usize;
         let iovecs = ranges
             .iter()
-            .map(|range| {
-                let len = range
-                    .end
-                    .checked_sub(range.start)
-                    .ok_or(Error::InvalidBufferRange {
-                        start: range.start,
-                        end: range.end,
-                    })?;
-                // Not `add`: the range need not be inside the buffer.
-                let at = base.wrapping_add(range.start);
-                // SAFETY: `IoBufMut`'s contract is about the memory the
-                // kernel reaches through it. Through a vectored fixed
-                // operation (the only place this array goes) the kernel
-                // reaches only the buffer registered at `index`: it checks
-                // every iovec against that buffer and fails the operation
-                // with `EFAULT` otherwise (`io_import_reg_vec`,
-                // `io_uring/rsrc.c`). That memory belongs to the context,
-                // which keeps it mapped until the ring is drained (or leaks
-                // it); Rust code reaches it only through
-                // `RegisteredBuffer::as_ptr`, whose `unsafe` is the
-                // caller's. No Rust code reads through these iovecs.
-                Ok(unsafe { IoBufMut::from_raw_parts(at, len) })
+            .map(|range| match range.end.checked_sub(range.start) {
+                // The kernel fails a whole operation with EFAULT for one
+                // empty range: refused here, where it says which.
+                Some(len) if len > 0 => Ok(FixedIovec {
+                    // The kernel checks it against the buffer: it need not
+                    // be inside.
+                    base: base.wrapping_add(range.start),
+                    len,
+                }),
+                _ => Err(Error::InvalidBufferRange {
+                    start: range.start,
+                    end: range.end,
+                }),
             })
-            .collect::<Result<Box<[_]>>>()?;
+            .collect::<Result<Vec<_>>>()?;
         Ok(VectoredFixed {
-            vectored: Vectored {
-                iovecs: iovecs.into(),
-                target,
-                offset,
-            },
+            target,
             index: buffer.index(),
+            iovecs,
+            offset,
         })
     }
 
     fn prepare<O: Operation>(self) -> Result<Prepared> {
-        let mut prepared = self.vectored.prepare::<O>()?;
-        prepared.sqe.set_buf_index(self.index);
-        Ok(prepared)
-    }
-}
-
-impl std::fmt::Debug for VectoredFixed {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        self.vectored.debug("VectoredFixed", f)?;
-        write!(f, " at buffer {}", self.index)
+        let offset = match self.offset {
+            // -1 asks the kernel for the file's current position.
+            None => u64::MAX,
+            Some(offset) => super::file_offset(offset)?,
+        };
+        let mut sqe = Sqe::new(O::OPCODE);
+        self.target.fill(&mut sqe);
+        sqe.set_offset(offset);
+        // The array's heap block stays where it is when the `Vec` moves
+        // into the memory the context keeps until the completion.
+        sqe.set_addr(self.iovecs.as_ptr() as u64);
+        sqe.set_len(self.iovecs.len() as u32);
+        sqe.set_buf_index(self.index);
+        let keep_alive = KeepAlive {
+            owned: Some(KernelMemory::new(self.iovecs).0),
+            ..KeepAlive::target(self.target)
+        };
+        Ok(Prepared::new::<O>(sqe, keep_alive))
     }
 }
 
 /// `IORING_OP_READV_FIXED` (Linux 6.15): `preadv2(2)` into several ranges
 /// of one registered buffer.
 ///
-/// Completes with the number of bytes read (0 at end of file), or the
-/// errno `preadv2` would give; `EFAULT` when a range is not inside the
-/// buffer registered at the handle's index (`io_import_reg_vec`,
-/// `io_uring/rsrc.c`); `EINVAL` on kernels before 6.15 (see
-/// [`URingContext::probe`](crate::URingContext::probe)). Safe to build
+/// Completes with the number of bytes read (0 at end of file, and for no
+/// ranges), or the errno `preadv2` would give; `EFAULT` when a range is not
+/// inside the buffer registered at the handle's index
+/// (`io_import_reg_vec`, `io_uring/rsrc.c`); `EINVAL` when the ranges add
+/// up to more than `MAX_RW_COUNT` (2 GiB less a page), and on kernels
+/// before 6.15 (see [`URingContext::probe`](crate::URingContext::probe)). Safe to build
 /// and add for the reasons [`ReadFixed`] is; reading a range through
 /// [`RegisteredBuffer::as_ptr`] before the completion is returned is the
 /// caller's `unsafe` to avoid.
@@ -294,8 +304,9 @@ impl ReadvFixed {
     ///
     /// Fails with [`Error::TooManyIovecs`] for more than
     /// [`MAX_IOVECS`](crate::MAX_IOVECS) ranges, with
-    /// [`Error::InvalidBufferRange`] for a range that ends before it
-    /// starts, and at add with [`Error::InvalidOffset`] past
+    /// [`Error::InvalidBufferRange`] for a range that is empty or ends
+    /// before it starts (the kernel would fail the whole operation with
+    /// `EFAULT` for an empty one), and at add with [`Error::InvalidOffset`] past
     /// [`MAX_FILE_OFFSET`](crate::MAX_FILE_OFFSET).
     pub fn new(
         target: impl Into<Target>,

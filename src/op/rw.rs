@@ -7,18 +7,17 @@ use crate::abi::{Sqe, URingOperation, MAX_IOVECS};
 use crate::iobuf::{IoBufMut, KernelIovecs};
 use crate::{Error, Result};
 
-/// A vectored read or write: the two differ only in opcode (and their
-/// registered-buffer forms in [`fixed`](super::fixed) add a buffer index).
-pub(super) struct Vectored {
-    pub(super) iovecs: Pin<Box<[IoBufMut<'static>]>>,
-    pub(super) target: Target,
-    pub(super) offset: Option<u64>,
+/// A vectored read or write: the two differ only in opcode.
+struct Vectored {
+    iovecs: Pin<Box<[IoBufMut<'static>]>>,
+    target: Target,
+    offset: Option<u64>,
 }
 
 impl Vectored {
     /// Checks the iovec count and the offset, and encodes the SQE; the
     /// iovec array goes into the state kept alive until the completion.
-    pub(super) fn prepare<O: Operation>(self) -> Result<Prepared> {
+    fn prepare<O: Operation>(self) -> Result<Prepared> {
         if self.iovecs.len() > MAX_IOVECS {
             return Err(Error::TooManyIovecs(self.iovecs.len()));
         }
@@ -126,7 +125,7 @@ impl std::fmt::Debug for Writev {
 }
 
 impl Vectored {
-    pub(super) fn debug(&self, name: &str, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+    fn debug(&self, name: &str, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct(name)
             .field("iovecs", &self.iovecs.len())
             .field("target", &self.target)

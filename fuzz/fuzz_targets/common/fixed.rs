@@ -52,3 +52,23 @@ pub fn push<K>(opcode: URingOperation, target: Target, spec: Spec<K>, adder: &mu
         other => unreachable!("{other:?} is not a registered-buffer operation"),
     }
 }
+
+/// What the real kernel completes `opcode` with on a ring with no
+/// registered buffers: `EFAULT`, or `EINVAL` on a kernel older than the
+/// operation.
+#[allow(dead_code)] // The simulated kernel's target has its own answer.
+pub fn without_buffers(opcode: URingOperation) -> i32 {
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").expect("osrelease");
+    let mut parts = release.split(|c: char| !c.is_ascii_digit());
+    let mut next = || {
+        parts
+            .next()
+            .and_then(|p| p.parse::<u32>().ok())
+            .expect("a version")
+    };
+    if (next(), next()) < opcode.since() {
+        libc::EINVAL
+    } else {
+        libc::EFAULT
+    }
+}

@@ -176,7 +176,10 @@ impl Multishot {
         let mut sqe = Sqe::new(URingOperation::Recv);
         self.target.fill(&mut sqe);
         // No address or length: the kernel takes both from the buffer it
-        // selects (`io_uring_prep_recv_multishot(3)` leaves them 0).
+        // selects (`io_uring_prep_recv_multishot(3)` leaves them 0). Not a
+        // bundle (`IORING_RECVSEND_BUNDLE`), whose one completion covers
+        // several buffers: the lending marks (`CompletedBuffers`) take a
+        // completion to name one buffer it is done with.
         sqe.set_flags(sqe.flags() | IosqeFlags::BUFFER_SELECT);
         sqe.set_buf_group(self.group.id);
         sqe.set_ioprio(RECV_MULTISHOT);
