@@ -105,10 +105,13 @@
 //! - `close`: dropping a drained ring; `fcntl` with `F_GETFD` only: std's
 //!   debug builds check that a descriptor is open before closing it;
 //! - `sigaltstack`, `rt_sigprocmask`, `exit`: a thread ending; `exit_group`;
-//! - `sched_yield`: lock back-off.
+//! - `sched_yield`: lock back-off;
+//! - `openat` (and `open`) fail with `EACCES` instead of killing: glibc's
+//!   malloc opens `/proc/sys/vm/overcommit_memory` the first time it
+//!   shrinks a thread's heap, and takes the failure as "keep the pages".
 //!
 //! Not allowed, among everything else: `io_uring_setup`,
-//! `io_uring_register`, `open`/`openat`, `socket`, `connect`, `accept`,
+//! `io_uring_register`, `socket`, `connect`, `accept`,
 //! `execve`, `fork`/`clone`, `ptrace`, `kill`, `read`/`pread`/`recv` and
 //! `send` (all I/O goes through the rings).
 //!

@@ -141,23 +141,41 @@ fn rule(conditions: Vec<SeccompCondition>) -> SeccompRule {
     SeccompRule::new(conditions).expect("a valid rule")
 }
 
+/// System calls that fail with `EACCES` instead of killing the process:
+/// glibc's malloc opens `/proc/sys/vm/overcommit_memory` the first time it
+/// shrinks a thread's heap, and takes a failure as "keep the pages
+/// mapped", which is harmless. Nothing gets opened either way.
+const REFUSED_SYSCALLS: &[i64] = &[libc::SYS_openat, libc::SYS_open];
+
 /// Confines every thread of the process (`SECCOMP_FILTER_FLAG_TSYNC`) to
-/// [`allowed_syscalls`]; anything else kills the process.
+/// [`allowed_syscalls`]; [`REFUSED_SYSCALLS`] fail with `EACCES`, anything
+/// else kills the process.
+///
+/// Two filters, because seccompiler gives one filter one action for its
+/// matches: the first kills on anything outside the allowed list and the
+/// refused ones, the second refuses those with `EACCES`. The kernel runs
+/// both on every call and takes the stricter result.
 pub fn confine() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-    let arch = std::env::consts::ARCH
+    let arch: seccompiler::TargetArch = std::env::consts::ARCH
         .try_into()
         .map_err(|e| format!("seccomp: {e}"))?;
-    let rules: BTreeMap<i64, Vec<SeccompRule>> = allowed_syscalls()
+    let mut rules: BTreeMap<i64, Vec<SeccompRule>> = allowed_syscalls()
         .into_iter()
         .map(|(nr, rules, _)| (nr, rules))
         .collect();
-    let filter = SeccompFilter::new(
-        rules,
-        SeccompAction::KillProcess,
+    for &nr in REFUSED_SYSCALLS {
+        rules.insert(nr, vec![]);
+    }
+    let kill = SeccompFilter::new(rules, SeccompAction::KillProcess, SeccompAction::Allow, arch)?;
+    let refuse = SeccompFilter::new(
+        REFUSED_SYSCALLS.iter().map(|&nr| (nr, vec![])).collect(),
         SeccompAction::Allow,
+        SeccompAction::Errno(libc::EACCES as u32),
         arch,
     )?;
-    let program: BpfProgram = filter.try_into()?;
-    seccompiler::apply_filter_all_threads(&program)?;
+    for filter in [refuse, kill] {
+        let program: BpfProgram = filter.try_into()?;
+        seccompiler::apply_filter_all_threads(&program)?;
+    }
     Ok(())
 }
