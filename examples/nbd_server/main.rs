@@ -133,7 +133,9 @@
 //! connection's receive, serves the requests already received (complete
 //! ones left in a receive buffer included; a write whose payload had not
 //! all arrived is dropped), sends their replies, closes each connection,
-//! drains its ring and ends. Main joins the workers, flushes the image
+//! drains its ring and ends. A client that does not take its replies
+//! within 10 s of the signal has its send cancelled and the rest dropped,
+//! so a stalled client cannot keep the server from exiting. Main joins the workers, flushes the image
 //! (`Fsync` through its own ring) and exits 0.
 //!
 //! # Memory lent to the kernel

@@ -100,8 +100,8 @@ pub fn option_reply(out: &mut Vec<u8>, option: u32, reply: u32, data: &[u8]) {
 /// What the handshake does next after an option.
 #[derive(Debug, PartialEq, Eq)]
 pub enum OptionOutcome {
-    /// More options may follow.
-    Continue,
+    /// More options may follow; the reply's name, for the log.
+    Continue(&'static str),
     /// The transmission phase starts after the reply (GO, EXPORT_NAME).
     Transmission,
     /// Send the reply (if any), then close (ABORT, EXPORT_NAME of an
@@ -138,21 +138,21 @@ pub fn answer_option(
         OPT_LIST => {
             if !data.is_empty() {
                 option_reply(out, option, REP_ERR_INVALID, b"NBD_OPT_LIST takes no data");
-                return OptionOutcome::Continue;
+                return OptionOutcome::Continue("NBD_REP_ERR_INVALID");
             }
             // One export, named "": a name length of 0.
             option_reply(out, option, REP_SERVER, &0u32.to_be_bytes());
             option_reply(out, option, REP_ACK, &[]);
-            OptionOutcome::Continue
+            OptionOutcome::Continue("NBD_REP_SERVER, NBD_REP_ACK")
         }
         OPT_INFO | OPT_GO => {
             let Some(name) = info_request_name(data) else {
                 option_reply(out, option, REP_ERR_INVALID, b"malformed NBD_OPT_INFO/GO");
-                return OptionOutcome::Continue;
+                return OptionOutcome::Continue("NBD_REP_ERR_INVALID");
             };
             if !name.is_empty() {
                 option_reply(out, option, REP_ERR_UNKNOWN, b"only the export \"\" exists");
-                return OptionOutcome::Continue;
+                return OptionOutcome::Continue("NBD_REP_ERR_UNKNOWN");
             }
             let mut export = Vec::with_capacity(12);
             export.extend_from_slice(&INFO_EXPORT.to_be_bytes());
@@ -169,12 +169,12 @@ pub fn answer_option(
             if option == OPT_GO {
                 OptionOutcome::Transmission
             } else {
-                OptionOutcome::Continue
+                OptionOutcome::Continue("NBD_REP_INFO, NBD_REP_ACK")
             }
         }
         _ => {
             option_reply(out, option, REP_ERR_UNSUP, &[]);
-            OptionOutcome::Continue
+            OptionOutcome::Continue("NBD_REP_ERR_UNSUP")
         }
     }
 }
@@ -245,6 +245,25 @@ pub fn nbd_error(err: &std::io::Error) -> u32 {
         Some(libc::EOVERFLOW) => EOVERFLOW,
         _ => EIO,
     }
+}
+
+/// The name of an option, for log lines.
+pub fn option_name(option: u32) -> String {
+    let name = match option {
+        OPT_EXPORT_NAME => "NBD_OPT_EXPORT_NAME",
+        OPT_ABORT => "NBD_OPT_ABORT",
+        OPT_LIST => "NBD_OPT_LIST",
+        4 => "NBD_OPT_PEEK_EXPORT",
+        5 => "NBD_OPT_STARTTLS",
+        OPT_INFO => "NBD_OPT_INFO",
+        OPT_GO => "NBD_OPT_GO",
+        8 => "NBD_OPT_STRUCTURED_REPLY",
+        9 => "NBD_OPT_LIST_META_CONTEXT",
+        10 => "NBD_OPT_SET_META_CONTEXT",
+        11 => "NBD_OPT_EXTENDED_HEADERS",
+        _ => return format!("option {option}"),
+    };
+    name.to_string()
 }
 
 /// The name of a command type, for log lines.

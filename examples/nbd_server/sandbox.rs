@@ -166,7 +166,12 @@ pub fn confine() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     for &nr in REFUSED_SYSCALLS {
         rules.insert(nr, vec![]);
     }
-    let kill = SeccompFilter::new(rules, SeccompAction::KillProcess, SeccompAction::Allow, arch)?;
+    let kill = SeccompFilter::new(
+        rules,
+        SeccompAction::KillProcess,
+        SeccompAction::Allow,
+        arch,
+    )?;
     let refuse = SeccompFilter::new(
         REFUSED_SYSCALLS.iter().map(|&nr| (nr, vec![])).collect(),
         SeccompAction::Allow,

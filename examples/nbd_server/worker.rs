@@ -6,7 +6,7 @@ use std::io;
 use std::os::fd::{BorrowedFd, FromRawFd, OwnedFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use ringfence::op::{
     Accept, AsyncCancel, Close, Fallocate, Fsync, PollAdd, Read, Recv, Send, Sendmsg, SocketFlags,
@@ -63,6 +63,10 @@ const MAX_REPLIES_PER_SEND: usize = 64;
 const KEEP_BUFFER: usize = (1 << 20) + proto::REPLY_LEN;
 /// WRITE_ZEROES with NO_HOLE writes zeros in pieces of this length.
 const ZERO_CHUNK: usize = 1 << 20;
+/// How long a stopping worker waits for its clients to take their
+/// replies before it drops the rest (a client that stopped reading must not
+/// hold the server up for good).
+const STOP_GRACE: Duration = Duration::from_secs(10);
 /// How long the worker's ring may take to drain at exit.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -93,6 +97,9 @@ pub struct Worker {
     accepting: bool,
     signal_armed: bool,
     stopping: bool,
+    /// When a stopping worker gives up on replies not yet sent; `None`
+    /// once it has.
+    stop_deadline: Option<Instant>,
     /// Cancellations in flight.
     cancels: usize,
     /// Operations added since the last submit (to submit before the SQ is
@@ -114,6 +121,7 @@ impl Worker {
             accepting: false,
             signal_armed: false,
             stopping: false,
+            stop_deadline: None,
             cancels: 0,
             queued: 0,
             completions: Vec::with_capacity(256),
@@ -135,7 +143,16 @@ impl Worker {
             && self.cancels == 0)
         {
             let mut completions = std::mem::take(&mut self.completions);
-            completions.extend(self.ring.wait()?);
+            match self.stop_deadline {
+                None => completions.extend(self.ring.wait()?),
+                Some(deadline) => {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    completions.extend(self.ring.wait_timeout(left)?);
+                    if Instant::now() >= deadline {
+                        self.give_up_replies()?;
+                    }
+                }
+            }
             self.queued = 0;
             for (user_data, result) in completions.drain(..) {
                 self.complete(user_data, result)?;
@@ -270,6 +287,7 @@ impl Worker {
             return Ok(());
         }
         self.stopping = true;
+        self.stop_deadline = Some(Instant::now() + STOP_GRACE);
         log!(
             "worker {}: stopping: finishing the requests received on {} connection(s)",
             self.index,
@@ -284,6 +302,25 @@ impl Worker {
             if self.conns[conn].is_some() {
                 let (mut cx, c) = self.split(conn);
                 c.stop(&mut cx)?;
+                self.touched.push(conn);
+            }
+        }
+        Ok(())
+    }
+
+    /// The stop's grace time is over: cancel the sends still in flight
+    /// and drop every reply not sent.
+    fn give_up_replies(&mut self) -> Result<(), BoxError> {
+        self.stop_deadline = None;
+        for conn in 0..self.conns.len() {
+            if self.conns[conn].is_some() {
+                let (mut cx, c) = self.split(conn);
+                if c.abort(&mut cx)? {
+                    log!(
+                        "connection {}: replies not taken in {STOP_GRACE:?}: dropped",
+                        c.id
+                    );
+                }
                 self.touched.push(conn);
             }
         }
@@ -568,6 +605,19 @@ impl Conn {
         self.end_input(cx)
     }
 
+    /// Cancels the send in flight and drops every reply; whether there
+    /// was anything to drop.
+    fn abort(&mut self, cx: &mut Cx<'_>) -> Result<bool, BoxError> {
+        let pending = self.send_in_flight || !self.ready.is_empty();
+        if self.send_in_flight {
+            cx.add_labelled(AsyncCancel::new(label(cx.conn, Kind::Send, 0)), CANCEL)?;
+            *cx.cancels += 1;
+        }
+        self.end_input(cx)?;
+        self.break_sends();
+        Ok(pending)
+    }
+
     // --- Receiving -------------------------------------------------------
 
     fn recv_done(&mut self, cx: &mut Cx<'_>, result: io::Result<u32>) -> Result<(), BoxError> {
@@ -763,14 +813,19 @@ impl Conn {
             proto::answer_option(option, data, cx.shared.size, self.no_zeroes, &mut self.ctl);
         self.rstart += total;
         match outcome {
-            proto::OptionOutcome::Continue => {
-                log!("connection {}: option {option} answered", self.id);
+            proto::OptionOutcome::Continue(reply) => {
+                log!(
+                    "connection {}: {}: {reply}",
+                    self.id,
+                    proto::option_name(option)
+                );
                 Ok(None)
             }
             proto::OptionOutcome::Transmission => {
                 log!(
-                    "connection {}: option {option}: transmission phase ({} bytes)",
+                    "connection {}: {}: transmission phase ({} bytes)",
                     self.id,
+                    proto::option_name(option),
                     cx.shared.size
                 );
                 self.phase = Phase::Transmission;
@@ -834,6 +889,10 @@ impl Conn {
                     return Ok(None);
                 }
                 let s = self.take_slot(req);
+                if len == 0 {
+                    self.finish(s, 0);
+                    return Ok(None);
+                }
                 self.slots[s as usize].buf.reserve(proto::REPLY_LEN + len);
                 self.issue(cx, s)?;
             }
@@ -906,10 +965,7 @@ impl Conn {
                 self.end_parsing(cx)?;
                 return Ok(Some(Parsed::Done));
             }
-            other => {
-                self.refuse(&req, proto::EINVAL, "unknown command type");
-                let _ = other;
-            }
+            _ => self.refuse(&req, proto::EINVAL, "unknown command type"),
         }
         Ok(None)
     }
