@@ -1,6 +1,6 @@
 //! `nbd_server`: a sandboxed NBD block server. It serves one raw image to
-//! real NBD clients (qemu-io, qemu-img, nbdcopy, nbdinfo, fio's nbd engine,
-//! the kernel's nbd-client) with every byte of client traffic and of disk
+//! real NBD clients (tried with qemu-io, qemu-img, nbdcopy, nbdinfo and
+//! fio's nbd engine) with every byte of client traffic and of disk
 //! I/O going through ringfence rings, each restricted by a
 //! [`URingAllowlist`](ringfence::URingAllowlist), and the process confined
 //! by a seccomp filter once its rings exist.
@@ -56,7 +56,9 @@
 //! no descriptor ever passes between threads or rings. `--workers 1` is one
 //! ring shared by every connection; `--workers M --max-connections M` is a
 //! ring per connection: the ring-sharing choice is measured by changing the
-//! two numbers.
+//! two numbers. The kernel does not balance: connections arriving together
+//! may all go to the worker whose accept was armed first (it takes the
+//! rest from the backlog as it re-arms), up to its share.
 //!
 //! A connection pipelines: each receive fills a 256 KiB buffer; every
 //! complete request in it gets a request slot (up to 128 per connection; the
@@ -78,6 +80,12 @@
 //! `Send` for one), a partial send continued from where it stopped. Each
 //! loop turn makes one `io_uring_enter`: `wait` submits what the previous
 //! turn queued and waits for completions.
+//!
+//! On tmpfs (`/dev/shm`) the kernel runs every `Read` and `Write` on its
+//! io-wq worker threads, not inline (shmem files lack `FMODE_NOWAIT`;
+//! measured with the `io_uring:io_uring_queue_async_work` tracepoint on
+//! Linux 6.18): each request then costs a thread hand-off in the kernel,
+//! which shows most at queue depth 1.
 //!
 //! # Sandbox
 //!
@@ -120,9 +128,11 @@
 //! only the operations listed. What it does not protect: the rings use
 //! plain descriptors (no fixed files), so an allowed operation can address
 //! any descriptor the process holds: the image (read, write, punch, sync
-//! any part of it), the listening socket, the signalfd, every client's
-//! connection (reading or writing another client's stream), and a ring's
-//! `Close` can close any of them. The filter cannot look into the rings.
+//! any part of it), the listening socket (accepting connections), the
+//! signalfd, every client's connection on any worker (reading or writing
+//! another client's stream), and a ring's `Close` can close any of them.
+//! The filter cannot look into the rings, and `write` to the log can carry
+//! anything to stdout and stderr.
 //!
 //! # Shutdown
 //!
@@ -135,8 +145,8 @@
 //! all arrived is dropped), sends their replies, closes each connection,
 //! drains its ring and ends. A client that does not take its replies
 //! within 10 s of the signal has its send cancelled and the rest dropped,
-//! so a stalled client cannot keep the server from exiting. Main joins the workers, flushes the image
-//! (`Fsync` through its own ring) and exits 0.
+//! so a stalled client cannot keep the server from exiting. Main joins the
+//! workers, flushes the image (`Fsync` through its own ring) and exits 0.
 //!
 //! # Memory lent to the kernel
 //!
