@@ -56,9 +56,11 @@
 //! no descriptor ever passes between threads or rings. `--workers 1` is one
 //! ring shared by every connection; `--workers M --max-connections M` is a
 //! ring per connection: the ring-sharing choice is measured by changing the
-//! two numbers. The kernel does not balance: connections arriving together
-//! may all go to the worker whose accept was armed first (it takes the
-//! rest from the backlog as it re-arms), up to its share.
+//! two numbers. The kernel does not balance (connections arriving together
+//! would all go to the worker that re-arms its accept first, taking them
+//! from the backlog), so a worker re-arms its accept only while no other
+//! worker with room has fewer connections open, and otherwise looks again
+//! every 20 ms (or at its next completion) in case that one filled up.
 //!
 //! A connection pipelines: each receive fills a 256 KiB buffer; every
 //! complete request in it gets a request slot (up to 128 per connection; the
@@ -166,7 +168,7 @@ use std::os::unix::fs::FileTypeExt;
 use std::os::unix::net::UnixListener;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::mpsc;
+use std::sync::{mpsc, Arc};
 use std::time::Duration;
 
 use lexopt::prelude::*;
@@ -410,6 +412,7 @@ fn run(config: &Config) -> Result<(), BoxError> {
     // Every ring before any confinement.
     let worker_allowlist = sandbox::allowlist(sandbox::WORKER_OPERATIONS);
     let shares = shares(config.max_connections, config.workers);
+    let balance = std::sync::Arc::new(worker::Balance::new(shares.clone()));
     let mut workers = Vec::with_capacity(shares.len());
     for (index, &share) in shares.iter().enumerate() {
         let ring = URingBuilder::new(SQ_ENTRIES)
@@ -417,7 +420,12 @@ fn run(config: &Config) -> Result<(), BoxError> {
             .allowlist(&worker_allowlist)
             .build()
             .map_err(|e| format!("creating worker {index}'s ring: {e}"))?;
-        workers.push(worker::Worker::new(ring, index, shared, share));
+        workers.push(worker::Worker::new(
+            ring,
+            index,
+            shared,
+            Arc::clone(&balance),
+        ));
     }
     let main_allowlist = sandbox::allowlist(sandbox::MAIN_OPERATIONS);
     let main_ring = URingBuilder::new(4)

@@ -4,7 +4,7 @@
 use std::collections::VecDeque;
 use std::io;
 use std::os::fd::{BorrowedFd, FromRawFd, OwnedFd};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -75,6 +75,36 @@ static CONNECTIONS: AtomicU64 = AtomicU64::new(0);
 
 type BoxError = Box<dyn std::error::Error + std::marker::Send + Sync>;
 
+/// The open connections of every worker, and each one's share of
+/// `--max-connections`, for balancing accepts.
+pub struct Balance {
+    open: Vec<AtomicUsize>,
+    shares: Vec<usize>,
+}
+
+impl Balance {
+    pub fn new(shares: Vec<usize>) -> Balance {
+        Balance {
+            open: shares.iter().map(|_| AtomicUsize::new(0)).collect(),
+            shares,
+        }
+    }
+
+    /// Whether worker `me` should take the next connection: no other
+    /// worker with room has fewer open.
+    fn my_turn(&self, me: usize) -> bool {
+        let mine = self.open[me].load(Ordering::SeqCst);
+        (0..self.shares.len()).all(|other| {
+            let open = self.open[other].load(Ordering::SeqCst);
+            other == me || open >= self.shares[other] || open >= mine
+        })
+    }
+}
+
+/// How often a worker that left its accept to a less busy one looks
+/// again (that one may have filled up meanwhile).
+const BALANCE_RECHECK: Duration = Duration::from_millis(20);
+
 /// The descriptors every worker uses, open for the life of the process
 /// (main leaks their owners).
 #[derive(Clone, Copy)]
@@ -91,6 +121,9 @@ pub struct Worker {
     ring: URingContext,
     index: usize,
     shared: Shared,
+    balance: Arc<Balance>,
+    /// The worker left the next connection to a less busy one.
+    deferring: bool,
     /// The connection table: at most `conns.len()` at once.
     conns: Vec<Option<Conn>>,
     open: usize,
@@ -111,11 +144,14 @@ pub struct Worker {
 
 impl Worker {
     /// A worker on `ring` serving up to `max_connections` connections.
-    pub fn new(ring: URingContext, index: usize, shared: Shared, max_connections: usize) -> Worker {
+    pub fn new(ring: URingContext, index: usize, shared: Shared, balance: Arc<Balance>) -> Worker {
+        let max_connections = balance.shares[index];
         Worker {
             ring,
             index,
             shared,
+            balance,
+            deferring: false,
             conns: (0..max_connections).map(|_| None).collect(),
             open: 0,
             accepting: false,
@@ -144,6 +180,9 @@ impl Worker {
         {
             let mut completions = std::mem::take(&mut self.completions);
             match self.stop_deadline {
+                None if self.deferring => {
+                    completions.extend(self.ring.wait_timeout(BALANCE_RECHECK)?);
+                }
                 None => completions.extend(self.ring.wait()?),
                 Some(deadline) => {
                     let left = deadline.saturating_duration_since(Instant::now());
@@ -154,6 +193,9 @@ impl Worker {
                 }
             }
             self.queued = 0;
+            if self.deferring {
+                self.arm_accept()?;
+            }
             for (user_data, result) in completions.drain(..) {
                 self.complete(user_data, result)?;
             }
@@ -208,7 +250,7 @@ impl Worker {
                 };
                 if kind == Kind::Close {
                     let closed = self.conns[conn].take().expect("a closing connection");
-                    self.open -= 1;
+                    self.set_open(self.open - 1);
                     log!(
                         "connection {} (worker {}): closed{}",
                         closed.id,
@@ -247,8 +289,16 @@ impl Worker {
     }
 
     /// Arms an accept if there is room for a connection and none is armed.
+    /// Connections arriving together are spread: a worker leaves the next
+    /// one to another with room and fewer open (and looks again every
+    /// [`BALANCE_RECHECK`], in case that one fills up).
     fn arm_accept(&mut self) -> Result<(), BoxError> {
+        self.deferring = false;
         if self.accepting || self.stopping || self.open == self.conns.len() {
+            return Ok(());
+        }
+        if !self.balance.my_turn(self.index) {
+            self.deferring = true;
             return Ok(());
         }
         let accept = Accept::new(self.shared.listener).flags(SocketFlags::CLOEXEC);
@@ -256,6 +306,11 @@ impl Worker {
         self.queued += 1;
         self.accepting = true;
         Ok(())
+    }
+
+    fn set_open(&mut self, open: usize) {
+        self.open = open;
+        self.balance.open[self.index].store(open, Ordering::SeqCst);
     }
 
     /// Takes a new connection and starts its handshake.
@@ -276,7 +331,7 @@ impl Worker {
             conn.ctl.extend_from_slice(&proto::greeting());
         }
         self.conns[slot] = Some(conn);
-        self.open += 1;
+        self.set_open(self.open + 1);
         self.touched.push(slot);
         Ok(())
     }
