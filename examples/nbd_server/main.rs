@@ -63,8 +63,9 @@
 //! every 20 ms (or at its next completion) in case that one filled up.
 //!
 //! A connection pipelines: each receive fills a 256 KiB buffer; every
-//! complete request in it gets a request slot (up to 128 per connection; the
-//! rest wait unparsed, which stops receiving until a slot frees) and its
+//! complete request in it gets a request slot (up to 128 per connection,
+//! holding up to 64 MiB of READ and WRITE data beyond the first request;
+//! the rest wait unparsed, which stops receiving until a slot frees) and its
 //! disk operation at once: `Read` or `Write` at the request's offset into
 //! or from the slot's buffer (short ones are continued), `Fallocate`
 //! (PUNCH_HOLE | KEEP_SIZE) for TRIM and WRITE_ZEROES (writes of zeros

@@ -57,6 +57,10 @@ const DIRECT_PAYLOAD: usize = 32 << 10;
 /// Requests in flight per connection at most; more wait, unparsed, in
 /// the receive buffer (and the client's socket).
 pub const MAX_REQUESTS: usize = 128;
+/// Bytes of READ and WRITE data a connection holds buffers for at most
+/// (beyond one request): requests past it wait, unparsed, so a client
+/// pipelining 32 MiB reads cannot make the server allocate without bound.
+const MAX_DATA_IN_FLIGHT: usize = 64 << 20;
 /// Replies gathered into one sendmsg at most.
 const MAX_REPLIES_PER_SEND: usize = 64;
 /// A request slot keeps a buffer up to this long for the next request.
@@ -461,7 +465,8 @@ struct Payload {
 enum Parsed {
     /// More bytes are needed.
     NeedData,
-    /// Every request slot is busy.
+    /// Every request slot is busy, or the connection holds as much data
+    /// as it may.
     NoSlot,
     /// No more parsing on this connection.
     Done,
@@ -503,6 +508,17 @@ struct Slot {
     epoch: Option<u64>,
     /// The reply's length: 16, or 16 + len for a successful READ.
     reply_len: usize,
+    /// What the request counts in the connection's `data_in_flight`.
+    charge: usize,
+}
+
+/// The bytes of data buffer a request needs: its length for a READ or
+/// WRITE the server takes, else none.
+fn data_charge(req: &Request) -> usize {
+    match req.command {
+        proto::CMD_READ | proto::CMD_WRITE if req.len <= proto::MAX_REQUEST => req.len as usize,
+        _ => 0,
+    }
 }
 
 /// Writes in flight per epoch; a FLUSH opens a new epoch and waits until
@@ -593,6 +609,8 @@ struct Conn {
     slots: Vec<Slot>,
     free: Vec<u32>,
     busy: usize,
+    /// The sum of the busy slots' `charge`.
+    data_in_flight: usize,
     barriers: Barriers,
     flushes_waiting: Vec<u32>,
     closing: bool,
@@ -625,6 +643,7 @@ impl Conn {
             slots: Vec::new(),
             free: Vec::new(),
             busy: 0,
+            data_in_flight: 0,
             barriers: Barriers::new(),
             flushes_waiting: Vec::new(),
             closing: false,
@@ -934,6 +953,10 @@ impl Conn {
             self.end_parsing(cx)?;
             return Ok(Some(Parsed::Done));
         };
+        let charge = data_charge(&req);
+        if self.data_in_flight > 0 && self.data_in_flight + charge > MAX_DATA_IN_FLIGHT {
+            return Ok(Some(Parsed::NoSlot));
+        }
         self.rstart += proto::REQUEST_LEN;
         let size = cx.shared.size;
         let len = req.len as usize;
@@ -1070,6 +1093,7 @@ impl Conn {
                     error: 0,
                     epoch: None,
                     reply_len: 0,
+                    charge: 0,
                 });
                 (self.slots.len() - 1) as u32
             }
@@ -1082,6 +1106,8 @@ impl Conn {
         slot.zeroing = false;
         slot.error = 0;
         slot.epoch = None;
+        slot.charge = data_charge(&req);
+        self.data_in_flight += slot.charge;
         self.busy += 1;
         s
     }
@@ -1090,6 +1116,7 @@ impl Conn {
         let slot = &mut self.slots[s as usize];
         slot.stage = Stage::Free;
         slot.buf.shrink(KEEP_BUFFER);
+        self.data_in_flight -= std::mem::take(&mut slot.charge);
         self.free.push(s);
         self.busy -= 1;
     }
