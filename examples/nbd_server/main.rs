@@ -124,7 +124,12 @@
 //! Not allowed, among everything else: `io_uring_setup`,
 //! `io_uring_register`, `socket`, `connect`, `accept`,
 //! `execve`, `fork`/`clone`, `ptrace`, `kill`, `read`/`pread`/`recv` and
-//! `send` (all I/O goes through the rings).
+//! `send` (all I/O goes through the rings), `poll`/`ppoll`: the timed waits
+//! (stopping, balancing) wait inside `io_uring_enter` on kernels with
+//! `IORING_FEAT_EXT_ARG` (Linux 5.11); the context would poll the ring fd
+//! only on older kernels or after the kernel dropped completions for want
+//! of memory, and the filter would then kill the process (run such kernels
+//! with `--no-seccomp`).
 //!
 //! What it protects: a compromised process can make no new ring, open no
 //! file, make no socket or connection, run no program; its rings can run
