@@ -190,6 +190,7 @@ macro_rules! log {
 }
 
 mod buf;
+mod conn;
 mod proto;
 mod sandbox;
 mod worker;
@@ -395,7 +396,7 @@ fn shares(max: usize, workers: usize) -> Vec<usize> {
 /// Completion ring entries for a worker serving `connections`: room for
 /// every operation it can have in flight, so completions never overflow.
 fn cq_entries(connections: usize) -> usize {
-    let in_flight = connections * (worker::MAX_REQUESTS + 4) + 4;
+    let in_flight = connections * (conn::MAX_REQUESTS + 4) + 4;
     in_flight.max(2 * SQ_ENTRIES).next_power_of_two().min(65536)
 }
 
