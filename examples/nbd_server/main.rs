@@ -156,6 +156,14 @@
 //! so a stalled client cannot keep the server from exiting. Main joins the
 //! workers, flushes the image (`Fsync` through its own ring) and exits 0.
 //!
+//! # Files
+//!
+//! `main.rs` the command line and the set-up order; `sandbox.rs` the
+//! allowlists, the signal mask and the seccomp filter; `worker.rs` a
+//! worker's loop, accepts, balancing and stop; `conn.rs` a connection
+//! (parser, request slots, disk operations, replies, close); `proto.rs`
+//! the NBD wire format; `buf.rs` the buffers lent to the kernel.
+//!
 //! # Memory lent to the kernel
 //!
 //! Every buffer an operation uses is a [`buf::KernelBuf`]: a heap block that
