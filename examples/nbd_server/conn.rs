@@ -1010,6 +1010,14 @@ impl Conn {
         }
         self.sending = sending;
         self.sending.clear();
+        if self.broken {
+            // The connection broke while this send was in flight (a stop
+            // that gave up on it): what it did not send is dropped too.
+            for (s, _) in unsent {
+                self.free_slot(s);
+            }
+            return Ok(());
+        }
         self.partial = unsent.first().map_or(0, |&(_, at)| at);
         for &(s, _) in unsent.iter().rev() {
             self.slots[s as usize].stage = Stage::Ready;
