@@ -28,6 +28,7 @@ use std::ffi::OsStr;
 use std::fs;
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener};
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::MetadataExt;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
@@ -65,9 +66,12 @@ const NBD_FLAG_NO_ZEROES: u16 = 1 << 1;
 const NBD_FLAG_C_FIXED_NEWSTYLE: u32 = 1 << 0;
 const NBD_FLAG_C_NO_ZEROES: u32 = 1 << 1;
 const NBD_OPT_EXPORT_NAME: u32 = 1;
+const NBD_OPT_ABORT: u32 = 2;
 const NBD_OPT_GO: u32 = 7;
 const NBD_REP_ACK: u32 = 1;
 const NBD_REP_INFO: u32 = 3;
+const NBD_REP_ERR_UNSUP: u32 = (1 << 31) + 1;
+const NBD_REP_ERR_UNKNOWN: u32 = (1 << 31) + 6;
 const NBD_INFO_EXPORT: u16 = 0;
 const NBD_CMD_READ: u16 = 0;
 const NBD_CMD_WRITE: u16 = 1;
@@ -576,7 +580,29 @@ impl Nbd {
     }
 
     fn negotiate(server: &Server, go: bool) -> Nbd {
+        let mut nbd = Nbd::greet(server);
+        let size = if go {
+            nbd.go("")
+                .unwrap_or_else(|reply| panic!("NBD_OPT_GO refused: reply type {reply:#x}"))
+        } else {
+            nbd.option(NBD_OPT_EXPORT_NAME, b"");
+            let size = nbd.u64();
+            let _transmission_flags = nbd.u16();
+            size
+        };
+        assert_eq!(size, server.size, "the export size the handshake reported");
+        nbd
+    }
+
+    /// Connects and takes the greeting: the option phase.
+    fn greet(server: &Server) -> Nbd {
         let stream = UnixStream::connect(server.socket()).expect("connecting to the server");
+        Nbd::greet_on(stream)
+    }
+
+    /// Takes the greeting on a connected `stream` and sends the client's
+    /// flags.
+    fn greet_on(stream: UnixStream) -> Nbd {
         stream.set_read_timeout(Some(IO_TIMEOUT)).expect("timeout");
         stream.set_write_timeout(Some(IO_TIMEOUT)).expect("timeout");
         let mut nbd = Nbd {
@@ -591,31 +617,34 @@ impl Nbd {
             "handshake flags"
         );
         nbd.send(&(NBD_FLAG_C_FIXED_NEWSTYLE | NBD_FLAG_C_NO_ZEROES).to_be_bytes());
-        let size = if go {
-            // Export name "" (length 0), no information requests.
-            nbd.option(NBD_OPT_GO, &[0, 0, 0, 0, 0, 0]);
-            let mut size = None;
-            loop {
-                let (option, reply, data) = nbd.option_reply();
-                assert_eq!(option, NBD_OPT_GO, "option reply to another option");
-                match reply {
-                    NBD_REP_ACK => break,
-                    NBD_REP_INFO if data[..2] == NBD_INFO_EXPORT.to_be_bytes() => {
-                        size = Some(u64::from_be_bytes(data[2..10].try_into().expect("8")));
-                    }
-                    NBD_REP_INFO => {}
-                    other => panic!("NBD_OPT_GO refused: reply type {other:#x}"),
-                }
-            }
-            size.expect("no NBD_INFO_EXPORT before NBD_REP_ACK")
-        } else {
-            nbd.option(NBD_OPT_EXPORT_NAME, b"");
-            let size = nbd.u64();
-            let _transmission_flags = nbd.u16();
-            size
-        };
-        assert_eq!(size, server.size, "the export size the handshake reported");
         nbd
+    }
+
+    /// NBD_OPT_GO on export `name`, no information requests: the export
+    /// size (from NBD_INFO_EXPORT), or the error reply's type.
+    fn go(&mut self, name: &str) -> Result<u64, u32> {
+        let mut data = u32::try_from(name.len())
+            .expect("short")
+            .to_be_bytes()
+            .to_vec();
+        data.extend(name.as_bytes());
+        data.extend(0u16.to_be_bytes());
+        self.option(NBD_OPT_GO, &data);
+        let mut size = None;
+        loop {
+            let (option, reply, data) = self.option_reply();
+            assert_eq!(option, NBD_OPT_GO, "option reply to another option");
+            match reply {
+                NBD_REP_ACK => {
+                    return Ok(size.expect("no NBD_INFO_EXPORT before NBD_REP_ACK"));
+                }
+                NBD_REP_INFO if data[..2] == NBD_INFO_EXPORT.to_be_bytes() => {
+                    size = Some(u64::from_be_bytes(data[2..10].try_into().expect("8")));
+                }
+                NBD_REP_INFO => {}
+                error => return Err(error),
+            }
+        }
     }
 
     fn send(&mut self, bytes: &[u8]) {
@@ -1157,6 +1186,89 @@ fn random_image(len: usize, seed: u64) -> Vec<u8> {
 }
 
 #[test]
+fn raw_options_refuse_unknown_options_and_export_names() {
+    if !ready(&[]) {
+        return;
+    }
+    let server = Server::start(Image::Created(MIB as u64));
+    let mut nbd = Nbd::greet(&server);
+    let unknown_option = 0x4242;
+    nbd.option(unknown_option, b"");
+    let (option, reply, _) = nbd.option_reply();
+    assert_eq!(
+        (option, reply),
+        (unknown_option, NBD_REP_ERR_UNSUP),
+        "the reply to an unknown option"
+    );
+    assert_eq!(
+        nbd.go("other"),
+        Err(NBD_REP_ERR_UNKNOWN),
+        "NBD_OPT_GO on another export"
+    );
+    // Neither ended the option phase: the default export is served.
+    assert_eq!(nbd.go(""), Ok(MIB as u64));
+    nbd.read_back(MIB as u64 - 512, &[0; 512]);
+
+    // NBD_OPT_EXPORT_NAME cannot refuse but by closing.
+    let mut other = Nbd::greet(&server);
+    other.option(NBD_OPT_EXPORT_NAME, b"other");
+    assert_eq!(
+        other.until_closed(),
+        [0u8; 0],
+        "NBD_OPT_EXPORT_NAME on another export"
+    );
+
+    // NBD_OPT_ABORT: closed, after an NBD_REP_ACK if any.
+    let mut abort = Nbd::greet(&server);
+    abort.option(NBD_OPT_ABORT, b"");
+    let got = abort.until_closed();
+    if !got.is_empty() {
+        let mut ack = NBD_OPT_REPLY_MAGIC.to_be_bytes().to_vec();
+        ack.extend(NBD_OPT_ABORT.to_be_bytes());
+        ack.extend(NBD_REP_ACK.to_be_bytes());
+        ack.extend(0u32.to_be_bytes());
+        assert_eq!(got, ack, "the reply to NBD_OPT_ABORT");
+    }
+    still_serves(&server, &mut vec![0; MIB], 0, 20, true);
+    drop(nbd);
+    server.stop();
+}
+
+#[test]
+fn max_connections_keeps_extra_clients_waiting_until_a_slot_frees() {
+    if !ready(&[]) {
+        return;
+    }
+    let mut expected = vec![0; MIB];
+    let server = Server::start_with(
+        Image::Created(MIB as u64),
+        Listen::Unix,
+        &["--max-connections", "1"],
+    );
+    let first = Nbd::connect(&server);
+    // The listen backlog takes the second connection, but the server does
+    // not serve it (no greeting) while the first holds the one slot.
+    let second = UnixStream::connect(server.socket()).expect("connect");
+    assert!(
+        !common::readable_within(second.as_raw_fd(), 500),
+        "a second client was greeted while the first held the only slot"
+    );
+    drop(first);
+    assert!(
+        common::readable_within(second.as_raw_fd(), 10_000),
+        "the second client was not greeted after the first left"
+    );
+    let mut second = Nbd::greet_on(second);
+    assert_eq!(second.go(""), Ok(MIB as u64));
+    let block = pattern(4096, 21);
+    assert_eq!(second.write(8192, &block), Ok(()));
+    expected[8192..8192 + 4096].copy_from_slice(&block);
+    drop(second);
+    still_serves(&server, &mut expected, 0, 22, false);
+    assert_image(&server.stop(), &expected, "the image");
+}
+
+#[test]
 fn raw_wrong_request_magic_closes_only_that_connection() {
     if !ready(&[]) {
         return;
@@ -1377,29 +1489,32 @@ fn sigterm_with_writes_in_flight_exits_0_with_every_acknowledged_write_in_the_im
     const BLOCK: usize = 4096;
     const WRITES: usize = 8192;
     let mut server = Server::start(Image::Created((WRITES * BLOCK) as u64));
+    // Every request built beforehand, so the writer outpaces the server:
+    // each block its own pattern, its index as cookie.
+    let requests: Vec<Vec<u8>> = (0..WRITES)
+        .map(|i| {
+            let offset = (i * BLOCK) as u64;
+            let mut request = header(NBD_REQUEST_MAGIC, NBD_CMD_WRITE, i as u64, offset, 4096);
+            request.extend(pattern(BLOCK, i as u64));
+            request
+        })
+        .collect();
     let nbd = Nbd::connect(&server);
     let mut sender = nbd.stream.try_clone().expect("try_clone");
     let mut receiver = nbd.stream;
-    // One thread pipelines the writes, each block its own pattern and its
-    // index as cookie; another collects the replies as they come.
-    let writer = thread::spawn(move || {
-        let mut sent = 0;
-        for i in 0..WRITES {
-            let mut request = header(
-                NBD_REQUEST_MAGIC,
-                NBD_CMD_WRITE,
-                i as u64,
-                (i * BLOCK) as u64,
-                BLOCK as u32,
-            );
-            request.extend(pattern(BLOCK, i as u64));
-            if sender.write_all(&request).is_err() {
-                break;
+    // One thread pipelines the writes, another collects the replies.
+    let sent = Arc::new(AtomicUsize::new(0));
+    let writer = {
+        let sent = Arc::clone(&sent);
+        thread::spawn(move || {
+            for request in &requests {
+                if sender.write_all(request).is_err() {
+                    break;
+                }
+                sent.fetch_add(1, Ordering::Relaxed);
             }
-            sent += 1;
-        }
-        sent
-    });
+        })
+    };
     let replied = Arc::new(AtomicUsize::new(0));
     let reader = {
         let replied = Arc::clone(&replied);
@@ -1417,18 +1532,20 @@ fn sigterm_with_writes_in_flight_exits_0_with_every_acknowledged_write_in_the_im
         })
     };
     let deadline = Instant::now() + CLIENT_TIMEOUT;
-    while replied.load(Ordering::Relaxed) < WRITES / 8 && Instant::now() < deadline {
+    while sent.load(Ordering::Relaxed) < WRITES / 4 && Instant::now() < deadline {
         thread::sleep(Duration::from_millis(1));
     }
     let replied_before = replied.load(Ordering::Relaxed);
+    let sent_before = sent.load(Ordering::Relaxed);
+    assert!(
+        sent_before >= WRITES / 4,
+        "only {sent_before} writes sent in {CLIENT_TIMEOUT:?}"
+    );
     server.signal(libc::SIGTERM);
     server.wait_exit_0("SIGTERM with writes in flight");
-    let sent = writer.join().expect("the writer");
+    writer.join().expect("the writer");
+    let sent = sent.load(Ordering::Relaxed);
     let (replies, end) = reader.join().expect("the reader");
-    assert!(
-        replied_before >= WRITES / 8,
-        "only {replied_before} replies in {CLIENT_TIMEOUT:?}"
-    );
     assert!(
         matches!(
             end.kind(),
@@ -1452,7 +1569,7 @@ fn sigterm_with_writes_in_flight_exits_0_with_every_acknowledged_write_in_the_im
         }
     }
     eprintln!(
-        "{sent} writes sent, {} acknowledged ({replied_before} before SIGTERM)",
+        "at SIGTERM {sent_before} writes sent, {replied_before} replied; in all {sent} sent, {} acknowledged",
         acknowledged.len()
     );
     let image = fs::read(&server.image).expect("reading the image");
