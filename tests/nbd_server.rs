@@ -489,6 +489,10 @@ impl Drop for Server {
         let _ = self.child.wait();
         join_bounded(&mut self.stderr_reader);
         join_bounded(&mut self.more_stdout);
+        if thread::panicking() {
+            // The test failed: the server's side of the story.
+            eprintln!("the server's stderr:\n{}", self.log());
+        }
     }
 }
 
