@@ -752,20 +752,33 @@ impl Nbd {
     /// Waits (bounded) for the server to close the connection, returning
     /// whatever it sent first.
     fn until_closed(&mut self) -> Vec<u8> {
+        let deadline = Instant::now() + IO_TIMEOUT;
         let mut got = Vec::new();
         let mut buf = [0u8; 4096];
         loop {
+            let kept_open = || {
+                panic!(
+                    "the server kept the connection open for {IO_TIMEOUT:?} (received {got:02x?})"
+                )
+            };
             match self.stream.read(&mut buf) {
                 Ok(0) => return got,
                 Ok(n) => got.extend(&buf[..n]),
                 Err(e) if e.kind() == io::ErrorKind::ConnectionReset => return got,
+                // A socket with a receive timeout is not restarted after a
+                // signal: read again, within the same deadline.
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {
+                    if Instant::now() > deadline {
+                        kept_open();
+                    }
+                }
                 Err(e)
                     if matches!(
                         e.kind(),
                         io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
                     ) =>
                 {
-                    panic!("the server kept the connection open for {IO_TIMEOUT:?} (received {got:02x?})")
+                    kept_open();
                 }
                 Err(e) => panic!("reading from the server: {e}"),
             }
