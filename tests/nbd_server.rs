@@ -980,6 +980,8 @@ fn fio_randwrite_at_depth_16_verifies_every_block_with_crc32c() {
             "--iodepth=16",
             "--verify=crc32c",
             "--verify_fatal=1",
+            // No verify-state file left in the working directory.
+            "--verify_state_save=0",
             "--size=16m",
             "--randseed=11",
         ],
