@@ -258,6 +258,9 @@ def run_cell(args, server, sock, image, pattern, depth, jobs, scratch):
         "clat_p99_us": clat["99.000000"] / 1000,
         "mean_us": side["lat_ns"]["mean"] / 1000,
         "fio_cpu_pct": job["usr_cpu"] + job["sys_cpu"],
+        # Runnable tasks on the machine (1-minute average) as the cell ends:
+        # how much else competed for the CPUs.
+        "loadavg": os.getloadavg()[0],
     }
     if cpu0 is not None:
         share = (cpu1 - cpu0) / (t1 - t0)
@@ -435,14 +438,39 @@ def summarize(data):
             if "iops" in entry and "p99" in entry:
                 entry["goal_met"] = entry["iops"]["median"] >= 1 and entry["p99"]["median"] <= 1
             ratios[(server, pattern, depth, jobs)] = entry
-    return medians, ratios
+    return medians, ratios, variant_ratios(data, keys, by, rounds)
+
+
+def variant_ratios(data, keys, by, rounds):
+    """Ring sharing: each ringfence variant after the first (e.g. --workers
+    2 after 1) against the first, per round: IOPS and p99 ratios."""
+    ours = [s for s in data["meta"]["servers"] if s.startswith("ringfence")]
+    out = {}
+    for server in ours[1:]:
+        for (_, pattern, depth, jobs) in [k for k in keys if k[0] == server]:
+            pairs = [(by[(r, server, pattern, depth, jobs)],
+                      by[(r, ours[0], pattern, depth, jobs)])
+                     for r in rounds if (r, server, pattern, depth, jobs) in by
+                     and (r, ours[0], pattern, depth, jobs) in by]
+            entry = {}
+            for name, field in [("iops", "iops"), ("p99", "p99_us")]:
+                values = [a[field] / b[field] for a, b in pairs]
+                if values:
+                    entry[name] = {"median": statistics.median(values), "min": min(values),
+                                   "max": max(values), "per_round": values}
+            out[(server, ours[0], pattern, depth, jobs)] = entry
+    return out
 
 
 def cell_label(depth, jobs):
     return f"{depth}" if jobs == 1 else f"{depth} × {jobs} jobs"
 
 
-def markdown(data, medians, ratios, svg_name):
+def fmt_ratio(x):
+    return "–" if not x else f"{x['median']:.2f} [{x['min']:.2f}–{x['max']:.2f}]"
+
+
+def markdown(data, medians, ratios, variants, svg_name):
     meta = data["meta"]
     v = meta["versions"]
     out = [f"# NBD servers: 4 KiB random I/O over a unix socket ({meta['date'][:10]})", ""]
@@ -483,12 +511,26 @@ def markdown(data, medians, ratios, svg_name):
                 "|---|---|---|---|---|---|---|---|"]
         for (server, pattern, depth, jobs), e in ratios.items():
             def fmt(name):
-                x = e.get(name)
-                return "–" if not x else f"{x['median']:.2f} [{x['min']:.2f}–{x['max']:.2f}]"
+                return fmt_ratio(e.get(name))
             goal = {True: "met", False: "**not met**", None: "–"}[e.get("goal_met")]
             out.append(f"| {server} | {pattern} | {cell_label(depth, jobs)} | {fmt('iops')} "
                        f"| {fmt('p99')} | {fmt('clat_p99')} | {goal} | {fmt('of_reference')} |")
         out.append("")
+    if variants:
+        out += ["## Ring sharing: ringfence variants against each other", "",
+                "Per round: the variant's IOPS (and p99) over the other's; median over the "
+                "rounds [min–max]. Above 1 in IOPS (below 1 in p99): the variant is faster.",
+                "", "| variant / against | pattern | depth | IOPS ratio | p99 ratio |",
+                "|---|---|---|---|---|"]
+        for (server, base, pattern, depth, jobs), e in variants.items():
+            out.append(f"| {server} / {base} | {pattern} | {cell_label(depth, jobs)} | "
+                       f"{fmt_ratio(e.get('iops'))} | {fmt_ratio(e.get('p99'))} |")
+        out.append("")
+    loads = [r["loadavg"] for r in data["records"] if "loadavg" in r]
+    if loads:
+        out += [f"Machine load (1-minute load average as each cell ended, {v.get('cpus')} "
+                f"CPUs): median {statistics.median(loads):.1f}, range {min(loads):.1f}–"
+                f"{max(loads):.1f}.", ""]
     out += ["## Medians per server", "",
             "IOPS: median over the rounds [min–max]. Server CPU: the server's user + system "
             "time over the cell (all threads, io-wq workers included) as % of one CPU, and "
@@ -580,17 +622,19 @@ def nice_step(raw):
 
 
 def write_report(data, base):
-    medians, ratios = summarize(data)
+    medians, ratios, variants = summarize(data)
     data["summary"] = {
         "medians": [dict(server=s, pattern=p, depth=d, jobs=j, **m)
                     for (s, p, d, j), m in medians.items()],
         "ratios": [dict(server=s, pattern=p, depth=d, jobs=j, **e)
                    for (s, p, d, j), e in ratios.items()],
+        "variant_ratios": [dict(server=s, against=b, pattern=p, depth=d, jobs=j, **e)
+                           for (s, b, p, d, j), e in variants.items()],
     }
     json_path, md_path, svg_path = (base.with_suffix(s) for s in [".json", ".md", ".svg"])
     json_path.write_text(json.dumps(data, indent=1) + "\n")
     svg_path.write_text(svg_chart(data, medians))
-    md_path.write_text(markdown(data, medians, ratios, svg_path.name))
+    md_path.write_text(markdown(data, medians, ratios, variants, svg_path.name))
     print(md_path.read_text())
     print(f"wrote {json_path}, {md_path}, {svg_path}", file=sys.stderr)
 
