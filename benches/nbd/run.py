@@ -478,6 +478,11 @@ def markdown(data, medians, ratios, variants, svg_name):
     if any(s.startswith("ringfence") for s in meta["servers"]):
         out.append("cargo build --release --example nbd_server")
     out += [meta["command"], "```", ""]
+    if v.get("ringfence_binary"):
+        out += [f"nbd_server: `{v['ringfence_binary']}`"
+                + (f", built from commit `{v['ringfence_commit']}`"
+                   if v.get("ringfence_commit") else "")
+                + " (`--ringfence` defaults to target/release/examples/nbd_server).", ""]
     out += [f"{meta['rounds']} round(s); each round starts every server (each on its own "
             f"socket, idle ones waiting in the kernel) and runs each cell against each server "
             f"in turn, in an order rotated from cell to cell, for {meta['runtime_s']} s after "
@@ -682,7 +687,10 @@ def main():
     date = datetime.datetime.now(datetime.timezone.utc).date().isoformat()
     name = args.name or f"nbd-{date}" + ("-quick" if args.quick else "")
     RESULTS.mkdir(parents=True, exist_ok=True)
-    data = measure(args)
+    try:
+        data = measure(args)
+    except KeyboardInterrupt as e:
+        sys.exit(f"interrupted ({e or 'Ctrl-C'}): servers stopped, image removed, nothing written")
     write_report(data, RESULTS / name)
 
 
