@@ -234,9 +234,11 @@ def fio_argv(args, server, sock, image, pattern, depth, jobs, out_path):
     return argv
 
 
-def run_cell(args, server, sock, image, pattern, depth, jobs, scratch):
+def run_cell(args, server, image, pattern, depth, jobs, scratch):
+    """One fio run of the cell against `server`: its record."""
     out_path = os.path.join(scratch, "fio.json")
-    argv = fio_argv(args, server.name, sock, image, pattern, depth, jobs, out_path)
+    argv = fio_argv(args, server.name, server.socket_path, image, pattern, depth, jobs,
+                    out_path)
     cpu0, t0 = server.cpu_seconds(), time.monotonic()
     done = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                           timeout=args.runtime + args.ramp + 60)
@@ -370,8 +372,7 @@ def measure(args):
                 for c, (pattern, depth, jobs) in enumerate(cells(args)):
                     k = (rnd + c) % len(servers)
                     for server in servers[k:] + servers[:k]:
-                        rec = run_cell(args, server, server.socket_path, image, pattern,
-                                       depth, jobs, scratch)
+                        rec = run_cell(args, server, image, pattern, depth, jobs, scratch)
                         rec.update(round=rnd, server=server.name, pattern=pattern,
                                    depth=depth, jobs=jobs)
                         data["records"].append(rec)
@@ -657,7 +658,7 @@ def main():
                         help="nbd_server --workers; a comma list (1,2) measures one variant "
                              "per value (ringfence-w1, ringfence-w2)")
     parser.add_argument("--ringfence-args", default="",
-                        help="more nbd_server options, e.g. --no-seccomp")
+                        help="more nbd_server options, e.g. --ringfence-args=--no-seccomp")
     parser.add_argument("--rounds", type=int, help="default 3 (--quick: 1)")
     parser.add_argument("--runtime", type=int,
                         help="seconds measured per cell, default 5 (--quick: 2)")
