@@ -43,6 +43,7 @@ use super::labels::{LabelTable, UnpinnedCounts};
 use crate::abi::UserData;
 use crate::op::KeepAlive;
 
+mod buffers;
 mod claims;
 mod slot;
 mod teardown;

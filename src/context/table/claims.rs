@@ -10,7 +10,7 @@
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 use super::{OpTable, CLAIM_BATCH, MAX_CLAIMS, NO_SLOT};
-use crate::abi::{Cqe, CqeFlags, UserData, CQE_BUFFER_SHIFT};
+use crate::abi::{Cqe, CqeFlags, UserData};
 use crate::ring::CompletionQueue;
 
 /// A completion claimed from the ring, as the caller will see it: 24
@@ -192,24 +192,6 @@ impl OpTable {
             flags: cqe.flags.bits(),
             release,
         })
-    }
-
-    /// Marks the provided buffer a completion of `slot` names as completed
-    /// with, if the operation holds a group's marks (only those select
-    /// buffers: callers cannot set `IOSQE_BUFFER_SELECT`). A CQE whose
-    /// user_data is not one of ours (a msg_ring's) never gets here.
-    ///
-    /// Not with `IORING_CQE_F_BUF_MORE`, which says the kernel goes on
-    /// writing the buffer: the context never registers the incremental
-    /// rings that set it, and if one did, its buffers must not be lent.
-    #[cold]
-    fn mark_completed_buffer(&self, slot: u32, flags: CqeFlags) {
-        if !self.slots[slot as usize].keeps || flags.contains(CqeFlags::BUF_MORE) {
-            return;
-        }
-        if let Some(completed) = &self.kept[slot as usize].completed {
-            completed.mark((flags.bits() >> CQE_BUFFER_SHIFT) as u16);
-        }
     }
 
     /// Claims up to `max` completions, handing each to `take` with its
