@@ -23,11 +23,7 @@ struct OneBuffer {
 impl OneBuffer {
     fn prepare<O: Operation>(self) -> Result<Prepared> {
         let len = sqe_len(self.buf.len() as u64)?;
-        let offset = match self.offset {
-            // -1 asks the kernel for the file's current position.
-            None => u64::MAX,
-            Some(offset) => super::file_offset(offset)?,
-        };
+        let offset = super::offset_or_current(self.offset)?;
         let mut sqe = Sqe::new(O::OPCODE);
         self.target.fill(&mut sqe);
         sqe.set_offset(offset);

@@ -93,11 +93,7 @@ impl Fixed {
         };
         let len = range.end.checked_sub(range.start).ok_or_else(bad_range)?;
         let len = u32::try_from(len).map_err(|_| bad_range())?;
-        let offset = match offset {
-            // -1 asks the kernel for the file's current position.
-            None => u64::MAX,
-            Some(offset) => super::file_offset(offset)?,
-        };
+        let offset = super::offset_or_current(offset)?;
         // The address, not a pointer: the kernel checks it against the
         // buffer registered at `index`, so it need not be in bounds here.
         let base = buffer.as_ptr().cast::<u8>().as_ptr() as u64;
@@ -258,11 +254,7 @@ impl VectoredFixed {
     }
 
     fn prepare<O: Operation>(self) -> Result<Prepared> {
-        let offset = match self.offset {
-            // -1 asks the kernel for the file's current position.
-            None => u64::MAX,
-            Some(offset) => super::file_offset(offset)?,
-        };
+        let offset = super::offset_or_current(self.offset)?;
         let mut sqe = Sqe::new(O::OPCODE);
         self.target.fill(&mut sqe);
         sqe.set_offset(offset);

@@ -114,6 +114,13 @@ fn file_offset(offset: u64) -> Result<u64> {
     Ok(offset)
 }
 
+/// An SQE's offset for a read or write at `offset`, or with `None` at the
+/// file's current position (-1, `u64::MAX`, which the kernel reads as
+/// that, and a pipe needs); checked as [`file_offset`] checks it.
+fn offset_or_current(offset: Option<u64>) -> Result<u64> {
+    offset.map_or(Ok(u64::MAX), file_offset)
+}
+
 /// What the context keeps alive for an operation until its completion has
 /// been handed to the caller (or drop has drained the ring): each field is
 /// held for its drop, or leaked by `leak_all` when the kernel may still

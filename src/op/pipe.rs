@@ -29,15 +29,6 @@ fn keep_both(input: Target, output: Target) -> KeepAlive {
     }
 }
 
-/// An offset as splice takes it: -1 (`u64::MAX`) for none, which a pipe
-/// needs and which on a file means its current position (then advanced).
-fn splice_offset(offset: Option<u64>) -> Result<u64> {
-    match offset {
-        None => Ok(u64::MAX),
-        Some(offset) => super::file_offset(offset),
-    }
-}
-
 /// `IORING_OP_SPLICE` (Linux 5.7, `io_uring_enter(2)`): `splice(2)`,
 /// moving up to `len` bytes from one file to another, one of which must be
 /// a pipe.
@@ -108,7 +99,10 @@ impl Operation for Splice {
     const PINS_CALLER_MEMORY: bool = false;
 
     fn prepare(self) -> Result<Prepared> {
-        let (off_in, off_out) = (splice_offset(self.off_in)?, splice_offset(self.off_out)?);
+        let (off_in, off_out) = (
+            super::offset_or_current(self.off_in)?,
+            super::offset_or_current(self.off_out)?,
+        );
         let mut sqe = Sqe::new(Self::OPCODE);
         self.output.fill(&mut sqe);
         let flags = fill_input(&self.input, self.flags, &mut sqe);

@@ -21,11 +21,7 @@ impl Vectored {
         if self.iovecs.len() > MAX_IOVECS {
             return Err(Error::TooManyIovecs(self.iovecs.len()));
         }
-        let offset = match self.offset {
-            // -1 asks the kernel for the file's current position.
-            None => u64::MAX,
-            Some(offset) => super::file_offset(offset)?,
-        };
+        let offset = super::offset_or_current(self.offset)?;
         let iovecs = KernelIovecs::new(self.iovecs);
         let mut sqe = Sqe::new(O::OPCODE);
         self.target.fill(&mut sqe);
