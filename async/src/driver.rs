@@ -1,0 +1,498 @@
+//! The driver: the one place that makes `io_uring_enter` calls and hands
+//! completions to the futures waiting for them.
+
+use std::io;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::task::Waker;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use ringfence::op::{AsyncCancel, Operation};
+use ringfence::{Completion, URingAllowlist, URingContext, URingOperation};
+
+use crate::doorbell::Doorbell;
+use crate::error::not_allowed;
+use crate::table::{Abandoned, Completed, InFlight, Key, Table, CANCEL, DOORBELL};
+
+/// How often a driver without a doorbell (the allowlist lacks `PollAdd`)
+/// looks for newly queued operations.
+const TICK: Duration = Duration::from_millis(1);
+
+/// How long dropping the last handle waits for the kernel to finish the
+/// operations still in flight (cancelled first) before leaking what they
+/// own.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // No code panics while holding these locks with state half updated.
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// What the driver and every future share.
+pub(crate) struct Shared {
+    /// `Some` until dropped.
+    ctx: Option<URingContext>,
+    allowlist: Option<URingAllowlist>,
+    table: Mutex<Table>,
+    doorbell: Doorbell,
+    /// The driver's own state: one turn at a time.
+    turn: Mutex<TurnState>,
+    /// Set while the driver may be blocked in the kernel: the first add
+    /// after that rings the doorbell.
+    sleeping: AtomicBool,
+    /// Futures waiting for room in the ring, and a count of the times
+    /// room may have been made (a submit, or completions reaped).
+    room: Mutex<Vec<Waker>>,
+    room_epoch: AtomicU64,
+    /// Set when the last handle is dropped: the driver thread exits.
+    shutdown: AtomicBool,
+    /// The last error a turn of the driver thread returned.
+    last_error: Mutex<Option<String>>,
+}
+
+struct TurnState {
+    /// The doorbell's poll is in the ring.
+    armed: bool,
+    /// The ring runs the doorbell's poll (its allowlist allows `PollAdd`).
+    doorbell_usable: bool,
+}
+
+/// How [`Shared::start`] went.
+pub(crate) enum Start<S> {
+    InFlight(Key),
+    /// No room in the ring: the future waits for the driver to make some.
+    NoRoom(Box<S>),
+    Failed(Box<S>, io::Error),
+}
+
+impl Shared {
+    fn new(ctx: URingContext, allowlist: Option<URingAllowlist>, doorbell: Doorbell) -> Shared {
+        let doorbell_usable = allowlist.as_ref().map_or(true, |list| {
+            list.allows_submit_operation(URingOperation::PollAdd)
+        });
+        Shared {
+            ctx: Some(ctx),
+            allowlist,
+            table: Mutex::default(),
+            doorbell,
+            turn: Mutex::new(TurnState {
+                armed: false,
+                doorbell_usable,
+            }),
+            sleeping: AtomicBool::new(false),
+            room: Mutex::default(),
+            room_epoch: AtomicU64::new(0),
+            shutdown: AtomicBool::new(false),
+            last_error: Mutex::default(),
+        }
+    }
+
+    fn ctx(&self) -> &URingContext {
+        self.ctx
+            .as_ref()
+            .expect("the context lives until the driver is dropped")
+    }
+
+    /// Whether the ring's allowlist (if it has one) allows `op`.
+    fn allows(&self, op: URingOperation) -> bool {
+        self.allowlist
+            .as_ref()
+            .map_or(true, |list| list.allows_submit_operation(op))
+    }
+
+    /// Wakes the driver if it is blocked in the kernel.
+    fn kick(&self) {
+        // SeqCst, pairing with the store in `turn`: either this swap sees
+        // the driver asleep, or the driver's next submit (which takes the
+        // context's lock after this thread's add released it) sees the
+        // operation queued.
+        if self.sleeping.swap(false, Ordering::SeqCst) {
+            self.doorbell.ring();
+        }
+    }
+
+    pub(crate) fn room_epoch(&self) -> u64 {
+        self.room_epoch.load(Ordering::SeqCst)
+    }
+
+    /// Wakes `waker` once the driver may have made room, or at once if it
+    /// may have since `epoch`.
+    pub(crate) fn wait_for_room(&self, epoch: u64, waker: &Waker) {
+        lock(&self.room).push(waker.clone());
+        // Pairs with `made_room`: a turn that took the list before the
+        // push above has moved the epoch.
+        if self.room_epoch.load(Ordering::SeqCst) != epoch {
+            waker.wake_by_ref();
+        }
+    }
+
+    fn made_room(&self) {
+        self.room_epoch.fetch_add(1, Ordering::SeqCst);
+        let waiting = std::mem::take(&mut *lock(&self.room));
+        waiting.into_iter().for_each(Waker::wake);
+    }
+
+    /// Queues `spec`'s operation, which owns what the kernel will use, under
+    /// a new key; the driver's next turn submits it.
+    pub(crate) fn start<S: crate::op::OpSpec>(&self, mut spec: Box<S>, waker: &Waker) -> Start<S> {
+        let opcode = <S::Kernel as Operation>::OPCODE;
+        if !self.allows(opcode) {
+            return Start::Failed(spec, not_allowed(opcode));
+        }
+        // SAFETY: `spec` stays in its box, untouched, from here until the
+        // kernel is done with the operation: the box moves into the table
+        // below and leaves it only through `remove_unsubmitted` (the add
+        // failed, so the kernel never saw the operation), `Table::poll`
+        // (its completion arrived), `Completed::Release` (likewise), or not
+        // at all (the table is leaked when the ring cannot be drained).
+        let op = unsafe { spec.kernel_op() };
+        let key = match lock(&self.table).insert(spec, waker.clone()) {
+            Ok(key) => key,
+            Err(keep) => return Start::NoRoom(downcast(keep)),
+        };
+        match self.ctx().add(op, key) {
+            Ok(()) => {
+                self.kick();
+                Start::InFlight(key)
+            }
+            Err(err) => {
+                let spec = downcast(lock(&self.table).remove_unsubmitted(key));
+                match err {
+                    ringfence::Error::NoSpace => Start::NoRoom(spec),
+                    err => Start::Failed(spec, err.into()),
+                }
+            }
+        }
+    }
+
+    /// The future of `key` polls: its result and what its operation owned,
+    /// once completed.
+    pub(crate) fn poll<S: crate::op::OpSpec>(
+        &self,
+        key: Key,
+        waker: &Waker,
+    ) -> Option<(io::Result<u32>, Box<S>)> {
+        let (result, keep) = lock(&self.table).poll(key, waker)?;
+        Some((result, downcast(keep)))
+    }
+
+    /// The future of `key` is dropped: cancel its operation if it is still
+    /// in the kernel (what it owns is freed when its completion arrives),
+    /// or release what it owns now if it completed already.
+    pub(crate) fn abandon(&self, key: Key) {
+        let found = lock(&self.table).abandon(key);
+        match found {
+            Abandoned::InKernel if self.allows(URingOperation::AsyncCancel) => {
+                // A ring out of room leaves the operation to complete on
+                // its own; its slot waits for that.
+                if self.ctx().add(AsyncCancel::new(key), CANCEL).is_ok() {
+                    self.kick();
+                }
+            }
+            Abandoned::Completed(keep, result) => keep.abandoned(result),
+            Abandoned::InKernel | Abandoned::Unknown => {}
+        }
+    }
+
+    /// Operations with a slot in the table.
+    pub(crate) fn in_flight(&self) -> usize {
+        lock(&self.table).len()
+    }
+
+    /// One turn of the driver: submits what is queued, waits (for up to
+    /// `timeout`, or until a completion or the doorbell) and hands the
+    /// completions to their futures. Returns how many it handed over.
+    pub(crate) fn turn(&self, timeout: Option<Duration>) -> ringfence::Result<usize> {
+        let mut state = lock(&self.turn);
+        let ctx = self.ctx();
+        match ctx.submit() {
+            Ok(()) | Err(ringfence::Error::KernelBusy(_)) => {}
+            Err(err) => return Err(err),
+        }
+        self.made_room();
+        if !state.armed && state.doorbell_usable {
+            match ctx.add(self.doorbell.poll(), DOORBELL) {
+                Ok(()) => state.armed = true,
+                // Armed on a later turn; until then this turn waits a tick.
+                Err(ringfence::Error::NoSpace) => {}
+                Err(err) => return Err(err),
+            }
+        }
+        let timeout = match (timeout, state.armed) {
+            (timeout, true) => timeout,
+            (None, false) => Some(TICK),
+            (Some(timeout), false) => Some(timeout.min(TICK)),
+        };
+        self.sleeping.store(true, Ordering::SeqCst);
+        let reaped: ringfence::Result<Vec<Completion>> = match timeout {
+            None => ctx.wait_completions().map(Iterator::collect),
+            Some(timeout) => ctx.wait_timeout_completions(timeout).map(Iterator::collect),
+        };
+        self.sleeping.store(false, Ordering::SeqCst);
+        let reaped = reaped?;
+
+        let mut wake = Vec::new();
+        let mut release = Vec::new();
+        let mut doorbell = false;
+        {
+            let mut table = lock(&self.table);
+            for completion in &reaped {
+                match completion.user_data() {
+                    DOORBELL => {
+                        doorbell = true;
+                        state.armed = false;
+                        // Refused (EACCES on a restricted ring) or unusable:
+                        // fall back to ticks.
+                        state.doorbell_usable &= completion.result().is_ok();
+                    }
+                    CANCEL => {}
+                    key => match table.complete(key, completion.result()) {
+                        Completed::Wake(waker) => wake.push(waker),
+                        Completed::Release(keep, result) => release.push((keep, result)),
+                        Completed::Nobody => {}
+                    },
+                }
+            }
+        }
+        drop(state);
+        if doorbell {
+            self.doorbell.reset();
+        }
+        // Outside the locks: dropping what an operation owned, and waking,
+        // may run the caller's code.
+        for (keep, result) in release {
+            keep.abandoned(result);
+        }
+        wake.into_iter().for_each(Waker::wake);
+        self.made_room();
+        Ok(reaped.len())
+    }
+}
+
+fn downcast<S: crate::op::OpSpec>(keep: Box<dyn InFlight>) -> Box<S> {
+    keep.into_any()
+        .downcast::<S>()
+        .expect("a slot holds the type its future put there")
+}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        let ctx = self.ctx.take().expect("dropped once");
+        // Cancels what is in flight and waits for the kernel to finish with
+        // it. Only then may what those operations own be freed.
+        if ctx.close(CLOSE_TIMEOUT).is_err() {
+            // The kernel may still use it: leak it.
+            let table =
+                std::mem::take(self.table.get_mut().unwrap_or_else(PoisonError::into_inner));
+            std::mem::forget(table);
+        }
+    }
+}
+
+/// A handle to a ring and the driver that submits its operations and hands
+/// their completions to the futures waiting for them.
+///
+/// Cheap to clone: every clone, every I/O object and every future made
+/// from it share one ring. When the last one is dropped, the driver thread
+/// stops, the ring is closed (operations still in flight are cancelled,
+/// and waited for up to 5 s), and what their operations owned is freed, or
+/// leaked if the kernel did not finish with it in that time.
+///
+/// ```
+/// use ringfence_async::{Driver, File};
+///
+/// let driver = Driver::new(32)?;
+/// let file = File::from_std(&driver, tempfile::tempfile()?);
+/// let (written, _) = futures::executor::block_on(file.write_at(b"hello".to_vec(), 0));
+/// assert_eq!(written?, 5);
+/// let (read, buf) = futures::executor::block_on(file.read_at(Vec::with_capacity(16), 0));
+/// assert_eq!(read?, 5);
+/// assert_eq!(buf, b"hello");
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Clone)]
+pub struct Driver {
+    handle: Arc<Handle>,
+}
+
+struct Handle {
+    shared: Arc<Shared>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Drop for Handle {
+    fn drop(&mut self) {
+        self.shared.shutdown.store(true, Ordering::SeqCst);
+        self.shared.doorbell.ring();
+        if let Some(thread) = self.thread.take() {
+            // The driver thread itself may drop the last handle (a waker
+            // it wakes can own a future): it then exits by itself.
+            if thread.thread().id() != std::thread::current().id() {
+                let _ = thread.join();
+            }
+        }
+    }
+}
+
+impl Driver {
+    /// A ring of `entries` submission entries (`io_uring_setup(2)`), with
+    /// no allowlist, and a driver thread.
+    ///
+    /// Fails as [`URingContext::new`] does (the error converted to
+    /// `io::Error`, errno kept), or if the eventfd or the thread cannot be
+    /// made.
+    pub fn new(entries: usize) -> io::Result<Driver> {
+        DriverBuilder::new(URingContext::new(entries, None)?).spawn()
+    }
+
+    /// A ring restricted to `allowlist` (`IORING_REGISTER_RESTRICTIONS`,
+    /// Linux 5.10), and a driver thread.
+    ///
+    /// Besides the operations the caller uses, the driver uses:
+    /// `PollAdd` to wake itself when another thread queues an operation
+    /// (without it, it looks every millisecond instead), and `AsyncCancel`
+    /// to cancel the operation of a future dropped early (without it, the
+    /// operation runs to its end, still owning its buffer). An operation
+    /// the allowlist does not allow fails at once, with an error saying so
+    /// ([`NotAllowed`](crate::NotAllowed)).
+    pub fn with_allowlist(entries: usize, allowlist: &URingAllowlist) -> io::Result<Driver> {
+        DriverBuilder::new(URingContext::new(entries, Some(allowlist))?)
+            .allowlist(allowlist)
+            .spawn()
+    }
+
+    /// A driver for a context made otherwise ([`URingContext::builder`]:
+    /// SQPOLL, more completion entries), with options.
+    pub fn builder(ctx: URingContext) -> DriverBuilder {
+        DriverBuilder::new(ctx)
+    }
+
+    pub(crate) fn shared(&self) -> &Arc<Shared> {
+        &self.handle.shared
+    }
+
+    /// Operations started through this driver whose completion has not yet
+    /// been taken by their future: in the kernel, completed and waiting, or
+    /// abandoned by a dropped future and waiting for the kernel to finish.
+    /// What they own is alive, and is freed as each leaves this count.
+    pub fn in_flight(&self) -> usize {
+        self.shared().in_flight()
+    }
+
+    /// The last error a turn of the driver thread met (it then tries again
+    /// 10 ms later), if any: `io_uring_enter` failing for a reason it
+    /// cannot retry by itself.
+    pub fn last_error(&self) -> Option<String> {
+        lock(&self.shared().last_error).clone()
+    }
+}
+
+/// How to drive a context: [`Driver::builder`].
+pub struct DriverBuilder {
+    ctx: URingContext,
+    allowlist: Option<URingAllowlist>,
+    #[cfg(feature = "sim")]
+    sim: Option<ringfence::sim::SimKernel>,
+}
+
+impl DriverBuilder {
+    fn new(ctx: URingContext) -> DriverBuilder {
+        DriverBuilder {
+            ctx,
+            allowlist: None,
+            #[cfg(feature = "sim")]
+            sim: None,
+        }
+    }
+
+    /// The allowlist the context was created with: operations it does not
+    /// allow then fail before reaching the kernel, with an error that says
+    /// so, and the driver does without the operations it lacks (see
+    /// [`Driver::with_allowlist`]).
+    pub fn allowlist(mut self, allowlist: &URingAllowlist) -> DriverBuilder {
+        self.allowlist = Some(allowlist.clone());
+        self
+    }
+
+    /// The context is a ring of this simulated kernel: the doorbell is one
+    /// of its pollables instead of an eventfd.
+    #[cfg(feature = "sim")]
+    pub fn sim(mut self, kernel: &ringfence::sim::SimKernel) -> DriverBuilder {
+        self.sim = Some(kernel.clone());
+        self
+    }
+
+    fn shared(self) -> io::Result<Arc<Shared>> {
+        #[cfg(feature = "sim")]
+        let doorbell = match &self.sim {
+            Some(kernel) => Doorbell::sim(kernel),
+            None => Doorbell::eventfd()?,
+        };
+        #[cfg(not(feature = "sim"))]
+        let doorbell = Doorbell::eventfd()?;
+        Ok(Arc::new(Shared::new(self.ctx, self.allowlist, doorbell)))
+    }
+
+    /// Starts the driver thread, which makes every `io_uring_enter` call
+    /// of this ring: operations are then tied to that thread (the kernel
+    /// cancels an operation when the thread that submitted it exits), not
+    /// to whichever thread polled the future.
+    pub fn spawn(self) -> io::Result<Driver> {
+        let shared = self.shared()?;
+        let thread = std::thread::Builder::new()
+            .name("ringfence-driver".into())
+            .spawn({
+                let shared = Arc::clone(&shared);
+                move || drive(&shared)
+            })?;
+        Ok(Driver {
+            handle: Arc::new(Handle {
+                shared,
+                thread: Some(thread),
+            }),
+        })
+    }
+
+    /// No thread: the caller drives the ring with
+    /// [`ManualDriver::turn`], on a thread that outlives the operations
+    /// (see [`spawn`](Self::spawn) for why).
+    pub fn manual(self) -> io::Result<(Driver, ManualDriver)> {
+        let shared = self.shared()?;
+        let driver = Driver {
+            handle: Arc::new(Handle {
+                shared: Arc::clone(&shared),
+                thread: None,
+            }),
+        };
+        Ok((driver, ManualDriver { shared }))
+    }
+}
+
+/// The driver thread's loop.
+fn drive(shared: &Shared) {
+    while !shared.shutdown.load(Ordering::SeqCst) {
+        if let Err(err) = shared.turn(None) {
+            *lock(&shared.last_error) = Some(err.to_string());
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+/// Drives a ring from the caller's own loop ([`DriverBuilder::manual`]).
+pub struct ManualDriver {
+    shared: Arc<Shared>,
+}
+
+impl ManualDriver {
+    /// Submits what the futures queued, waits until a completion arrives,
+    /// another thread queues an operation, or `timeout` passes (`None`:
+    /// no limit; `Some(Duration::ZERO)`: only look), and wakes the futures
+    /// whose operations completed. Returns how many completions it
+    /// handed over (the driver's own included).
+    ///
+    /// Errors are [`URingContext::wait`]'s.
+    pub fn turn(&self, timeout: Option<Duration>) -> ringfence::Result<usize> {
+        self.shared.turn(timeout)
+    }
+}

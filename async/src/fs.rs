@@ -1,0 +1,364 @@
+//! [`File`]: positional reads and writes, vectored forms, fsync and
+//! fallocate, each a future that owns its buffers.
+
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+
+use ringfence::op::{self, Target};
+use ringfence::{FallocateMode, IoBufMut};
+
+use crate::buf::{OwnedBuf, OwnedBufMut};
+use crate::op::{Op, OpSpec};
+use crate::Driver;
+
+/// A file whose I/O goes through a [`Driver`]'s ring.
+///
+/// Every method takes `&self` and returns a future that owns what the
+/// kernel uses: several reads and writes may be in flight at once. A read
+/// or write future gives its buffer back with the result,
+/// `(io::Result<usize>, buffer)`, also on error. Dropping a future before
+/// it completes cancels its operation; see the crate docs for what that
+/// means for each.
+///
+/// ```
+/// use ringfence_async::{Driver, File};
+///
+/// let driver = Driver::new(32)?;
+/// let file = File::from_std(&driver, tempfile::tempfile()?);
+/// futures::executor::block_on(async {
+///     let (written, _) = file.writev_at(vec![b"ab".to_vec(), b"cd".to_vec()], 0).await;
+///     assert_eq!(written?, 4);
+///     file.fsync().await?;
+///     let bufs = vec![Vec::with_capacity(1), Vec::with_capacity(8)];
+///     let (read, bufs) = file.readv_at(bufs, 0).await;
+///     assert_eq!(read?, 4);
+///     assert_eq!(bufs, [b"a".to_vec(), b"bcd".to_vec()]);
+///     Ok::<(), std::io::Error>(())
+/// })?;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Clone, Debug)]
+pub struct File {
+    driver: Driver,
+    target: Target,
+}
+
+impl std::fmt::Debug for Driver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Driver")
+            .field("in_flight", &self.in_flight())
+            .finish()
+    }
+}
+
+impl File {
+    /// Does its I/O through `driver`'s ring; the file stays open while any
+    /// of its operations is in flight, whatever happens to this value.
+    pub fn from_std(driver: &Driver, file: std::fs::File) -> File {
+        File::from_target(driver, std::sync::Arc::new(file))
+    }
+
+    /// Opens `path` read-only (with `std`'s blocking open).
+    pub fn open(driver: &Driver, path: impl AsRef<std::path::Path>) -> io::Result<File> {
+        Ok(File::from_std(driver, std::fs::File::open(path)?))
+    }
+
+    /// Creates or truncates `path` for writing (with `std`'s blocking
+    /// open).
+    pub fn create(driver: &Driver, path: impl AsRef<std::path::Path>) -> io::Result<File> {
+        Ok(File::from_std(driver, std::fs::File::create(path)?))
+    }
+
+    /// Any [`Target`]: a file shared through an `Arc`, a registered file's
+    /// index ([`Target::fixed`]), or a simulated kernel's file.
+    pub fn from_target(driver: &Driver, target: impl Into<Target>) -> File {
+        File {
+            driver: driver.clone(),
+            target: target.into(),
+        }
+    }
+
+    /// Reads into `buf` from byte `offset` (`IORING_OP_READ`, Linux 5.6):
+    /// up to [`bytes_total`](OwnedBufMut::bytes_total) bytes, from the
+    /// buffer's start. Returns the count (0 at end of file; fewer than asked
+    /// is not an error) and the buffer, whose length a `Vec` then has.
+    pub fn read_at<B: OwnedBufMut>(
+        &self,
+        buf: B,
+        offset: u64,
+    ) -> impl Future<Output = (io::Result<usize>, B)> + Send + Unpin + 'static {
+        Op::new(
+            &self.driver,
+            ReadAt {
+                buf,
+                target: self.target.clone(),
+                offset,
+            },
+        )
+    }
+
+    /// Writes the initialised bytes of `buf` at byte `offset`
+    /// (`IORING_OP_WRITE`, Linux 5.6). Returns the count written (a short
+    /// write is not an error) and the buffer.
+    pub fn write_at<B: OwnedBuf>(
+        &self,
+        buf: B,
+        offset: u64,
+    ) -> impl Future<Output = (io::Result<usize>, B)> + Send + Unpin + 'static {
+        Op::new(
+            &self.driver,
+            WriteAt {
+                buf,
+                target: self.target.clone(),
+                offset,
+            },
+        )
+    }
+
+    /// Reads into the buffers in turn, from byte `offset`
+    /// (`IORING_OP_READV`, Linux 5.1; at most
+    /// [`MAX_IOVECS`](ringfence::MAX_IOVECS) buffers). Returns the total
+    /// count; each `Vec` then holds what landed in it.
+    pub fn readv_at<B: OwnedBufMut>(
+        &self,
+        bufs: Vec<B>,
+        offset: u64,
+    ) -> impl Future<Output = (io::Result<usize>, Vec<B>)> + Send + Unpin + 'static {
+        Op::new(
+            &self.driver,
+            ReadvAt {
+                bufs,
+                target: self.target.clone(),
+                offset,
+            },
+        )
+    }
+
+    /// Writes the buffers in turn, from byte `offset` (`IORING_OP_WRITEV`,
+    /// Linux 5.1; at most [`MAX_IOVECS`](ringfence::MAX_IOVECS) buffers).
+    pub fn writev_at<B: OwnedBuf>(
+        &self,
+        bufs: Vec<B>,
+        offset: u64,
+    ) -> impl Future<Output = (io::Result<usize>, Vec<B>)> + Send + Unpin + 'static {
+        Op::new(
+            &self.driver,
+            WritevAt {
+                bufs,
+                target: self.target.clone(),
+                offset,
+            },
+        )
+    }
+
+    /// `fsync(2)` (`IORING_OP_FSYNC`, Linux 5.1).
+    pub fn fsync(&self) -> impl Future<Output = io::Result<()>> + Send + Unpin + 'static {
+        let target = self.target.clone();
+        Op::new(
+            &self.driver,
+            Plain::new(move || op::Fsync::new(target.clone())),
+        )
+    }
+
+    /// `fallocate(2)` of `len` bytes at `offset` (`IORING_OP_FALLOCATE`,
+    /// Linux 5.6); `mode` as the syscall's (empty: allocate and extend).
+    pub fn fallocate(
+        &self,
+        offset: u64,
+        len: u64,
+        mode: FallocateMode,
+    ) -> impl Future<Output = io::Result<()>> + Send + Unpin + 'static {
+        let target = self.target.clone();
+        let make = move || op::Fallocate::new(target.clone(), offset, len, mode);
+        Op::new(&self.driver, Plain::new(make))
+    }
+
+    /// The target its operations name.
+    pub fn target(&self) -> &Target {
+        &self.target
+    }
+}
+
+/// A count as `usize`.
+pub(crate) fn count(result: io::Result<u32>) -> io::Result<usize> {
+    result.map(|count| count as usize)
+}
+
+/// An operation that owns nothing of the caller's and returns nothing; made
+/// anew by `make` for each try (a ring out of room refuses the first).
+pub(crate) struct Plain<F, K> {
+    make: F,
+    kernel: std::marker::PhantomData<fn() -> K>,
+}
+
+impl<F: FnMut() -> K + Send + 'static, K: op::Operation + 'static> Plain<F, K> {
+    pub(crate) fn new(make: F) -> Plain<F, K> {
+        Plain {
+            make,
+            kernel: std::marker::PhantomData,
+        }
+    }
+}
+
+impl<F: FnMut() -> K + Send + 'static, K: op::Operation + 'static> OpSpec for Plain<F, K> {
+    type Kernel = K;
+    type Output = io::Result<()>;
+
+    unsafe fn kernel_op(&mut self) -> K {
+        (self.make)()
+    }
+
+    fn finish(self, result: io::Result<u32>) -> io::Result<()> {
+        result.map(drop)
+    }
+}
+
+/// `buf`'s bytes for the kernel to fill.
+///
+/// # Safety
+///
+/// `buf` is not moved, touched or dropped until the kernel is done with the
+/// operation the result is handed to ([`OpSpec::kernel_op`]'s contract).
+unsafe fn fill<B: OwnedBufMut>(buf: &mut B) -> IoBufMut<'static> {
+    let len = buf.bytes_total();
+    // SAFETY: by `OwnedBufMut`'s contract the pointer is valid for `len`
+    // bytes, and stays so while `buf` is neither moved nor touched, which
+    // the caller promises until the kernel is done.
+    unsafe { IoBufMut::from_raw_parts(buf.stable_mut_ptr(), len) }
+}
+
+/// `buf`'s initialised bytes, from `start`, for the kernel to read.
+///
+/// # Safety
+///
+/// As for [`fill`]. The kernel only reads through the result.
+pub(crate) unsafe fn contents<B: OwnedBuf>(buf: &B, start: usize) -> IoBufMut<'static> {
+    let (ptr, len) = crate::buf::tail(buf, start);
+    // SAFETY: by `OwnedBuf`'s contract the bytes are valid for reads and
+    // unchanged while `buf` lives untouched, which the caller promises
+    // until the kernel is done; operations built from this only read.
+    unsafe { IoBufMut::from_raw_parts(ptr.cast_mut(), len) }
+}
+
+/// `bufs`' buffers, to fill in turn.
+///
+/// # Safety
+///
+/// As for [`fill`], for every buffer.
+unsafe fn fill_all<B: OwnedBufMut>(bufs: &mut [B]) -> Pin<Box<[IoBufMut<'static>]>> {
+    // SAFETY: the caller's promise covers each buffer.
+    bufs.iter_mut()
+        .map(|buf| unsafe { fill(buf) })
+        .collect::<Box<[_]>>()
+        .into()
+}
+
+/// Records how much of each buffer a vectored read filled.
+fn filled_all<B: OwnedBufMut>(bufs: &mut [B], mut count: usize) {
+    for buf in bufs {
+        let here = count.min(buf.bytes_total());
+        // SAFETY: the kernel wrote `count` bytes across the buffers in
+        // order, so the first `here` of this one.
+        unsafe { buf.set_init(here) };
+        count -= here;
+    }
+}
+
+struct ReadAt<B> {
+    buf: B,
+    target: Target,
+    offset: u64,
+}
+
+impl<B: OwnedBufMut> OpSpec for ReadAt<B> {
+    type Kernel = op::Read;
+    type Output = (io::Result<usize>, B);
+
+    unsafe fn kernel_op(&mut self) -> op::Read {
+        // SAFETY: forwarded from this function's contract.
+        let buf = unsafe { fill(&mut self.buf) };
+        op::Read::new(buf, self.target.clone(), Some(self.offset))
+    }
+
+    fn finish(mut self, result: io::Result<u32>) -> Self::Output {
+        let result = count(result);
+        if let Ok(count) = result {
+            // SAFETY: the kernel wrote `count` bytes from the start.
+            unsafe { self.buf.set_init(count) };
+        }
+        (result, self.buf)
+    }
+}
+
+struct WriteAt<B> {
+    buf: B,
+    target: Target,
+    offset: u64,
+}
+
+impl<B: OwnedBuf> OpSpec for WriteAt<B> {
+    type Kernel = op::Write;
+    type Output = (io::Result<usize>, B);
+
+    unsafe fn kernel_op(&mut self) -> op::Write {
+        // SAFETY: forwarded from this function's contract.
+        let buf = unsafe { contents(&self.buf, 0) };
+        op::Write::new(buf, self.target.clone(), Some(self.offset))
+    }
+
+    fn finish(self, result: io::Result<u32>) -> Self::Output {
+        (count(result), self.buf)
+    }
+}
+
+struct ReadvAt<B> {
+    bufs: Vec<B>,
+    target: Target,
+    offset: u64,
+}
+
+impl<B: OwnedBufMut> OpSpec for ReadvAt<B> {
+    type Kernel = op::Readv;
+    type Output = (io::Result<usize>, Vec<B>);
+
+    unsafe fn kernel_op(&mut self) -> op::Readv {
+        // SAFETY: forwarded from this function's contract (the buffers
+        // live in the `Vec`'s heap allocation, which stays put with it).
+        let iovecs = unsafe { fill_all(&mut self.bufs) };
+        op::Readv::new(iovecs, self.target.clone(), Some(self.offset))
+    }
+
+    fn finish(mut self, result: io::Result<u32>) -> Self::Output {
+        let result = count(result);
+        if let Ok(count) = result {
+            filled_all(&mut self.bufs, count);
+        }
+        (result, self.bufs)
+    }
+}
+
+struct WritevAt<B> {
+    bufs: Vec<B>,
+    target: Target,
+    offset: u64,
+}
+
+impl<B: OwnedBuf> OpSpec for WritevAt<B> {
+    type Kernel = op::Writev;
+    type Output = (io::Result<usize>, Vec<B>);
+
+    unsafe fn kernel_op(&mut self) -> op::Writev {
+        let iovecs: Box<[IoBufMut<'static>]> = self
+            .bufs
+            .iter()
+            // SAFETY: forwarded from this function's contract.
+            .map(|buf| unsafe { contents(buf, 0) })
+            .collect();
+        op::Writev::new(iovecs.into(), self.target.clone(), Some(self.offset))
+    }
+
+    fn finish(self, result: io::Result<u32>) -> Self::Output {
+        (count(result), self.bufs)
+    }
+}
