@@ -49,6 +49,8 @@ pub(crate) struct Shared {
     shutdown: AtomicBool,
     /// The last error a turn of the driver thread returned.
     last_error: Mutex<Option<String>>,
+    /// Registered buffers no [`FixedBuf`](crate::FixedBuf) holds.
+    free_fixed: Mutex<Vec<u16>>,
 }
 
 struct TurnState {
@@ -71,6 +73,9 @@ impl Shared {
         let doorbell_usable = allowlist.as_ref().map_or(true, |list| {
             list.allows_submit_operation(URingOperation::PollAdd)
         });
+        // Highest index last: `pop` hands out buffer 0 first.
+        let registered = u16::try_from(ctx.registered_buffers()).unwrap_or(u16::MAX);
+        let free_fixed = (0..registered).rev().collect();
         Shared {
             ctx: Some(ctx),
             allowlist,
@@ -85,6 +90,7 @@ impl Shared {
             room_epoch: AtomicU64::new(0),
             shutdown: AtomicBool::new(false),
             last_error: Mutex::default(),
+            free_fixed: Mutex::new(free_fixed),
         }
     }
 
@@ -146,7 +152,10 @@ impl Shared {
         // failed, so the kernel never saw the operation), `Table::poll`
         // (its completion arrived), `Completed::Release` (likewise), or not
         // at all (the table is leaked when the ring cannot be drained).
-        let op = unsafe { spec.kernel_op() };
+        let op = match unsafe { spec.kernel_op() } {
+            Ok(op) => op,
+            Err(err) => return Start::Failed(spec, err.into()),
+        };
         let key = match lock(&self.table).insert(spec, waker.clone()) {
             Ok(key) => key,
             Err(keep) => return Start::NoRoom(downcast(keep)),
@@ -193,6 +202,17 @@ impl Shared {
             Abandoned::Completed(keep, result) => keep.abandoned(result),
             Abandoned::InKernel | Abandoned::Unknown => {}
         }
+    }
+
+    /// A registered buffer no one holds, taken.
+    pub(crate) fn take_fixed(&self) -> Option<ringfence::RegisteredBuffer> {
+        let index = lock(&self.free_fixed).pop()?;
+        self.ctx().registered_buffer(index)
+    }
+
+    /// Registered buffer `index` is free again.
+    pub(crate) fn give_back_fixed(&self, index: u16) {
+        lock(&self.free_fixed).push(index);
     }
 
     /// Operations with a slot in the table.
@@ -378,6 +398,16 @@ impl Driver {
     /// What they own is alive, and is freed as each leaves this count.
     pub fn in_flight(&self) -> usize {
         self.shared().in_flight()
+    }
+
+    /// One of the ring's registered buffers ([`URingBuilder::buffers`](ringfence::URingBuilder::buffers)),
+    /// for [`File::read_fixed`](crate::File::read_fixed) and
+    /// [`File::write_fixed`](crate::File::write_fixed); `None` when every
+    /// one is held (or the ring has none). Dropping the [`FixedBuf`](crate::FixedBuf)
+    /// gives it back.
+    pub fn fixed_buffer(&self) -> Option<crate::FixedBuf> {
+        let buffer = self.shared().take_fixed()?;
+        Some(crate::FixedBuf::new(self.clone(), buffer))
     }
 
     /// The last error a turn of the driver thread met (it then tries again

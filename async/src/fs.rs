@@ -9,6 +9,7 @@ use ringfence::op::{self, Target};
 use ringfence::{FallocateMode, IoBufMut};
 
 use crate::buf::{OwnedBuf, OwnedBufMut};
+use crate::fixed::{FixedBuf, ReadFixed, WriteFixed};
 use crate::op::{Op, OpSpec};
 use crate::Driver;
 
@@ -174,6 +175,44 @@ impl File {
         Op::new(&self.driver, Plain::new(make))
     }
 
+    /// Reads into the registered buffer `buf` from byte `offset`
+    /// (`IORING_OP_READ_FIXED`, Linux 5.1): up to its capacity, from its
+    /// start; its length is then the count read. Returns the count and
+    /// the buffer. `buf` must come from this file's driver (another ring's
+    /// fails with `EFAULT`).
+    pub fn read_fixed(
+        &self,
+        buf: FixedBuf,
+        offset: u64,
+    ) -> impl Future<Output = (io::Result<usize>, FixedBuf)> + Send + Unpin + 'static {
+        Op::new(
+            &self.driver,
+            ReadFixed {
+                buf,
+                target: self.target.clone(),
+                offset,
+            },
+        )
+    }
+
+    /// Writes the first [`len`](FixedBuf::len) bytes of the registered
+    /// buffer `buf` at byte `offset` (`IORING_OP_WRITE_FIXED`, Linux 5.1).
+    /// Returns the count written and the buffer.
+    pub fn write_fixed(
+        &self,
+        buf: FixedBuf,
+        offset: u64,
+    ) -> impl Future<Output = (io::Result<usize>, FixedBuf)> + Send + Unpin + 'static {
+        Op::new(
+            &self.driver,
+            WriteFixed {
+                buf,
+                target: self.target.clone(),
+                offset,
+            },
+        )
+    }
+
     /// The target its operations name.
     pub fn target(&self) -> &Target {
         &self.target
@@ -205,8 +244,8 @@ impl<F: FnMut() -> K + Send + 'static, K: op::Operation + 'static> OpSpec for Pl
     type Kernel = K;
     type Output = io::Result<()>;
 
-    unsafe fn kernel_op(&mut self) -> K {
-        (self.make)()
+    unsafe fn kernel_op(&mut self) -> ringfence::Result<K> {
+        Ok((self.make)())
     }
 
     fn finish(self, result: io::Result<u32>) -> io::Result<()> {
@@ -275,10 +314,10 @@ impl<B: OwnedBufMut> OpSpec for ReadAt<B> {
     type Kernel = op::Read;
     type Output = (io::Result<usize>, B);
 
-    unsafe fn kernel_op(&mut self) -> op::Read {
+    unsafe fn kernel_op(&mut self) -> ringfence::Result<op::Read> {
         // SAFETY: forwarded from this function's contract.
         let buf = unsafe { fill(&mut self.buf) };
-        op::Read::new(buf, self.target.clone(), Some(self.offset))
+        Ok(op::Read::new(buf, self.target.clone(), Some(self.offset)))
     }
 
     fn finish(mut self, result: io::Result<u32>) -> Self::Output {
@@ -301,10 +340,10 @@ impl<B: OwnedBuf> OpSpec for WriteAt<B> {
     type Kernel = op::Write;
     type Output = (io::Result<usize>, B);
 
-    unsafe fn kernel_op(&mut self) -> op::Write {
+    unsafe fn kernel_op(&mut self) -> ringfence::Result<op::Write> {
         // SAFETY: forwarded from this function's contract.
         let buf = unsafe { contents(&self.buf, 0) };
-        op::Write::new(buf, self.target.clone(), Some(self.offset))
+        Ok(op::Write::new(buf, self.target.clone(), Some(self.offset)))
     }
 
     fn finish(self, result: io::Result<u32>) -> Self::Output {
@@ -322,11 +361,15 @@ impl<B: OwnedBufMut> OpSpec for ReadvAt<B> {
     type Kernel = op::Readv;
     type Output = (io::Result<usize>, Vec<B>);
 
-    unsafe fn kernel_op(&mut self) -> op::Readv {
+    unsafe fn kernel_op(&mut self) -> ringfence::Result<op::Readv> {
         // SAFETY: forwarded from this function's contract (the buffers
         // live in the `Vec`'s heap allocation, which stays put with it).
         let iovecs = unsafe { fill_all(&mut self.bufs) };
-        op::Readv::new(iovecs, self.target.clone(), Some(self.offset))
+        Ok(op::Readv::new(
+            iovecs,
+            self.target.clone(),
+            Some(self.offset),
+        ))
     }
 
     fn finish(mut self, result: io::Result<u32>) -> Self::Output {
@@ -348,14 +391,18 @@ impl<B: OwnedBuf> OpSpec for WritevAt<B> {
     type Kernel = op::Writev;
     type Output = (io::Result<usize>, Vec<B>);
 
-    unsafe fn kernel_op(&mut self) -> op::Writev {
+    unsafe fn kernel_op(&mut self) -> ringfence::Result<op::Writev> {
         let iovecs: Box<[IoBufMut<'static>]> = self
             .bufs
             .iter()
             // SAFETY: forwarded from this function's contract.
             .map(|buf| unsafe { contents(buf, 0) })
             .collect();
-        op::Writev::new(iovecs.into(), self.target.clone(), Some(self.offset))
+        Ok(op::Writev::new(
+            iovecs.into(),
+            self.target.clone(),
+            Some(self.offset),
+        ))
     }
 
     fn finish(self, result: io::Result<u32>) -> Self::Output {

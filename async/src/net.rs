@@ -81,12 +81,12 @@ impl<B: OwnedBuf> OpSpec for Send<B> {
     type Kernel = op::Send;
     type Output = (io::Result<usize>, B);
 
-    unsafe fn kernel_op(&mut self) -> op::Send {
+    unsafe fn kernel_op(&mut self) -> ringfence::Result<op::Send> {
         // SAFETY: forwarded from this function's contract.
         let buf = unsafe { contents(&self.buf, self.from) };
         // MSG_NOSIGNAL: a peer gone fails the send with EPIPE instead of
         // killing the process with SIGPIPE.
-        op::Send::new(buf, self.target.clone()).msg_flags(libc::MSG_NOSIGNAL)
+        Ok(op::Send::new(buf, self.target.clone()).msg_flags(libc::MSG_NOSIGNAL))
     }
 
     fn finish(self, result: io::Result<u32>) -> Self::Output {
@@ -104,13 +104,13 @@ impl<B: OwnedBufMut> OpSpec for Recv<B> {
     type Kernel = op::Recv;
     type Output = (io::Result<usize>, B);
 
-    unsafe fn kernel_op(&mut self) -> op::Recv {
+    unsafe fn kernel_op(&mut self) -> ringfence::Result<op::Recv> {
         let len = self.buf.bytes_total();
         // SAFETY: by `OwnedBufMut`'s contract the pointer is valid for
         // `len` bytes while `self.buf` is untouched, which this function's
         // contract promises until the kernel is done.
         let buf = unsafe { ringfence::IoBufMut::from_raw_parts(self.buf.stable_mut_ptr(), len) };
-        op::Recv::new(buf, self.target.clone())
+        Ok(op::Recv::new(buf, self.target.clone()))
     }
 
     fn finish(mut self, result: io::Result<u32>) -> Self::Output {
@@ -140,8 +140,8 @@ impl OpSpec for Accept {
     type Kernel = op::Accept;
     type Output = io::Result<OwnedFd>;
 
-    unsafe fn kernel_op(&mut self) -> op::Accept {
-        op::Accept::new(self.target.clone()).flags(SocketFlags::CLOEXEC)
+    unsafe fn kernel_op(&mut self) -> ringfence::Result<op::Accept> {
+        Ok(op::Accept::new(self.target.clone()).flags(SocketFlags::CLOEXEC))
     }
 
     fn finish(self, result: io::Result<u32>) -> io::Result<OwnedFd> {

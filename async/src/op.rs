@@ -20,7 +20,8 @@ pub(crate) trait OpSpec: Send + Sized + 'static {
     type Output;
 
     /// The context's operation, pointing into `self` where the kernel
-    /// reads or writes.
+    /// reads or writes; an error (a bad offset, say) fails the future
+    /// without reaching the kernel.
     ///
     /// # Safety
     ///
@@ -28,7 +29,7 @@ pub(crate) trait OpSpec: Send + Sized + 'static {
     /// nor touches it, from this call until the kernel is done with the
     /// operation: its completion has arrived, or the context refused to add
     /// it. Only then may `self` be moved or dropped; otherwise it is leaked.
-    unsafe fn kernel_op(&mut self) -> Self::Kernel;
+    unsafe fn kernel_op(&mut self) -> ringfence::Result<Self::Kernel>;
 
     /// The output for the operation's result (a negative result is the
     /// `Err`).
