@@ -102,4 +102,4 @@ pub use driver::{Driver, DriverBuilder, ManualDriver};
 pub use error::NotAllowed;
 pub use fixed::FixedBuf;
 pub use fs::File;
-pub use net::{TcpListener, TcpStream, UnixStream};
+pub use net::{TcpListener, TcpStream, UnixListener, UnixStream};

@@ -215,6 +215,54 @@ impl TcpListener {
     }
 }
 
+/// A Unix stream socket listening for connections, accepted through the
+/// ring.
+#[derive(Debug)]
+pub struct UnixListener {
+    driver: Driver,
+    listener: Arc<std::os::unix::net::UnixListener>,
+}
+
+impl UnixListener {
+    /// Binds to `path` (with `std`'s `bind` and `listen`; the socket file
+    /// must not exist yet).
+    pub fn bind(driver: &Driver, path: impl AsRef<std::path::Path>) -> io::Result<UnixListener> {
+        Ok(UnixListener::from_std(
+            driver,
+            std::os::unix::net::UnixListener::bind(path)?,
+        ))
+    }
+
+    /// Accepts through `driver`'s ring on `listener`.
+    pub fn from_std(driver: &Driver, listener: std::os::unix::net::UnixListener) -> UnixListener {
+        UnixListener {
+            driver: driver.clone(),
+            listener: Arc::new(listener),
+        }
+    }
+
+    /// Waits for a connection (`IORING_OP_ACCEPT`, Linux 5.5). Not
+    /// cancellation-safe, as [`TcpListener::accept`] is not.
+    pub fn accept(
+        &self,
+    ) -> impl Future<Output = io::Result<UnixStream>> + std::marker::Send + 'static {
+        let accept = Op::new(
+            &self.driver,
+            Accept {
+                target: Target::from(Arc::clone(&self.listener)),
+            },
+        );
+        let driver = self.driver.clone();
+        async move {
+            let fd = accept.await?;
+            Ok(UnixStream::from_socket(Socket {
+                driver,
+                fd: Arc::new(fd),
+            }))
+        }
+    }
+}
+
 macro_rules! stream_type {
     ($(#[$doc:meta])* $name:ident, $std:ty) => {
         $(#[$doc])*

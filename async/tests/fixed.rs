@@ -23,7 +23,10 @@ fn each_registered_buffer_is_held_once_and_comes_back_on_drop() {
     let index = second.index();
     drop(second);
     assert_eq!(driver.fixed_buffer().map(|buf| buf.index()), Some(index));
-    assert!(Driver::new(4).unwrap().fixed_buffer().is_none(), "a ring without any");
+    assert!(
+        Driver::new(4).unwrap().fixed_buffer().is_none(),
+        "a ring without any"
+    );
 }
 
 #[test]
