@@ -418,6 +418,14 @@ impl Driver {
     }
 }
 
+impl std::fmt::Debug for Driver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Driver")
+            .field("in_flight", &self.in_flight())
+            .finish()
+    }
+}
+
 /// How to drive a context: [`Driver::builder`].
 pub struct DriverBuilder {
     ctx: URingContext,

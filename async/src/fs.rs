@@ -39,16 +39,26 @@ use crate::Driver;
 /// })?;
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
-#[derive(Clone, Debug)]
+///
+/// It is also a byte stream with one position, as `std::fs::File` is:
+/// the futures-io [`AsyncRead`](futures_io::AsyncRead),
+/// [`AsyncWrite`](futures_io::AsyncWrite) and
+/// [`AsyncSeek`](futures_io::AsyncSeek) traits, over buffers of its own
+/// (64 KiB each way; reads read ahead). The positional methods neither use
+/// nor move that position.
 pub struct File {
-    driver: Driver,
-    target: Target,
+    pub(crate) driver: Driver,
+    pub(crate) target: Target,
+    /// The file, when made from one: for its size when seeking from the end.
+    pub(crate) std: Option<std::sync::Arc<std::fs::File>>,
+    pub(crate) cursor: crate::file_io::Cursor,
 }
 
-impl std::fmt::Debug for Driver {
+impl std::fmt::Debug for File {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Driver")
-            .field("in_flight", &self.in_flight())
+        f.debug_struct("File")
+            .field("target", &self.target)
+            .field("position", &self.cursor.position())
             .finish()
     }
 }
@@ -57,7 +67,10 @@ impl File {
     /// Does its I/O through `driver`'s ring; the file stays open while any
     /// of its operations is in flight, whatever happens to this value.
     pub fn from_std(driver: &Driver, file: std::fs::File) -> File {
-        File::from_target(driver, std::sync::Arc::new(file))
+        let file = std::sync::Arc::new(file);
+        let mut this = File::from_target(driver, std::sync::Arc::clone(&file));
+        this.std = Some(file);
+        this
     }
 
     /// Opens `path` read-only (with `std`'s blocking open).
@@ -77,6 +90,8 @@ impl File {
         File {
             driver: driver.clone(),
             target: target.into(),
+            std: None,
+            cursor: crate::file_io::Cursor::default(),
         }
     }
 
@@ -111,6 +126,7 @@ impl File {
             &self.driver,
             WriteAt {
                 buf,
+                from: 0,
                 target: self.target.clone(),
                 offset,
             },
@@ -304,10 +320,10 @@ fn filled_all<B: OwnedBufMut>(bufs: &mut [B], mut count: usize) {
     }
 }
 
-struct ReadAt<B> {
-    buf: B,
-    target: Target,
-    offset: u64,
+pub(crate) struct ReadAt<B> {
+    pub(crate) buf: B,
+    pub(crate) target: Target,
+    pub(crate) offset: u64,
 }
 
 impl<B: OwnedBufMut> OpSpec for ReadAt<B> {
@@ -330,10 +346,12 @@ impl<B: OwnedBufMut> OpSpec for ReadAt<B> {
     }
 }
 
-struct WriteAt<B> {
-    buf: B,
-    target: Target,
-    offset: u64,
+/// Writes `buf[from..]` at `offset`.
+pub(crate) struct WriteAt<B> {
+    pub(crate) buf: B,
+    pub(crate) from: usize,
+    pub(crate) target: Target,
+    pub(crate) offset: u64,
 }
 
 impl<B: OwnedBuf> OpSpec for WriteAt<B> {
@@ -342,7 +360,7 @@ impl<B: OwnedBuf> OpSpec for WriteAt<B> {
 
     unsafe fn kernel_op(&mut self) -> ringfence::Result<op::Write> {
         // SAFETY: forwarded from this function's contract.
-        let buf = unsafe { contents(&self.buf, 0) };
+        let buf = unsafe { contents(&self.buf, self.from) };
         Ok(op::Write::new(buf, self.target.clone(), Some(self.offset)))
     }
 

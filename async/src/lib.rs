@@ -90,6 +90,7 @@ mod buf;
 mod doorbell;
 mod driver;
 mod error;
+mod file_io;
 mod fixed;
 mod fs;
 mod net;

@@ -66,6 +66,15 @@ impl<F: Future<Output = (io::Result<usize>, Vec<u8>)> + Unpin> ReadState<F> {
         }
     }
 
+    /// Forgets received bytes not yet read, and cancels a receive in
+    /// flight (a file's position moved under them).
+    pub(crate) fn discard(&mut self) {
+        if self.receiving.take().is_some() {
+            self.buf = Some(Vec::with_capacity(BUFFER));
+        }
+        self.consumed = self.buf.as_ref().map_or(0, Vec::len);
+    }
+
     fn copy_out(&mut self, out: &mut [u8]) -> usize {
         let buf = self.buf.as_ref().expect("called with the buffer here");
         let ready = &buf[self.consumed..];
