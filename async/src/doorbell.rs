@@ -1,9 +1,11 @@
 //! The doorbell: how a thread that queued an operation wakes the driver,
 //! which may be blocked in `io_uring_enter` waiting for completions.
 //!
-//! The driver keeps a one-shot poll of an eventfd in the ring; ringing is a
-//! write to the eventfd, which completes the poll and so ends the driver's
-//! wait. The ringing thread makes no `io_uring_enter` call: the operations
+//! The driver keeps a multishot poll of an eventfd in the ring (Linux
+//! 5.13); ringing is a write to the eventfd, which wakes the poll, whose
+//! completion ends the driver's wait. The eventfd is never read: each
+//! write wakes a multishot poll, readable or not, and its counter would
+//! take 2^64 rings to fill. The ringing thread makes no `io_uring_enter` call: the operations
 //! it queued are submitted by the driver's thread.
 
 use std::io;
@@ -74,22 +76,6 @@ impl Doorbell {
             }
             #[cfg(feature = "sim")]
             Doorbell::Sim { kernel, fd } => kernel.set_ready(*fd, libc::POLLIN as u32),
-        }
-    }
-
-    /// Silences it after its poll completed, before the poll is armed
-    /// again: a ring after this completes the next poll.
-    pub(crate) fn reset(&self) {
-        match self {
-            Doorbell::EventFd(fd) => {
-                let mut count = [0u8; 8];
-                // SAFETY: reads at most 8 bytes into a live local array.
-                // EAGAIN means it was reset already.
-                let _ =
-                    unsafe { libc::read(fd.as_raw_fd(), count.as_mut_ptr().cast(), count.len()) };
-            }
-            #[cfg(feature = "sim")]
-            Doorbell::Sim { kernel, fd } => kernel.set_ready(*fd, 0),
         }
     }
 }

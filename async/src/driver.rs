@@ -41,9 +41,9 @@ pub(crate) struct Shared {
     /// Set while the driver may be blocked in the kernel: the first add
     /// after that rings the doorbell.
     sleeping: AtomicBool,
-    /// Futures waiting for room in the ring, and a count of the times
-    /// room may have been made (a submit, or completions reaped).
-    room: Mutex<Vec<Waker>>,
+    /// Futures waiting for room in the ring.
+    room: Mutex<Room>,
+    /// How many times the driver may have made room (each turn).
     room_epoch: AtomicU64,
     /// Set when the last handle is dropped: the driver thread exits.
     shutdown: AtomicBool,
@@ -51,6 +51,16 @@ pub(crate) struct Shared {
     last_error: Mutex<Option<String>>,
     /// Registered buffers no [`FixedBuf`](crate::FixedBuf) holds.
     free_fixed: Mutex<Vec<u16>>,
+}
+
+#[derive(Default)]
+struct Room {
+    waiting: Vec<Waker>,
+    /// The driver is (about to be) blocked with no time limit: the next
+    /// future to wait for room rings the doorbell. While futures wait for
+    /// room, the driver blocks a tick at most, so none waits longer for a
+    /// room the driver's last submit made.
+    driver_blocked: bool,
 }
 
 struct TurnState {
@@ -125,7 +135,14 @@ impl Shared {
     /// Wakes `waker` once the driver may have made room, or at once if it
     /// may have since `epoch`.
     pub(crate) fn wait_for_room(&self, epoch: u64, waker: &Waker) {
-        lock(&self.room).push(waker.clone());
+        let ring = {
+            let mut room = lock(&self.room);
+            room.waiting.push(waker.clone());
+            std::mem::take(&mut room.driver_blocked)
+        };
+        if ring {
+            self.doorbell.ring();
+        }
         // Pairs with `made_room`: a turn that took the list before the
         // push above has moved the epoch.
         if self.room_epoch.load(Ordering::SeqCst) != epoch {
@@ -135,8 +152,19 @@ impl Shared {
 
     fn made_room(&self) {
         self.room_epoch.fetch_add(1, Ordering::SeqCst);
-        let waiting = std::mem::take(&mut *lock(&self.room));
+        let waiting = std::mem::take(&mut lock(&self.room).waiting);
         waiting.into_iter().for_each(Waker::wake);
+    }
+
+    /// How long this turn may block: `timeout`, but a tick at most while
+    /// futures wait for room (see [`Room::driver_blocked`]).
+    fn block_limit(&self, timeout: Option<Duration>) -> Option<Duration> {
+        let mut room = lock(&self.room);
+        if !room.waiting.is_empty() {
+            return Some(timeout.map_or(TICK, |timeout| timeout.min(TICK)));
+        }
+        room.driver_blocked = timeout.is_none();
+        timeout
     }
 
     /// Queues `spec`'s operation, which owns what the kernel will use, under
@@ -226,13 +254,9 @@ impl Shared {
     pub(crate) fn turn(&self, timeout: Option<Duration>) -> ringfence::Result<usize> {
         let mut state = lock(&self.turn);
         let ctx = self.ctx();
-        match ctx.submit() {
-            Ok(()) | Err(ringfence::Error::KernelBusy(_)) => {}
-            Err(err) => return Err(err),
-        }
-        self.made_room();
         if !state.armed && state.doorbell_usable {
-            match ctx.add(self.doorbell.poll(), DOORBELL) {
+            // Multishot: one completion per ring, armed once.
+            match ctx.add(self.doorbell.poll().multishot(), DOORBELL) {
                 Ok(()) => state.armed = true,
                 // Armed on a later turn; until then this turn waits a tick.
                 Err(ringfence::Error::NoSpace) => {}
@@ -241,32 +265,35 @@ impl Shared {
         }
         let timeout = match (timeout, state.armed) {
             (timeout, true) => timeout,
-            (None, false) => Some(TICK),
-            (Some(timeout), false) => Some(timeout.min(TICK)),
+            (timeout, false) => Some(timeout.map_or(TICK, |timeout| timeout.min(TICK))),
         };
+        let timeout = self.block_limit(timeout);
+        // SeqCst: see `kick`.
         self.sleeping.store(true, Ordering::SeqCst);
+        // The wait submits what is queued, then blocks.
         let reaped: ringfence::Result<Vec<Completion>> = match timeout {
             None => ctx.wait_completions().map(Iterator::collect),
             Some(timeout) => ctx.wait_timeout_completions(timeout).map(Iterator::collect),
         };
         self.sleeping.store(false, Ordering::SeqCst);
+        lock(&self.room).driver_blocked = false;
         let reaped = reaped?;
 
         let mut wake = Vec::new();
         let mut release = Vec::new();
-        let mut doorbell = false;
         {
             let mut table = lock(&self.table);
             for completion in &reaped {
                 match completion.user_data() {
-                    DOORBELL => {
-                        doorbell = true;
+                    DOORBELL if !completion.more() => {
+                        // The poll ended (a full completion ring ends a
+                        // multishot poll): armed again next turn, unless
+                        // refused (EACCES: the allowlist lacks PollAdd;
+                        // EINVAL: a kernel before 5.13), then ticks.
                         state.armed = false;
-                        // Refused (EACCES on a restricted ring) or unusable:
-                        // fall back to ticks.
                         state.doorbell_usable &= completion.result().is_ok();
                     }
-                    CANCEL => {}
+                    DOORBELL | CANCEL => {}
                     key => match table.complete(key, completion.result()) {
                         Completed::Wake(waker) => wake.push(waker),
                         Completed::Release(keep, result) => release.push((keep, result)),
@@ -276,9 +303,6 @@ impl Shared {
             }
         }
         drop(state);
-        if doorbell {
-            self.doorbell.reset();
-        }
         // Outside the locks: dropping what an operation owned, and waking,
         // may run the caller's code.
         for (keep, result) in release {
@@ -371,7 +395,8 @@ impl Driver {
     ///
     /// Besides the operations the caller uses, the driver uses:
     /// `PollAdd` to wake itself when another thread queues an operation
-    /// (without it, it looks every millisecond instead), and `AsyncCancel`
+    /// (a multishot poll, Linux 5.13; without it, or on an older kernel,
+    /// it looks every millisecond instead), and `AsyncCancel`
     /// to cancel the operation of a future dropped early (without it, the
     /// operation runs to its end, still owning its buffer). An operation
     /// the allowlist does not allow fails at once, with an error saying so

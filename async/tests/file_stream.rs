@@ -25,7 +25,10 @@ fn written_bytes_read_back_through_the_stream_after_a_seek() {
         let mut back = Vec::new();
         file.read_to_end(&mut back).await.unwrap();
         assert!(back == data, "the bytes read back differ");
-        assert_eq!(file.seek(SeekFrom::Current(0)).await.unwrap(), data.len() as u64);
+        assert_eq!(
+            file.seek(SeekFrom::Current(0)).await.unwrap(),
+            data.len() as u64
+        );
     });
 }
 
