@@ -7,8 +7,8 @@ use std::ops::{Deref, DerefMut};
 use ringfence::op::{self, Target};
 use ringfence::RegisteredBuffer;
 
-use crate::fs::count;
 use crate::op::OpSpec;
+use crate::spec::count;
 use crate::Driver;
 
 /// One of the ring's registered buffers (`IORING_REGISTER_BUFFERS`), held

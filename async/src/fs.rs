@@ -3,7 +3,6 @@
 
 use std::future::Future;
 use std::io;
-use std::pin::Pin;
 
 use ringfence::op::{self, Target};
 use ringfence::{FallocateMode, IoBufMut};
@@ -11,6 +10,7 @@ use ringfence::{FallocateMode, IoBufMut};
 use crate::buf::{OwnedBuf, OwnedBufMut};
 use crate::fixed::{FixedBuf, ReadFixed, WriteFixed};
 use crate::op::{Op, OpSpec};
+use crate::spec::{contents, count, fill, fill_all, filled_all, Plain};
 use crate::Driver;
 
 /// A file whose I/O goes through a [`Driver`]'s ring.
@@ -232,91 +232,6 @@ impl File {
     /// The target its operations name.
     pub fn target(&self) -> &Target {
         &self.target
-    }
-}
-
-/// A count as `usize`.
-pub(crate) fn count(result: io::Result<u32>) -> io::Result<usize> {
-    result.map(|count| count as usize)
-}
-
-/// An operation that owns nothing of the caller's and returns nothing; made
-/// anew by `make` for each try (a ring out of room refuses the first).
-pub(crate) struct Plain<F, K> {
-    make: F,
-    kernel: std::marker::PhantomData<fn() -> K>,
-}
-
-impl<F: FnMut() -> K + Send + 'static, K: op::Operation + 'static> Plain<F, K> {
-    pub(crate) fn new(make: F) -> Plain<F, K> {
-        Plain {
-            make,
-            kernel: std::marker::PhantomData,
-        }
-    }
-}
-
-impl<F: FnMut() -> K + Send + 'static, K: op::Operation + 'static> OpSpec for Plain<F, K> {
-    type Kernel = K;
-    type Output = io::Result<()>;
-
-    unsafe fn kernel_op(&mut self) -> ringfence::Result<K> {
-        Ok((self.make)())
-    }
-
-    fn finish(self, result: io::Result<u32>) -> io::Result<()> {
-        result.map(drop)
-    }
-}
-
-/// `buf`'s bytes for the kernel to fill.
-///
-/// # Safety
-///
-/// `buf` is not moved, touched or dropped until the kernel is done with the
-/// operation the result is handed to ([`OpSpec::kernel_op`]'s contract).
-unsafe fn fill<B: OwnedBufMut>(buf: &mut B) -> IoBufMut<'static> {
-    let len = buf.bytes_total();
-    // SAFETY: by `OwnedBufMut`'s contract the pointer is valid for `len`
-    // bytes, and stays so while `buf` is neither moved nor touched, which
-    // the caller promises until the kernel is done.
-    unsafe { IoBufMut::from_raw_parts(buf.stable_mut_ptr(), len) }
-}
-
-/// `buf`'s initialised bytes, from `start`, for the kernel to read.
-///
-/// # Safety
-///
-/// As for [`fill`]. The kernel only reads through the result.
-pub(crate) unsafe fn contents<B: OwnedBuf>(buf: &B, start: usize) -> IoBufMut<'static> {
-    let (ptr, len) = crate::buf::tail(buf, start);
-    // SAFETY: by `OwnedBuf`'s contract the bytes are valid for reads and
-    // unchanged while `buf` lives untouched, which the caller promises
-    // until the kernel is done; operations built from this only read.
-    unsafe { IoBufMut::from_raw_parts(ptr.cast_mut(), len) }
-}
-
-/// `bufs`' buffers, to fill in turn.
-///
-/// # Safety
-///
-/// As for [`fill`], for every buffer.
-unsafe fn fill_all<B: OwnedBufMut>(bufs: &mut [B]) -> Pin<Box<[IoBufMut<'static>]>> {
-    // SAFETY: the caller's promise covers each buffer.
-    bufs.iter_mut()
-        .map(|buf| unsafe { fill(buf) })
-        .collect::<Box<[_]>>()
-        .into()
-}
-
-/// Records how much of each buffer a vectored read filled.
-fn filled_all<B: OwnedBufMut>(bufs: &mut [B], mut count: usize) {
-    for buf in bufs {
-        let here = count.min(buf.bytes_total());
-        // SAFETY: the kernel wrote `count` bytes across the buffers in
-        // order, so the first `here` of this one.
-        unsafe { buf.set_init(here) };
-        count -= here;
     }
 }
 

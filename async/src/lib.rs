@@ -95,6 +95,8 @@ mod fixed;
 mod fs;
 mod net;
 mod op;
+mod shared;
+mod spec;
 mod stream;
 mod table;
 

@@ -9,11 +9,11 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use ringfence::op::{self, SockAddr, SocketFlags, Target};
+use ringfence::op::{self, SockAddr, Target};
 
 use crate::buf::{OwnedBuf, OwnedBufMut};
-use crate::fs::{contents, count};
-use crate::op::{Op, OpSpec};
+use crate::op::Op;
+use crate::spec::{Accept, Plain, RecvBuf, SendBuf};
 use crate::stream::{ReadState, WriteState};
 use crate::Driver;
 
@@ -30,10 +30,10 @@ impl Socket {
     }
 
     /// Sends `buf[from..]`.
-    fn send<B: OwnedBuf>(&self, buf: B, from: usize) -> Op<Send<B>> {
+    fn send<B: OwnedBuf>(&self, buf: B, from: usize) -> Op<SendBuf<B>> {
         Op::new(
             &self.driver,
-            Send {
+            SendBuf {
                 buf,
                 from,
                 target: self.target(),
@@ -41,10 +41,10 @@ impl Socket {
         )
     }
 
-    fn recv<B: OwnedBufMut>(&self, buf: B) -> Op<Recv<B>> {
+    fn recv<B: OwnedBufMut>(&self, buf: B) -> Op<RecvBuf<B>> {
         Op::new(
             &self.driver,
-            Recv {
+            RecvBuf {
                 buf,
                 target: self.target(),
             },
@@ -62,96 +62,11 @@ impl Socket {
         let fd = Arc::new(unsafe { OwnedFd::from_raw_fd(fd) });
         let target = Target::from(Arc::clone(&fd));
         let make = move || op::Connect::new(target.clone(), addr);
-        Op::new(driver, crate::fs::Plain::new(make)).await?;
+        Op::new(driver, Plain::new(make)).await?;
         Ok(Socket {
             driver: driver.clone(),
             fd,
         })
-    }
-}
-
-/// `IORING_OP_SEND` of `buf[from..]`.
-pub(crate) struct Send<B> {
-    buf: B,
-    from: usize,
-    target: Target,
-}
-
-impl<B: OwnedBuf> OpSpec for Send<B> {
-    type Kernel = op::Send;
-    type Output = (io::Result<usize>, B);
-
-    unsafe fn kernel_op(&mut self) -> ringfence::Result<op::Send> {
-        // SAFETY: forwarded from this function's contract.
-        let buf = unsafe { contents(&self.buf, self.from) };
-        // MSG_NOSIGNAL: a peer gone fails the send with EPIPE instead of
-        // killing the process with SIGPIPE.
-        Ok(op::Send::new(buf, self.target.clone()).msg_flags(libc::MSG_NOSIGNAL))
-    }
-
-    fn finish(self, result: io::Result<u32>) -> Self::Output {
-        (count(result), self.buf)
-    }
-}
-
-/// `IORING_OP_RECV` into `buf`.
-pub(crate) struct Recv<B> {
-    buf: B,
-    target: Target,
-}
-
-impl<B: OwnedBufMut> OpSpec for Recv<B> {
-    type Kernel = op::Recv;
-    type Output = (io::Result<usize>, B);
-
-    unsafe fn kernel_op(&mut self) -> ringfence::Result<op::Recv> {
-        let len = self.buf.bytes_total();
-        // SAFETY: by `OwnedBufMut`'s contract the pointer is valid for
-        // `len` bytes while `self.buf` is untouched, which this function's
-        // contract promises until the kernel is done.
-        let buf = unsafe { ringfence::IoBufMut::from_raw_parts(self.buf.stable_mut_ptr(), len) };
-        Ok(op::Recv::new(buf, self.target.clone()))
-    }
-
-    fn finish(mut self, result: io::Result<u32>) -> Self::Output {
-        let result = count(result);
-        if let Ok(count) = result {
-            // SAFETY: the kernel wrote `count` bytes from the start.
-            unsafe { self.buf.set_init(count) };
-        }
-        (result, self.buf)
-    }
-}
-
-/// `IORING_OP_ACCEPT`: its result is a new descriptor.
-struct Accept {
-    target: Target,
-}
-
-impl Accept {
-    fn take(result: io::Result<u32>) -> io::Result<OwnedFd> {
-        // SAFETY: an accept's result is a descriptor the kernel just made
-        // for this process, owned by no one else.
-        result.map(|fd| unsafe { OwnedFd::from_raw_fd(fd as i32) })
-    }
-}
-
-impl OpSpec for Accept {
-    type Kernel = op::Accept;
-    type Output = io::Result<OwnedFd>;
-
-    unsafe fn kernel_op(&mut self) -> ringfence::Result<op::Accept> {
-        Ok(op::Accept::new(self.target.clone()).flags(SocketFlags::CLOEXEC))
-    }
-
-    fn finish(self, result: io::Result<u32>) -> io::Result<OwnedFd> {
-        Accept::take(result)
-    }
-
-    /// The future was dropped but the kernel had accepted: the connection
-    /// is closed (the client sees it reset or ended).
-    fn abandoned(self, result: io::Result<u32>) {
-        drop(Accept::take(result));
     }
 }
 
@@ -268,8 +183,8 @@ macro_rules! stream_type {
         $(#[$doc])*
         pub struct $name {
             socket: Socket,
-            reader: ReadState<Op<Recv<Vec<u8>>>>,
-            writer: WriteState<Op<Send<Vec<u8>>>>,
+            reader: ReadState<Op<RecvBuf<Vec<u8>>>>,
+            writer: WriteState<Op<SendBuf<Vec<u8>>>>,
         }
 
         impl $name {

@@ -8,7 +8,8 @@ use std::task::{Context, Poll};
 
 use ringfence::op::Operation;
 
-use crate::driver::{Driver, Start};
+use crate::driver::Driver;
+use crate::shared::Start;
 use crate::table::{InFlight, Key};
 
 /// One operation: what it owns while in flight, how it becomes the

@@ -1,0 +1,340 @@
+//! What the driver and the futures share: the table of operations in
+//! flight, the doorbell, the futures waiting for room, and one turn of the
+//! driver, the one place that makes `io_uring_enter` calls and hands
+//! completions to the futures waiting for them.
+
+use std::io;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::task::Waker;
+use std::time::Duration;
+
+use ringfence::op::{AsyncCancel, Operation};
+use ringfence::{Completion, URingAllowlist, URingContext, URingOperation};
+
+use crate::doorbell::Doorbell;
+use crate::error::not_allowed;
+use crate::table::{Abandoned, Completed, InFlight, Key, Table, CANCEL, DOORBELL};
+
+/// How often a driver without a doorbell (the allowlist lacks `PollAdd`)
+/// looks for newly queued operations.
+const TICK: Duration = Duration::from_millis(1);
+
+/// How long dropping the last handle waits for the kernel to finish the
+/// operations still in flight (cancelled first) before leaking what they
+/// own.
+pub(crate) const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+
+pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // No code panics while holding these locks with state half updated.
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// What the driver and every future share.
+pub(crate) struct Shared {
+    /// `Some` until dropped.
+    ctx: Option<URingContext>,
+    allowlist: Option<URingAllowlist>,
+    table: Mutex<Table>,
+    pub(crate) doorbell: Doorbell,
+    /// The driver's own state: one turn at a time.
+    turn: Mutex<TurnState>,
+    /// Set while the driver may be blocked in the kernel: the first add
+    /// after that rings the doorbell.
+    sleeping: AtomicBool,
+    /// Futures waiting for room in the ring.
+    room: Mutex<Room>,
+    /// How many times the driver may have made room (each turn).
+    room_epoch: AtomicU64,
+    /// Set when the last handle is dropped: the driver thread exits.
+    pub(crate) shutdown: AtomicBool,
+    /// The last error a turn of the driver thread returned.
+    pub(crate) last_error: Mutex<Option<String>>,
+    /// Registered buffers no [`FixedBuf`](crate::FixedBuf) holds.
+    free_fixed: Mutex<Vec<u16>>,
+}
+
+#[derive(Default)]
+struct Room {
+    waiting: Vec<Waker>,
+    /// The driver is (about to be) blocked with no time limit: the next
+    /// future to wait for room rings the doorbell. While futures wait for
+    /// room, the driver blocks a tick at most, so none waits longer for a
+    /// room the driver's last submit made.
+    driver_blocked: bool,
+}
+
+struct TurnState {
+    /// The doorbell's poll is in the ring.
+    armed: bool,
+    /// The ring runs the doorbell's poll (its allowlist allows `PollAdd`).
+    doorbell_usable: bool,
+}
+
+/// How [`Shared::start`] went.
+pub(crate) enum Start<S> {
+    InFlight(Key),
+    /// No room in the ring: the future waits for the driver to make some.
+    NoRoom(Box<S>),
+    Failed(Box<S>, io::Error),
+}
+
+impl Shared {
+    pub(crate) fn new(
+        ctx: URingContext,
+        allowlist: Option<URingAllowlist>,
+        doorbell: Doorbell,
+    ) -> Shared {
+        let doorbell_usable = allowlist.as_ref().map_or(true, |list| {
+            list.allows_submit_operation(URingOperation::PollAdd)
+        });
+        // Highest index last: `pop` hands out buffer 0 first.
+        let registered = u16::try_from(ctx.registered_buffers()).unwrap_or(u16::MAX);
+        let free_fixed = (0..registered).rev().collect();
+        Shared {
+            ctx: Some(ctx),
+            allowlist,
+            table: Mutex::default(),
+            doorbell,
+            turn: Mutex::new(TurnState {
+                armed: false,
+                doorbell_usable,
+            }),
+            sleeping: AtomicBool::new(false),
+            room: Mutex::default(),
+            room_epoch: AtomicU64::new(0),
+            shutdown: AtomicBool::new(false),
+            last_error: Mutex::default(),
+            free_fixed: Mutex::new(free_fixed),
+        }
+    }
+
+    fn ctx(&self) -> &URingContext {
+        self.ctx
+            .as_ref()
+            .expect("the context lives until the driver is dropped")
+    }
+
+    /// Whether the ring's allowlist (if it has one) allows `op`.
+    fn allows(&self, op: URingOperation) -> bool {
+        self.allowlist
+            .as_ref()
+            .map_or(true, |list| list.allows_submit_operation(op))
+    }
+
+    /// Wakes the driver if it is blocked in the kernel.
+    fn kick(&self) {
+        // SeqCst, pairing with the store in `turn`: either this swap sees
+        // the driver asleep, or the driver's next submit (which takes the
+        // context's lock after this thread's add released it) sees the
+        // operation queued.
+        if self.sleeping.swap(false, Ordering::SeqCst) {
+            self.doorbell.ring();
+        }
+    }
+
+    pub(crate) fn room_epoch(&self) -> u64 {
+        self.room_epoch.load(Ordering::SeqCst)
+    }
+
+    /// Wakes `waker` once the driver may have made room, or at once if it
+    /// may have since `epoch`.
+    pub(crate) fn wait_for_room(&self, epoch: u64, waker: &Waker) {
+        let ring = {
+            let mut room = lock(&self.room);
+            room.waiting.push(waker.clone());
+            std::mem::take(&mut room.driver_blocked)
+        };
+        if ring {
+            self.doorbell.ring();
+        }
+        // Pairs with `made_room`: a turn that took the list before the
+        // push above has moved the epoch.
+        if self.room_epoch.load(Ordering::SeqCst) != epoch {
+            waker.wake_by_ref();
+        }
+    }
+
+    fn made_room(&self) {
+        self.room_epoch.fetch_add(1, Ordering::SeqCst);
+        let waiting = std::mem::take(&mut lock(&self.room).waiting);
+        waiting.into_iter().for_each(Waker::wake);
+    }
+
+    /// How long this turn may block: `timeout`, but a tick at most while
+    /// futures wait for room (see [`Room::driver_blocked`]).
+    fn block_limit(&self, timeout: Option<Duration>) -> Option<Duration> {
+        let mut room = lock(&self.room);
+        if !room.waiting.is_empty() {
+            return Some(timeout.map_or(TICK, |timeout| timeout.min(TICK)));
+        }
+        room.driver_blocked = timeout.is_none();
+        timeout
+    }
+
+    /// Queues `spec`'s operation, which owns what the kernel will use, under
+    /// a new key; the driver's next turn submits it.
+    pub(crate) fn start<S: crate::op::OpSpec>(&self, mut spec: Box<S>, waker: &Waker) -> Start<S> {
+        let opcode = <S::Kernel as Operation>::OPCODE;
+        if !self.allows(opcode) {
+            return Start::Failed(spec, not_allowed(opcode));
+        }
+        // SAFETY: `spec` stays in its box, untouched, from here until the
+        // kernel is done with the operation: the box moves into the table
+        // below and leaves it only through `remove_unsubmitted` (the add
+        // failed, so the kernel never saw the operation), `Table::poll`
+        // (its completion arrived), `Completed::Release` (likewise), or not
+        // at all (the table is leaked when the ring cannot be drained).
+        let op = match unsafe { spec.kernel_op() } {
+            Ok(op) => op,
+            Err(err) => return Start::Failed(spec, err.into()),
+        };
+        let key = match lock(&self.table).insert(spec, waker.clone()) {
+            Ok(key) => key,
+            Err(keep) => return Start::NoRoom(downcast(keep)),
+        };
+        match self.ctx().add(op, key) {
+            Ok(()) => {
+                self.kick();
+                Start::InFlight(key)
+            }
+            Err(err) => {
+                let spec = downcast(lock(&self.table).remove_unsubmitted(key));
+                match err {
+                    ringfence::Error::NoSpace => Start::NoRoom(spec),
+                    err => Start::Failed(spec, err.into()),
+                }
+            }
+        }
+    }
+
+    /// The future of `key` polls: its result and what its operation owned,
+    /// once completed.
+    pub(crate) fn poll<S: crate::op::OpSpec>(
+        &self,
+        key: Key,
+        waker: &Waker,
+    ) -> Option<(io::Result<u32>, Box<S>)> {
+        let (result, keep) = lock(&self.table).poll(key, waker)?;
+        Some((result, downcast(keep)))
+    }
+
+    /// The future of `key` is dropped: cancel its operation if it is still
+    /// in the kernel (what it owns is freed when its completion arrives),
+    /// or release what it owns now if it completed already.
+    pub(crate) fn abandon(&self, key: Key) {
+        let found = lock(&self.table).abandon(key);
+        match found {
+            Abandoned::InKernel if self.allows(URingOperation::AsyncCancel) => {
+                // A ring out of room leaves the operation to complete on
+                // its own; its slot waits for that.
+                if self.ctx().add(AsyncCancel::new(key), CANCEL).is_ok() {
+                    self.kick();
+                }
+            }
+            Abandoned::Completed(keep, result) => keep.abandoned(result),
+            Abandoned::InKernel | Abandoned::Unknown => {}
+        }
+    }
+
+    /// A registered buffer no one holds, taken.
+    pub(crate) fn take_fixed(&self) -> Option<ringfence::RegisteredBuffer> {
+        let index = lock(&self.free_fixed).pop()?;
+        self.ctx().registered_buffer(index)
+    }
+
+    /// Registered buffer `index` is free again.
+    pub(crate) fn give_back_fixed(&self, index: u16) {
+        lock(&self.free_fixed).push(index);
+    }
+
+    /// Operations with a slot in the table.
+    pub(crate) fn in_flight(&self) -> usize {
+        lock(&self.table).len()
+    }
+
+    /// One turn of the driver: submits what is queued, waits (for up to
+    /// `timeout`, or until a completion or the doorbell) and hands the
+    /// completions to their futures. Returns how many it handed over.
+    pub(crate) fn turn(&self, timeout: Option<Duration>) -> ringfence::Result<usize> {
+        let mut state = lock(&self.turn);
+        let ctx = self.ctx();
+        if !state.armed && state.doorbell_usable {
+            // Multishot: one completion per ring, armed once.
+            match ctx.add(self.doorbell.poll().multishot(), DOORBELL) {
+                Ok(()) => state.armed = true,
+                // Armed on a later turn; until then this turn waits a tick.
+                Err(ringfence::Error::NoSpace) => {}
+                Err(err) => return Err(err),
+            }
+        }
+        let timeout = match (timeout, state.armed) {
+            (timeout, true) => timeout,
+            (timeout, false) => Some(timeout.map_or(TICK, |timeout| timeout.min(TICK))),
+        };
+        let timeout = self.block_limit(timeout);
+        // SeqCst: see `kick`.
+        self.sleeping.store(true, Ordering::SeqCst);
+        // The wait submits what is queued, then blocks.
+        let reaped: ringfence::Result<Vec<Completion>> = match timeout {
+            None => ctx.wait_completions().map(Iterator::collect),
+            Some(timeout) => ctx.wait_timeout_completions(timeout).map(Iterator::collect),
+        };
+        self.sleeping.store(false, Ordering::SeqCst);
+        lock(&self.room).driver_blocked = false;
+        let reaped = reaped?;
+
+        let mut wake = Vec::new();
+        let mut release = Vec::new();
+        {
+            let mut table = lock(&self.table);
+            for completion in &reaped {
+                match completion.user_data() {
+                    DOORBELL if !completion.more() => {
+                        // The poll ended (a full completion ring ends a
+                        // multishot poll): armed again next turn, unless
+                        // refused (EACCES: the allowlist lacks PollAdd;
+                        // EINVAL: a kernel before 5.13), then ticks.
+                        state.armed = false;
+                        state.doorbell_usable &= completion.result().is_ok();
+                    }
+                    DOORBELL | CANCEL => {}
+                    key => match table.complete(key, completion.result()) {
+                        Completed::Wake(waker) => wake.push(waker),
+                        Completed::Release(keep, result) => release.push((keep, result)),
+                        Completed::Nobody => {}
+                    },
+                }
+            }
+        }
+        drop(state);
+        // Outside the locks: dropping what an operation owned, and waking,
+        // may run the caller's code.
+        for (keep, result) in release {
+            keep.abandoned(result);
+        }
+        wake.into_iter().for_each(Waker::wake);
+        self.made_room();
+        Ok(reaped.len())
+    }
+}
+
+fn downcast<S: crate::op::OpSpec>(keep: Box<dyn InFlight>) -> Box<S> {
+    keep.into_any()
+        .downcast::<S>()
+        .expect("a slot holds the type its future put there")
+}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        let ctx = self.ctx.take().expect("dropped once");
+        // Cancels what is in flight and waits for the kernel to finish with
+        // it. Only then may what those operations own be freed.
+        if ctx.close(CLOSE_TIMEOUT).is_err() {
+            // The kernel may still use it: leak it.
+            let table =
+                std::mem::take(self.table.get_mut().unwrap_or_else(PoisonError::into_inner));
+            std::mem::forget(table);
+        }
+    }
+}
