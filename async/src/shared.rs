@@ -14,7 +14,7 @@ use ringfence::{Completion, URingAllowlist, URingContext, URingOperation};
 
 use crate::doorbell::Doorbell;
 use crate::error::not_allowed;
-use crate::table::{Abandoned, Completed, InFlight, Key, Table, CANCEL, DOORBELL};
+use crate::table::{Abandoned, Completed, InFlight, Key, Polled, Table, CANCEL, DOORBELL};
 
 /// How often a driver without a doorbell (the allowlist lacks `PollAdd`)
 /// looks for newly queued operations.
@@ -199,7 +199,8 @@ impl Shared {
                 Start::InFlight(key)
             }
             Err(err) => {
-                let spec = downcast(lock(&self.table).remove_unsubmitted(key));
+                let (keep, _waker) = lock(&self.table).remove_unsubmitted(key);
+                let spec = downcast(keep);
                 match err {
                     ringfence::Error::NoSpace => Start::NoRoom(spec),
                     err => Start::Failed(spec, err.into()),
@@ -215,8 +216,12 @@ impl Shared {
         key: Key,
         waker: &Waker,
     ) -> Option<(io::Result<u32>, Box<S>)> {
-        let (result, keep) = lock(&self.table).poll(key, waker)?;
-        Some((result, downcast(keep)))
+        let polled = lock(&self.table).poll(key, waker);
+        match polled {
+            Polled::Ready(result, keep) => Some((result, downcast(keep))),
+            // The waker replaced is dropped here, outside the lock.
+            Polled::Pending(_replaced) => None,
+        }
     }
 
     /// The future of `key` is dropped: cancel its operation if it is still
@@ -225,7 +230,7 @@ impl Shared {
     pub(crate) fn abandon(&self, key: Key) {
         let found = lock(&self.table).abandon(key);
         match found {
-            Abandoned::InKernel if self.allows(URingOperation::AsyncCancel) => {
+            Abandoned::InKernel(_waker) if self.allows(URingOperation::AsyncCancel) => {
                 // A ring out of room leaves the operation to complete on
                 // its own; its slot waits for that.
                 if self.ctx().add(AsyncCancel::new(key), CANCEL).is_ok() {
@@ -233,7 +238,7 @@ impl Shared {
                 }
             }
             Abandoned::Completed(keep, result) => keep.abandoned(result),
-            Abandoned::InKernel | Abandoned::Unknown => {}
+            Abandoned::InKernel(_) | Abandoned::Unknown => {}
         }
     }
 
