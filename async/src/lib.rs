@@ -95,6 +95,7 @@ mod net;
 mod op;
 mod stream;
 mod table;
+mod tokio_io;
 
 pub use buf::{OwnedBuf, OwnedBufMut};
 pub use driver::{Driver, DriverBuilder, ManualDriver};
