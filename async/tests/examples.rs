@@ -3,8 +3,8 @@
 //! each must exit with status 0 and print the lines that say it did what
 //! its docs claim.
 //!
-//! `cargo test` has built the examples already (with the test's features:
-//! with other features, `cargo run` rebuilds the library once).
+//! `cargo test` has built the examples already; `cargo run` is given the
+//! test's features, so it runs that build.
 // Needs the real kernel: Miri cannot make io_uring syscalls.
 #![cfg(not(miri))]
 
@@ -54,15 +54,18 @@ fn run_example(name: &str) -> Option<Run> {
         eprintln!("skipping: the examples are not run under a sanitizer build");
         return None;
     }
+    // The features this test was built with: `cargo run` then runs the
+    // example `cargo test` built, instead of building another.
+    let features: Vec<&str> = [
+        ("sim", cfg!(feature = "sim")),
+        ("tokio", cfg!(feature = "tokio")),
+    ]
+    .into_iter()
+    .filter_map(|(feature, on)| on.then_some(feature))
+    .collect();
     let mut child = Command::new(env!("CARGO"))
-        .args([
-            "run",
-            "--quiet",
-            "-p",
-            env!("CARGO_PKG_NAME"),
-            "--example",
-            name,
-        ])
+        .args(["run", "--quiet", "-p", env!("CARGO_PKG_NAME")])
+        .args(["--features", &features.join(","), "--example", name])
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
