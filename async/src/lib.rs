@@ -99,6 +99,7 @@ mod shared;
 mod spec;
 mod stream;
 mod table;
+mod tokio_io;
 
 pub use buf::{OwnedBuf, OwnedBufMut};
 pub use driver::{Driver, DriverBuilder, ManualDriver};
