@@ -101,6 +101,11 @@ mod stream;
 mod table;
 mod tokio_io;
 
+/// The README's examples, compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
+
 pub use buf::{OwnedBuf, OwnedBufMut};
 pub use driver::{Driver, DriverBuilder, ManualDriver};
 pub use error::NotAllowed;
