@@ -20,6 +20,11 @@ use crate::table::{Abandoned, Completed, InFlight, Key, Polled, Table, CANCEL, D
 /// looks for newly queued operations.
 const TICK: Duration = Duration::from_millis(1);
 
+/// Places of the context's in-flight limit kept from the caller's
+/// operations: the doorbell's poll, and one cancellation at a time (each
+/// one frees its target, so the rest follow).
+const RESERVED: usize = 2;
+
 /// How long dropping the last handle waits for the kernel to finish the
 /// operations still in flight (cancelled first) before leaking what they
 /// own.
@@ -50,6 +55,12 @@ pub(crate) struct Shared {
     pub(crate) shutdown: AtomicBool,
     /// The last error a turn of the driver thread returned.
     pub(crate) last_error: Mutex<Option<String>>,
+    /// The most of the caller's operations in the kernel at once: the
+    /// context's limit less room for the doorbell and a cancellation, so
+    /// that a dropped future's operation can always be cancelled.
+    max_in_kernel: usize,
+    /// Dropped futures' operations to cancel, sent by the next turn.
+    cancels: Mutex<Vec<Key>>,
     /// Registered buffers no [`FixedBuf`](crate::FixedBuf) holds.
     free_fixed: Mutex<Vec<u16>>,
 }
@@ -91,7 +102,10 @@ impl Shared {
         // Highest index last: `pop` hands out buffer 0 first.
         let registered = u16::try_from(ctx.registered_buffers()).unwrap_or(u16::MAX);
         let free_fixed = (0..registered).rev().collect();
+        let max_in_kernel = ctx.max_in_flight().saturating_sub(RESERVED).max(1);
         Shared {
+            max_in_kernel,
+            cancels: Mutex::default(),
             ctx: Some(ctx),
             allowlist,
             table: Mutex::default(),
@@ -162,10 +176,11 @@ impl Shared {
     }
 
     /// How long this turn may block: `timeout`, but a tick at most while
-    /// futures wait for room (see [`Room::driver_blocked`]).
-    fn block_limit(&self, timeout: Option<Duration>) -> Option<Duration> {
+    /// futures wait for room (see [`Room::driver_blocked`]) or
+    /// cancellations wait to be queued.
+    fn block_limit(&self, timeout: Option<Duration>, cancels_left: bool) -> Option<Duration> {
         let mut room = lock(&self.room);
-        if !room.waiting.is_empty() {
+        if cancels_left || !room.waiting.is_empty() {
             return Some(timeout.map_or(TICK, |timeout| timeout.min(TICK)));
         }
         room.driver_blocked = timeout.is_none();
@@ -189,7 +204,8 @@ impl Shared {
             Ok(op) => op,
             Err(err) => return Start::Failed(spec, err.into()),
         };
-        let key = match lock(&self.table).insert(spec, waker.clone()) {
+        let inserted = lock(&self.table).insert(spec, waker.clone(), self.max_in_kernel);
+        let key = match inserted {
             Ok(key) => key,
             Err(keep) => return Start::NoRoom(downcast(keep)),
         };
@@ -231,15 +247,32 @@ impl Shared {
         let found = lock(&self.table).abandon(key);
         match found {
             Abandoned::InKernel(_waker) if self.allows(URingOperation::AsyncCancel) => {
-                // A ring out of room leaves the operation to complete on
-                // its own; its slot waits for that.
-                if self.ctx().add(AsyncCancel::new(key), CANCEL).is_ok() {
-                    self.kick();
-                }
+                // Sent by the driver's next turn, which finds room for it
+                // (see `RESERVED`); this thread makes no enter call.
+                lock(&self.cancels).push(key);
+                self.kick();
             }
             Abandoned::Completed(keep, result) => keep.abandoned(result),
+            // Without AsyncCancel the operation runs to its end; its slot
+            // waits for that.
             Abandoned::InKernel(_) | Abandoned::Unknown => {}
         }
+    }
+
+    /// Queues the cancellations dropped futures asked for, as far as the
+    /// ring has room; returns whether some are left for a later turn.
+    fn queue_cancels(&self, ctx: &URingContext) -> bool {
+        let mut cancels = lock(&self.cancels);
+        while let Some(&key) = cancels.last() {
+            match ctx.add(AsyncCancel::new(key), CANCEL) {
+                Ok(()) => {
+                    cancels.pop();
+                }
+                // Room comes with this turn's submit and completions.
+                Err(_) => break,
+            }
+        }
+        !cancels.is_empty()
     }
 
     /// A registered buffer no one holds, taken.
@@ -277,9 +310,11 @@ impl Shared {
             (timeout, true) => timeout,
             (timeout, false) => Some(timeout.map_or(TICK, |timeout| timeout.min(TICK))),
         };
-        let timeout = self.block_limit(timeout);
-        // SeqCst: see `kick`.
+        // SeqCst: see `kick`. Set before the cancellations are queued, so
+        // that one asked for after that rings the doorbell.
         self.sleeping.store(true, Ordering::SeqCst);
+        let cancels_left = self.queue_cancels(ctx);
+        let timeout = self.block_limit(timeout, cancels_left);
         // The wait submits what is queued, then blocks.
         let reaped: ringfence::Result<Vec<Completion>> = match timeout {
             None => ctx.wait_completions().map(Iterator::collect),

@@ -74,6 +74,8 @@ pub(crate) struct Table {
     free: Vec<u32>,
     /// Slots not free.
     used: usize,
+    /// Slots whose operation is in the kernel (waiting or abandoned).
+    in_kernel: usize,
 }
 
 fn index(key: Key) -> usize {
@@ -82,12 +84,17 @@ fn index(key: Key) -> usize {
 
 impl Table {
     /// Takes a slot for an operation about to be added under the key
-    /// returned; gives `keep` back when every slot is taken.
+    /// returned; gives `keep` back when `max_in_kernel` operations are in
+    /// the kernel already, or every slot is taken.
     pub(crate) fn insert(
         &mut self,
         keep: Box<dyn InFlight>,
         waker: Waker,
+        max_in_kernel: usize,
     ) -> Result<Key, Box<dyn InFlight>> {
+        if self.in_kernel >= max_in_kernel {
+            return Err(keep);
+        }
         let index = match self.free.pop() {
             Some(index) => index as usize,
             None if self.slots.len() < MAX_SLOTS => {
@@ -102,6 +109,7 @@ impl Table {
         let slot = &mut self.slots[index];
         slot.state = State::Waiting { keep, waker };
         self.used += 1;
+        self.in_kernel += 1;
         Ok((u64::from(slot.generation) << 32) | index as u64)
     }
 
@@ -125,6 +133,7 @@ impl Table {
     /// drop outside the lock), for an add the context refused (the kernel
     /// never saw it).
     pub(crate) fn remove_unsubmitted(&mut self, key: Key) -> (Box<dyn InFlight>, Waker) {
+        self.in_kernel -= 1;
         match self.free(key) {
             State::Waiting { keep, waker } => (keep, waker),
             _ => unreachable!("an operation whose add failed is waiting"),
@@ -141,9 +150,11 @@ impl Table {
         match std::mem::replace(&mut slot.state, State::Free) {
             State::Waiting { keep, waker } => {
                 slot.state = State::Done { keep, result };
+                self.in_kernel -= 1;
                 Completed::Wake(waker)
             }
             State::Abandoned { keep } => {
+                self.in_kernel -= 1;
                 self.free(key);
                 Completed::Release(keep, result)
             }
@@ -241,7 +252,7 @@ mod tests {
         let mut table = Table::default();
         let waker = futures::task::noop_waker();
         let first = table
-            .insert(Box::new(Counted(drops.clone())), waker.clone())
+            .insert(Box::new(Counted(drops.clone())), waker.clone(), usize::MAX)
             .ok()
             .unwrap();
         assert!(matches!(table.complete(first, Ok(1)), Completed::Wake(_)));
@@ -251,7 +262,7 @@ mod tests {
         assert_eq!(result.unwrap(), 1);
         drop(keep);
         let second = table
-            .insert(Box::new(Counted(drops.clone())), waker.clone())
+            .insert(Box::new(Counted(drops.clone())), waker.clone(), usize::MAX)
             .ok()
             .unwrap();
         assert_eq!(index(first), index(second));
@@ -276,7 +287,7 @@ mod tests {
         let mut table = Table::default();
         let waker = futures::task::noop_waker();
         let key = table
-            .insert(Box::new(Counted(drops.clone())), waker)
+            .insert(Box::new(Counted(drops.clone())), waker, usize::MAX)
             .ok()
             .unwrap();
         assert!(matches!(table.abandon(key), Abandoned::InKernel(_)));
@@ -288,5 +299,32 @@ mod tests {
         assert_eq!(drops.load(Ordering::SeqCst), 1);
         assert!(matches!(table.complete(key, Ok(0)), Completed::Nobody));
         assert_eq!(table.len(), 0);
+    }
+
+    #[test]
+    fn no_slot_is_taken_past_the_limit_of_operations_in_the_kernel() {
+        let drops = Arc::new(AtomicUsize::new(0));
+        let mut table = Table::default();
+        let waker = futures::task::noop_waker();
+        let first = table.insert(Box::new(Counted(drops.clone())), waker.clone(), 2);
+        let second = table.insert(Box::new(Counted(drops.clone())), waker.clone(), 2);
+        let (first, second) = (first.ok().unwrap(), second.ok().unwrap());
+        assert!(table
+            .insert(Box::new(Counted(drops.clone())), waker.clone(), 2)
+            .is_err());
+        // An abandoned operation is still in the kernel.
+        assert!(matches!(table.abandon(first), Abandoned::InKernel(_)));
+        assert!(table
+            .insert(Box::new(Counted(drops.clone())), waker.clone(), 2)
+            .is_err());
+        // A completed one is not, though its future has not taken it yet.
+        assert!(matches!(table.complete(second, Ok(0)), Completed::Wake(_)));
+        let third = table.insert(Box::new(Counted(drops.clone())), waker.clone(), 2);
+        assert!(third.is_ok());
+        assert_eq!(
+            drops.load(Ordering::SeqCst),
+            2,
+            "the refused two were given back"
+        );
     }
 }

@@ -219,6 +219,15 @@ impl URingContext {
         in_flight
     }
 
+    /// The most operations in flight at once (see [`in_flight`](Self::in_flight)),
+    /// the caller's and the context's own together: an add past it fails
+    /// with [`Error::NoSpace`](crate::Error::NoSpace). 16 times the
+    /// completion ring's entries with `IORING_FEAT_NODROP` (Linux 5.5),
+    /// else one short of them.
+    pub fn max_in_flight(&self) -> usize {
+        self.in_flight_cap
+    }
+
     /// How many operations the submission queue holds.
     pub fn sq_entries(&self) -> u32 {
         self.sq_entries
