@@ -309,7 +309,10 @@ fn many_futures_polled_on_short_lived_threads_all_complete() {
         .map(|(ours, _)| recv_polled_on_a_thread_that_exits(ours))
         .collect();
     for (i, (_, theirs)) in pairs.iter().enumerate() {
-        write!(&*theirs, "peer {i:02}").expect("peer write");
+        // One write call: `write!` may split it, and a receive may end between.
+        (&*theirs)
+            .write_all(format!("peer {i:02}").as_bytes())
+            .expect("peer write");
     }
     let results = common::block_on("finishing", join_all(recvs));
     for (i, (received, buf)) in results.into_iter().enumerate() {

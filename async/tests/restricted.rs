@@ -154,7 +154,10 @@ fn without_async_cancel_dropped_futures_are_freed_when_their_operations_end() {
     );
     assert!(freed.iter().all(|f| f.try_recv().is_err()), "freed early");
     for (i, peer) in theirs.iter().enumerate() {
-        write!(&*peer, "data {i}").expect("peer write");
+        // One write call: `write!` may split it, and a receive may end between.
+        (&*peer)
+            .write_all(format!("data {i}").as_bytes())
+            .expect("peer write");
     }
     common::wait_idle(&driver, "the dropped receives ended");
     for (i, was_freed) in freed.iter().enumerate() {
