@@ -54,6 +54,21 @@ pub struct File {
     pub(crate) cursor: crate::file_io::Cursor,
 }
 
+impl Clone for File {
+    /// Another handle to the same file, for positional I/O from another
+    /// task. Its stream position is its own, and starts at 0 (the stream
+    /// traits keep their position in this value, not in the kernel's file
+    /// offset).
+    fn clone(&self) -> File {
+        File {
+            driver: self.driver.clone(),
+            target: self.target.clone(),
+            std: self.std.clone(),
+            cursor: crate::file_io::Cursor::default(),
+        }
+    }
+}
+
 impl std::fmt::Debug for File {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("File")
