@@ -114,11 +114,13 @@ impl Driver {
         Some(crate::FixedBuf::new(self.clone(), buffer))
     }
 
-    /// The last error a turn of the driver thread met (it then tries again
-    /// 10 ms later), if any: `io_uring_enter` failing for a reason it
-    /// cannot retry by itself.
-    pub fn last_error(&self) -> Option<String> {
-        lock(&self.shared().last_error).clone()
+    /// Takes the last error the driver thread met since the last call, if
+    /// any: `io_uring_enter` failing for a reason it cannot retry by itself
+    /// (the errno kept; the thread tries again 10 ms later), or a waker or
+    /// buffer `Drop` that panicked on the driver thread (kind `Other`; the
+    /// driver carries on with the next one).
+    pub fn take_last_error(&self) -> Option<io::Error> {
+        lock(&self.shared().last_error).take()
     }
 }
 
@@ -214,10 +216,27 @@ impl DriverBuilder {
 /// The driver thread's loop.
 fn drive(shared: &Shared) {
     while !shared.shutdown.load(Ordering::SeqCst) {
-        if let Err(err) = shared.turn(None) {
-            *lock(&shared.last_error) = Some(err.to_string());
+        let turned = shared.turn(None);
+        if let Some(panic) = shared.take_panic() {
+            let what = panic_message(&*panic);
+            *lock(&shared.last_error) = Some(io::Error::other(format!(
+                "a waker or a buffer's drop panicked on the driver thread: {what}"
+            )));
+        }
+        if let Err(err) = turned {
+            *lock(&shared.last_error) = Some(err.into());
             std::thread::sleep(Duration::from_millis(10));
         }
+    }
+}
+
+/// A panic's message, when it is a string.
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {
+    match panic.downcast_ref::<&str>() {
+        Some(message) => message,
+        None => panic
+            .downcast_ref::<String>()
+            .map_or("(not a string)", String::as_str),
     }
 }
 
@@ -259,8 +278,15 @@ impl ManualDriver {
     /// whose operations completed. Returns how many completions it
     /// handed over (the driver's own included).
     ///
-    /// Errors are [`URingContext::wait`]'s.
+    /// Errors are [`URingContext::submit`]'s and [`URingContext::wait`]'s.
+    /// Wakers and the `Drop`s of buffers whose futures were dropped run in
+    /// here; if one panics, the turn still wakes every other future, then
+    /// resumes that panic.
     pub fn turn(&self, timeout: Option<Duration>) -> ringfence::Result<usize> {
-        self.shared.turn(timeout)
+        let turned = self.shared.turn(timeout);
+        if let Some(panic) = self.shared.take_panic() {
+            std::panic::resume_unwind(panic);
+        }
+        turned
     }
 }

@@ -54,7 +54,9 @@ pub(crate) struct Shared {
     /// Set when the last handle is dropped: the driver thread exits.
     pub(crate) shutdown: AtomicBool,
     /// The last error a turn of the driver thread returned.
-    pub(crate) last_error: Mutex<Option<String>>,
+    pub(crate) last_error: Mutex<Option<io::Error>>,
+    /// A panic of the caller's code run by a turn (see `guarded`).
+    panicked: Mutex<Option<Box<dyn std::any::Any + Send>>>,
     /// The most of the caller's operations in the kernel at once: the
     /// context's limit less room for the doorbell and a cancellation, so
     /// that a dropped future's operation can always be cancelled.
@@ -119,6 +121,7 @@ impl Shared {
             room_epoch: AtomicU64::new(0),
             shutdown: AtomicBool::new(false),
             last_error: Mutex::default(),
+            panicked: Mutex::default(),
             free_fixed: Mutex::new(free_fixed),
         }
     }
@@ -142,6 +145,10 @@ impl Shared {
         // the driver asleep, or the driver's next submit (which takes the
         // context's lock after this thread's add released it) sees the
         // operation queued.
+        // The fence orders this thread's publication of the SQ tail (a
+        // Release store) before the swap, as the driver's fence orders its
+        // store of `sleeping` before its load of the tail.
+        std::sync::atomic::fence(Ordering::SeqCst);
         if self.sleeping.swap(false, Ordering::SeqCst) {
             self.doorbell.ring();
         }
@@ -156,7 +163,10 @@ impl Shared {
     pub(crate) fn wait_for_room(&self, epoch: u64, waker: &Waker) {
         let ring = {
             let mut room = lock(&self.room);
-            room.waiting.push(waker.clone());
+            // One waker per future, however often it is polled meanwhile.
+            if !room.waiting.iter().any(|queued| queued.will_wake(waker)) {
+                room.waiting.push(waker.clone());
+            }
             std::mem::take(&mut room.driver_blocked)
         };
         if ring {
@@ -172,7 +182,23 @@ impl Shared {
     fn made_room(&self) {
         self.room_epoch.fetch_add(1, Ordering::SeqCst);
         let waiting = std::mem::take(&mut lock(&self.room).waiting);
-        waiting.into_iter().for_each(Waker::wake);
+        for waker in waiting {
+            self.guarded(|| waker.wake());
+        }
+    }
+
+    /// Runs the caller's code (a waker, a buffer's drop, on the driver's
+    /// thread) so that a panic in it neither stops the driver nor loses
+    /// the wakes after it; the first panic is kept for [`take_panic`](Self::take_panic).
+    fn guarded(&self, f: impl FnOnce()) {
+        if let Err(panic) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+            lock(&self.panicked).get_or_insert(panic);
+        }
+    }
+
+    /// The first panic of the caller's code a turn caught, if any.
+    pub(crate) fn take_panic(&self) -> Option<Box<dyn std::any::Any + Send>> {
+        lock(&self.panicked).take()
     }
 
     /// How long this turn may block: `timeout`, but a tick at most while
@@ -313,6 +339,9 @@ impl Shared {
         // SeqCst: see `kick`. Set before the cancellations are queued, so
         // that one asked for after that rings the doorbell.
         self.sleeping.store(true, Ordering::SeqCst);
+        // Orders the store before the wait's (Acquire) load of the SQ tail:
+        // SeqCst alone does not order a store before a later weaker load.
+        std::sync::atomic::fence(Ordering::SeqCst);
         let cancels_left = self.queue_cancels(ctx);
         let timeout = self.block_limit(timeout, cancels_left);
         // The wait submits what is queued, then blocks.
@@ -351,9 +380,11 @@ impl Shared {
         // Outside the locks: dropping what an operation owned, and waking,
         // may run the caller's code.
         for (keep, result) in release {
-            keep.abandoned(result);
+            self.guarded(|| keep.abandoned(result));
         }
-        wake.into_iter().for_each(Waker::wake);
+        for waker in wake {
+            self.guarded(|| waker.wake());
+        }
         self.made_room();
         Ok(reaped.len())
     }
@@ -367,10 +398,24 @@ fn downcast<S: crate::op::OpSpec>(keep: Box<dyn InFlight>) -> Box<S> {
 
 impl Drop for Shared {
     fn drop(&mut self) {
+        // Every future is gone, so what is still in the kernel was
+        // abandoned (and its cancellation queued): turn until the kernel
+        // has given each back, so that each completion is handed in (an
+        // accept's new descriptor closed) rather than drained unseen.
+        let deadline = std::time::Instant::now() + CLOSE_TIMEOUT;
+        while lock(&self.table).in_kernel() > 0 && std::time::Instant::now() < deadline {
+            if self.turn(Some(Duration::from_millis(10))).is_err() {
+                break;
+            }
+        }
+        // A panic of a buffer's drop here has nobody to go to.
+        drop(self.take_panic());
         let ctx = self.ctx.take().expect("dropped once");
-        // Cancels what is in flight and waits for the kernel to finish with
-        // it. Only then may what those operations own be freed.
-        if ctx.close(CLOSE_TIMEOUT).is_err() {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        // Cancels what is still in flight (the doorbell's poll, at least)
+        // and waits for the kernel to finish with it. Only then may what
+        // those operations own be freed.
+        if ctx.close(left.max(Duration::from_millis(100))).is_err() {
             // The kernel may still use it: leak it.
             let table =
                 std::mem::take(self.table.get_mut().unwrap_or_else(PoisonError::into_inner));

@@ -211,6 +211,11 @@ impl Table {
     pub(crate) fn len(&self) -> usize {
         self.used
     }
+
+    /// Operations in the kernel.
+    pub(crate) fn in_kernel(&self) -> usize {
+        self.in_kernel
+    }
 }
 
 /// What [`Table::poll`] found.

@@ -502,7 +502,6 @@ mod kernel {
     /// socket it holds open, and its buffer, are otherwise kept until the
     /// peer writes or the driver is dropped).
     #[test]
-    #[ignore = "finding 3"]
     fn cancellation_refused_for_want_of_room_is_retried() {
         let ctx = ringfence::URingContext::new(1, None).unwrap();
         assert_eq!(ctx.sq_entries(), 1);
@@ -538,7 +537,6 @@ mod kernel {
     /// A waker that panics when the driver thread wakes it must not stop
     /// the driver: other futures still complete.
     #[test]
-    #[ignore = "finding 1"]
     fn panicking_waker_does_not_stop_the_driver() {
         struct Bomb;
         impl ArcWake for Bomb {
@@ -567,7 +565,6 @@ mod kernel {
     /// A buffer whose drop panics, freed by the driver thread when its
     /// abandoned operation completes, must not stop the driver either.
     #[test]
-    #[ignore = "finding 1"]
     fn panicking_buffer_drop_does_not_stop_the_driver() {
         let driver = Driver::new(8).unwrap();
         let drops = Arc::new(AtomicUsize::new(0));
@@ -595,7 +592,6 @@ mod kernel {
     /// crate while it holds its table's lock: the other future's drop
     /// takes that lock again, on the same thread.
     #[test]
-    #[ignore = "finding 2"]
     fn waker_dropped_by_the_crate_may_drop_another_operation() {
         // Holds what its drop drops.
         struct Owner(#[allow(dead_code)] Mutex<Option<Box<dyn Send>>>);
@@ -754,7 +750,6 @@ mod kernel {
     /// flight, and no one tells the future. Seen hanging once in about
     /// 10-40 runs of 1200 writes; this makes 100 000, which hung in 4 of 6 runs here.
     #[test]
-    #[ignore = "finding 4"]
     fn one_entry_ring_room_made_by_the_drivers_wait_is_announced() {
         let driver = Driver::new(1).unwrap();
         let file = File::from_std(&driver, tempfile::tempfile().unwrap());
@@ -778,7 +773,6 @@ mod kernel {
     /// queue a waker per poll (the list is only emptied by the driver's
     /// next turn). Checked through the waker's clone count.
     #[test]
-    #[ignore = "finding 5"]
     fn future_waiting_for_room_keeps_one_waker_however_often_polled() {
         struct Counted;
         impl ArcWake for Counted {
