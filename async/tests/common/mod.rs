@@ -42,14 +42,38 @@ fn usable_or_skip<T>(made: std::io::Result<T>, entries: usize) -> Option<T> {
     }
 }
 
+/// How long one test binary may run in all. Dropping a driver waits for
+/// its thread, and every test drops one at its end: a driver that never
+/// stops would hang the binary in a wait no test can bound by itself.
+pub const BINARY_LIMIT: Duration = Duration::from_secs(300);
+
+/// Starts, once per test binary, a thread that aborts the process (with a
+/// message) if it is still running after [`BINARY_LIMIT`]. The one thread
+/// in these tests that is never joined: it dies with the process.
+pub fn watchdog() {
+    static STARTED: std::sync::Once = std::sync::Once::new();
+    STARTED.call_once(|| {
+        std::thread::spawn(|| {
+            std::thread::sleep(BINARY_LIMIT);
+            eprintln!(
+                "watchdog: this test binary still runs after {BINARY_LIMIT:?}; a test hangs \
+                 (a driver that never stops, or an unbounded wait): aborting"
+            );
+            std::process::abort();
+        });
+    });
+}
+
 /// `Driver::new(entries)`, or `None` when io_uring is unusable here.
 pub fn driver_or_skip(entries: usize) -> Option<Driver> {
+    watchdog();
     usable_or_skip(Driver::new(entries), entries)
 }
 
 /// `Driver::with_allowlist(entries, allowlist)`, or `None` when io_uring
 /// is unusable here.
 pub fn restricted_or_skip(entries: usize, allowlist: &URingAllowlist) -> Option<Driver> {
+    watchdog();
     usable_or_skip(Driver::with_allowlist(entries, allowlist), entries)
 }
 
@@ -234,6 +258,7 @@ pub fn forget_reachably<T>(value: T) {
 /// `URingContext::new(entries, None)`, or `None` when io_uring is unusable
 /// here (skipping as the driver helpers do).
 pub fn usable_or_skip_ctx(entries: usize) -> Option<URingContext> {
+    watchdog();
     match URingContext::new(entries, None) {
         Ok(ctx) => Some(ctx),
         Err(
