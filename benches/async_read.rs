@@ -32,6 +32,9 @@
 //! - **tokio-uring**: `tokio_uring::fs::File::read_at(Vec, offset)` on its
 //!   runtime (one read, or `join_all` of 32).
 //! - **pread**: `FileExt::read_at`, blocking; queue depth 1 only.
+//!
+//! `async_read only WHICH DEPTH OPS` runs one contender (its column, from
+//! 0) alone, untimed, for a profiler.
 
 use std::fs::File;
 use std::io::{Read as _, SeekFrom};
@@ -273,6 +276,24 @@ fn page_cached_file() -> Result<File> {
     Ok(file)
 }
 
+/// `only WHICH DEPTH OPS`: runs contender WHICH (its index in the
+/// tables, 0 to 5) alone for OPS reads at queue depth DEPTH, untimed, for
+/// `perf record` or `perf stat`.
+fn run_only(which: &str, depth: &str, ops: &str) -> Result<()> {
+    let which: usize = which.parse()?;
+    let depth: usize = depth.parse()?;
+    let ops: usize = ops.parse()?;
+    let mut reads = Reads::new()?;
+    if which >= NAMES.len() || !reads.runs(which, depth) || !DEPTHS.contains(&depth) {
+        return Err(format!("contender {which} does not run at queue depth {depth}").into());
+    }
+    let mut done = 0;
+    while done < ops {
+        done += reads.once(which, depth)?;
+    }
+    Ok(())
+}
+
 fn main() {
     if let Err(e) = run() {
         eprintln!("async_read: {e}");
@@ -281,6 +302,12 @@ fn main() {
 }
 
 fn run() -> Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if let [only, which, depth, ops] = args.as_slice() {
+        if only == "only" {
+            return run_only(which, depth, ops);
+        }
+    }
     let rounds = async_common::rounds_from_args(11)?;
     let mut reads = Reads::new()?;
     println!(
