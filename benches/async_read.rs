@@ -5,7 +5,7 @@
 //! through blocking `pread`, interleaved in rounds in one process.
 //!
 //! `cargo bench -p ringfence-benches --bench async_read [-- ROUNDS]`
-//! (ROUNDS defaults to 11; about 40 s). The file is in the temporary
+//! (ROUNDS defaults to 11; about 15 s). The file is in the temporary
 //! directory (`TMPDIR`), filled, synced and read once before the rounds so
 //! that its pages are cached; `ASYNC_READ_TMPFS=1` puts it on tmpfs
 //! (`/dev/shm`) instead, as `readv.rs` and `quick fixed` do.
