@@ -63,6 +63,9 @@ impl IoBufMut<'static> {
     /// For as long as the returned value (or any operation it is handed to)
     /// is used, `ptr..ptr + len` must be valid for reads and writes and not
     /// be accessed through any other pointer while the kernel may use it.
+    /// Memory valid for reads only (read-only data, a shared slice) will
+    /// do if every operation it is handed to only reads it (writev, write,
+    /// send, sendmsg, write_fixed), and nothing writes it meanwhile.
     pub unsafe fn from_raw_parts(ptr: *mut u8, len: usize) -> IoBufMut<'static> {
         IoBufMut {
             iov: libc::iovec {

@@ -20,7 +20,9 @@ use crate::shared::{lock, Shared};
 /// from it share one ring. When the last one is dropped, the driver thread
 /// stops, the ring is closed (operations still in flight are cancelled,
 /// and waited for up to 5 s), and what their operations owned is freed, or
-/// leaked if the kernel did not finish with it in that time.
+/// leaked if the kernel did not finish with it in that time. That drop
+/// blocks for as long (inside a task, it blocks the executor's thread):
+/// drop the last handle outside async code where that matters.
 ///
 /// ```
 /// use ringfence_async::{Driver, File};
@@ -59,8 +61,23 @@ impl Drop for Handle {
 }
 
 impl Driver {
-    /// A ring of `entries` submission entries (`io_uring_setup(2)`), with
-    /// no allowlist, and a driver thread.
+    /// A ring of `entries` submission entries (`io_uring_setup(2)`; the
+    /// kernel rounds up to a power of two, at most
+    /// [`MAX_ENTRIES`](ringfence::MAX_ENTRIES)), with no allowlist, and a
+    /// driver thread.
+    ///
+    /// `entries` bounds the operations queued between two turns of the
+    /// driver; the operations in the kernel at once are bounded by
+    /// [`URingContext::max_in_flight`] (16 times the completion ring with
+    /// `IORING_FEAT_NODROP`, Linux 5.5), less two places the driver keeps
+    /// for its doorbell and a cancellation. Past either bound a future
+    /// waits for room; it never fails for want of it.
+    ///
+    /// The driver thread runs the callers' wakers, and the `Drop` of
+    /// buffers (and the closing of descriptors) of operations whose
+    /// futures were dropped early: these must not block on this driver's
+    /// operations. A panic in one is caught and reported by
+    /// [`take_last_error`](Self::take_last_error).
     ///
     /// Fails as [`URingContext::new`] does (the error converted to
     /// `io::Error`, errno kept), or if the eventfd or the thread cannot be
@@ -87,7 +104,11 @@ impl Driver {
     }
 
     /// A driver for a context made otherwise ([`URingContext::builder`]:
-    /// SQPOLL, more completion entries), with options.
+    /// SQPOLL, registered buffers, more completion entries), with options.
+    /// For a context created with an allowlist, pass that allowlist to
+    /// [`DriverBuilder::allowlist`]: otherwise an operation outside it
+    /// fails with the kernel's bare `EACCES`, and the driver learns only
+    /// from that refusal that its doorbell's poll is not allowed.
     pub fn builder(ctx: URingContext) -> DriverBuilder {
         DriverBuilder::new(ctx)
     }
@@ -100,6 +121,7 @@ impl Driver {
     /// been taken by their future: in the kernel, completed and waiting, or
     /// abandoned by a dropped future and waiting for the kernel to finish.
     /// What they own is alive, and is freed as each leaves this count.
+    /// Futures still waiting for room in the ring are not counted.
     pub fn in_flight(&self) -> usize {
         self.shared().in_flight()
     }
@@ -159,8 +181,10 @@ impl DriverBuilder {
         self
     }
 
-    /// The context is a ring of this simulated kernel: the doorbell is one
-    /// of its pollables instead of an eventfd.
+    /// The context is a ring of this simulated kernel (made by
+    /// [`SimKernel::new_context`](ringfence::sim::SimKernel::new_context)
+    /// of the same kernel): the doorbell is one of its pollables instead
+    /// of an eventfd.
     #[cfg(feature = "sim")]
     pub fn sim(mut self, kernel: &ringfence::sim::SimKernel) -> DriverBuilder {
         self.sim = Some(kernel.clone());
@@ -275,7 +299,9 @@ impl ManualDriver {
     /// Submits what the futures queued, waits until a completion arrives,
     /// another thread queues an operation, or `timeout` passes (`None`:
     /// no limit; `Some(Duration::ZERO)`: only look), and wakes the futures
-    /// whose operations completed. Returns how many completions it
+    /// whose operations completed. It returns after a millisecond at most
+    /// while futures wait for room or cancellations for a place, or when
+    /// the ring runs no doorbell (its allowlist lacks `PollAdd`). Returns how many completions it
     /// handed over (the driver's own included).
     ///
     /// Errors are [`URingContext::submit`]'s and [`URingContext::wait`]'s.

@@ -15,7 +15,7 @@ use crate::Driver;
 /// alone: [`Driver::fixed_buffer`] hands it out, dropping it gives it back.
 ///
 /// Like a `Vec<u8>` of fixed capacity (the registered length): it derefs to
-/// its first [`len`](Self::len) bytes. [`File::read_fixed`](crate::File::read_fixed)
+/// its first `len()` bytes (its length). [`File::read_fixed`](crate::File::read_fixed)
 /// fills it from the start and sets the length to the count read;
 /// [`File::write_fixed`](crate::File::write_fixed) writes its first `len`
 /// bytes.

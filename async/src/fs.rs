@@ -40,12 +40,29 @@ use crate::Driver;
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 ///
+/// # Errors
+///
+/// Each future's `io::Result` is, besides the kernel's errno for the
+/// operation (`EBADF`, `EINVAL`, `ENOSPC`...):
+///
+/// - `InvalidInput` for an offset above
+///   [`MAX_FILE_OFFSET`](ringfence::MAX_FILE_OFFSET), a buffer over
+///   `u32::MAX` bytes, or more than [`MAX_IOVECS`](ringfence::MAX_IOVECS)
+///   buffers; the operation never reached the kernel;
+/// - `PermissionDenied` carrying [`NotAllowed`](crate::NotAllowed), for an
+///   operation the ring's allowlist does not allow;
+/// - `ECANCELED` if the thread that turned a
+///   [`ManualDriver`](crate::ManualDriver) for it exited meanwhile.
+///
+/// # As a stream
+///
 /// It is also a byte stream with one position, as `std::fs::File` is:
 /// the futures-io [`AsyncRead`](futures_io::AsyncRead),
 /// [`AsyncWrite`](futures_io::AsyncWrite) and
 /// [`AsyncSeek`](futures_io::AsyncSeek) traits, over buffers of its own
 /// (64 KiB each way; reads read ahead). The positional methods neither use
-/// nor move that position.
+/// nor move that position. Bytes `poll_write` took and did not send yet
+/// are lost if the `File` is dropped before `flush` or `close`.
 pub struct File {
     pub(crate) driver: Driver,
     pub(crate) target: Target,
@@ -226,7 +243,7 @@ impl File {
         )
     }
 
-    /// Writes the first [`len`](FixedBuf::len) bytes of the registered
+    /// Writes the first `buf.len()` bytes of the registered
     /// buffer `buf` at byte `offset` (`IORING_OP_WRITE_FIXED`, Linux 5.1).
     /// Returns the count written and the buffer.
     pub fn write_fixed(

@@ -36,7 +36,8 @@
 //! - **Dropping a future early cancels its operation**
 //!   (`IORING_OP_ASYNC_CANCEL`, where the allowlist allows it) and leaves
 //!   what it owns in the table until the kernel's completion arrives; only
-//!   then is it freed. `mem::forget` of a future leaks its buffer, and
+//!   then is it freed. `mem::forget` of a future leaks its buffer (and
+//!   its handle to the driver, so the ring and its thread live on), and
 //!   never frees it early (the rio advisory, RUSTSEC-2020-0021, was that
 //!   bug). A completion goes to the operation its user_data names, which
 //!   carries a generation, so a late cancellation never reaches a newer

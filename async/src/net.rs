@@ -298,7 +298,12 @@ stream_type!(
     /// [`send`](Self::send) and [`recv`](Self::recv), and the futures-io
     /// [`AsyncRead`](futures_io::AsyncRead) and
     /// [`AsyncWrite`](futures_io::AsyncWrite) traits, over buffers of its
-    /// own (64 KiB each way).
+    /// own (64 KiB each way). Bytes `poll_write` took and did not send yet
+    /// are lost if the stream is dropped before `flush` or `close`.
+    ///
+    /// Errors are as [`File`](crate::File)'s: the kernel's errno, or
+    /// `InvalidInput`, `PermissionDenied` carrying
+    /// [`NotAllowed`](crate::NotAllowed), before the kernel.
     TcpStream,
     std::net::TcpStream
 );

@@ -65,7 +65,8 @@ impl<S: OpSpec> InFlight for S {
 /// are owned by the driver's table, not by the future: dropping the future
 /// then cancels the operation (`IORING_OP_ASYNC_CANCEL`, where the
 /// allowlist allows it) and the driver frees the buffer once the kernel's
-/// completion arrives. `mem::forget` of the future leaks the buffer; it
+/// completion arrives. `mem::forget` of the future leaks the buffer (and
+/// its handle to the driver, which keeps the ring); it
 /// never frees it early.
 #[must_use = "an operation does nothing until polled"]
 pub(crate) struct Op<S: OpSpec> {
