@@ -442,9 +442,12 @@ fn a_future_dropped_before_submission_frees_its_buffer_once_and_never_reaches_th
     let refused = registry.read_buf(16, None);
     let refused_id = refused.id;
     let mut refused = file.read_at(refused, 16);
+    assert!(poll_once(&mut refused).is_pending());
+    let waiting = registry.read_buf(16, kernel_read(pattern(1, 64)[32..48].to_vec()));
+    let mut waiting = file.read_at(waiting, 32);
     let waker = Arc::new(CountingWaker::default());
-    assert!(poll_with(&mut refused, &Waker::from(Arc::clone(&waker))).is_pending());
-    assert_eq!(driver.in_flight(), 1, "the refused add took no slot");
+    assert!(poll_with(&mut waiting, &Waker::from(Arc::clone(&waker))).is_pending());
+    assert_eq!(driver.in_flight(), 1, "the refused adds took no slot");
     assert_eq!(
         registry.drops(refused_id),
         0,
@@ -454,15 +457,22 @@ fn a_future_dropped_before_submission_frees_its_buffer_once_and_never_reaches_th
     assert_eq!(registry.drops(refused_id), 1, "freed with its future");
 
     turn(&manual);
+    assert!(
+        waker.0.load(Ordering::SeqCst) > 0,
+        "a future waiting for room is woken when the driver makes some"
+    );
     let (read, buf) = run(&kernel, &manual, first);
     assert_eq!(read.unwrap(), 16);
     assert_eq!(buf.bytes(), pattern(1, 16));
     drop(buf);
     assert_eq!(registry.drops(first_id), 1);
+    let (read, buf) = run(&kernel, &manual, waiting);
+    assert_eq!(read.unwrap(), 16);
+    drop(buf);
     assert_eq!(
         kernel.stats().sqes_consumed,
-        1,
-        "only the first read reached the kernel"
+        2,
+        "the refused read never reached the kernel"
     );
     assert_eq!(driver.in_flight(), 0);
     drop((file, driver, manual));
