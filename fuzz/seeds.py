@@ -320,8 +320,52 @@ def restricted_ring():
             s.UnregisterEventfd(), s.Add(op(NOP, 1)), s.Reap())))
 
 
+def async_ops():
+    s = Steps("Start", "Poll", "Drop", "Forget", "Turn", "Release", "Fault")
+    ops = Steps("Read", "Write", "Readv", "Writev", "Fsync")
+    faults = Steps("Interrupted", "Again", "Busy", "ShortSubmit")
+
+    def input(seed, entries_log2, nodrop, cancel, *body):
+        return u8(seed) + u8(entries_log2) + boolean(nodrop) + boolean(cancel) + steps(*body)
+
+    def read_op(offset, n): return s.Start(ops.Read(u8(offset), u8(n - 1)))
+    def write_op(offset, n): return s.Start(ops.Write(u8(offset), u8(n - 1)))
+    def readv_op(offset, a, b): return s.Start(ops.Readv(u8(offset), u8(a - 1), u8(b - 1)))
+    def writev_op(offset, a, b): return s.Start(ops.Writev(u8(offset), u8(a - 1), u8(b - 1)))
+    def poll(which, times=1): return s.Poll(u8(which), u8(times - 1))
+
+    # Dropped while the kernel holds the read (no cancellation): freed only
+    # after the release and the turn that reaps it.
+    write("async_ops", "drop_in_kernel", input(1, 3, True, False,
+        read_op(0, 16), poll(0), s.Turn(), s.Drop(u8(0)), s.Turn(), s.Release(u8(1)), s.Turn()))
+    # The same with cancellation: the cancel takes the held write out.
+    write("async_ops", "cancel_in_kernel", input(2, 3, True, True,
+        write_op(4, 8), readv_op(10, 3, 20), poll(0), poll(1), s.Turn(), s.Drop(u8(0)),
+        s.Drop(u8(0)), s.Turn(), s.Release(u8(3)), s.Turn()))
+    # One SQ entry, one CQ slot's worth in flight: adds refused, futures
+    # waiting for room, one dropped while waiting.
+    write("async_ops", "no_room", input(3, 0, False, False,
+        read_op(0, 8), readv_op(200, 32, 32), write_op(0, 4), poll(0), poll(1), poll(2), s.Drop(u8(1)),
+        s.Turn(), s.Release(u8(3)), s.Turn(), poll(0, 3), poll(1, 3), s.Turn(), s.Release(u8(3)),
+        s.Turn(), poll(0, 3)))
+    # Forgotten in the kernel; the ring keeps working for the next ones.
+    write("async_ops", "forget", input(4, 2, True, False,
+        read_op(5, 5), poll(0), s.Turn(), s.Forget(u8(0)), s.Release(u8(1)), s.Turn(),
+        writev_op(60, 4, 9), poll(0), s.Turn(), s.Release(u8(1)), s.Turn(), poll(0)))
+    # Completed, reaped, then dropped; a completed write returned.
+    write("async_ops", "completed_then_dropped", input(5, 3, True, True,
+        read_op(250, 32), poll(0), s.Turn(), s.Release(u8(1)), s.Turn(), s.Drop(u8(0)),
+        write_op(63, 32), poll(0), s.Turn(), s.Release(u8(1)), s.Turn(), poll(0)))
+    # Faults on enter around an fsync and reads.
+    write("async_ops", "faults", input(6, 1, True, False,
+        s.Fault(faults.Busy()), s.Start(ops.Fsync()), poll(0), s.Turn(),
+        s.Fault(faults.ShortSubmit(u8(0))), read_op(1, 2), read_op(2, 3), poll(1), poll(2),
+        s.Fault(faults.Again()), s.Turn(), s.Fault(faults.Interrupted()), s.Turn(),
+        s.Release(u8(3)), s.Turn(), poll(0), poll(0), poll(1)))
+
+
 TARGETS = {"sim_ops": sim_ops, "real_kernel_ops": real_kernel_ops,
-           "restricted_ring": restricted_ring}
+           "restricted_ring": restricted_ring, "async_ops": async_ops}
 
 if __name__ == "__main__":
     args = sys.argv[1:]
