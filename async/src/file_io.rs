@@ -38,18 +38,27 @@ impl Cursor {
         target: &Target,
     ) -> Poll<io::Result<()>> {
         let base = self.write_base;
-        self.writer.poll_flush(cx, |buf, from| {
-            let offset = base + from as u64;
-            Op::new(
-                driver,
-                WriteAt {
-                    buf,
-                    from,
-                    target: target.clone(),
-                    offset,
-                },
-            )
-        })
+        self.writer.poll_flush(cx, write_at(driver, target, base))
+    }
+}
+
+/// The writer's sends: `buf[from..]` to the file at `base + from`.
+fn write_at<'a>(
+    driver: &'a Driver,
+    target: &'a Target,
+    base: u64,
+) -> impl Fn(Vec<u8>, usize) -> Op<WriteAt<Vec<u8>>> + 'a {
+    move |buf, from| {
+        let offset = base + from as u64;
+        Op::new(
+            driver,
+            WriteAt {
+                buf,
+                from,
+                target: target.clone(),
+                offset,
+            },
+        )
     }
 }
 
@@ -100,18 +109,9 @@ impl futures_io::AsyncWrite for File {
         cursor.reader.discard();
         let base = cursor.position;
         cursor.write_base = base;
-        let taken = ready!(cursor.writer.poll_write(cx, data, |buf, from| {
-            let offset = base + from as u64;
-            Op::new(
-                driver,
-                WriteAt {
-                    buf,
-                    from,
-                    target: target.clone(),
-                    offset,
-                },
-            )
-        }))?;
+        let taken = ready!(cursor
+            .writer
+            .poll_write(cx, data, write_at(driver, target, base)))?;
         cursor.position += taken as u64;
         Poll::Ready(Ok(taken))
     }

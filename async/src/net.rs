@@ -51,6 +51,24 @@ impl Socket {
         )
     }
 
+    /// The next connection on `listener`, accepted through `driver`'s ring.
+    fn accept(
+        driver: &Driver,
+        listener: impl Into<Target>,
+    ) -> impl Future<Output = io::Result<Socket>> + std::marker::Send + 'static {
+        let accept = Op::new(
+            driver,
+            Accept {
+                target: listener.into(),
+            },
+        );
+        let driver = driver.clone();
+        async move {
+            let fd = Arc::new(accept.await?);
+            Ok(Socket { driver, fd })
+        }
+    }
+
     /// A new socket of `domain`, connected to `addr` through the ring.
     async fn connect(driver: &Driver, domain: libc::c_int, addr: SockAddr) -> io::Result<Socket> {
         // SAFETY: socket(2) takes no pointers.
@@ -111,19 +129,9 @@ impl TcpListener {
         &self,
     ) -> impl Future<Output = io::Result<(TcpStream, SocketAddr)>> + std::marker::Send + 'static
     {
-        let accept = Op::new(
-            &self.driver,
-            Accept {
-                target: Target::from(Arc::clone(&self.listener)),
-            },
-        );
-        let driver = self.driver.clone();
+        let accepted = Socket::accept(&self.driver, Arc::clone(&self.listener));
         async move {
-            let fd = accept.await?;
-            let stream = TcpStream::from_socket(Socket {
-                driver,
-                fd: Arc::new(fd),
-            });
+            let stream = TcpStream::from_socket(accepted.await?);
             let peer = stream.peer_addr()?;
             Ok((stream, peer))
         }
@@ -161,20 +169,8 @@ impl UnixListener {
     pub fn accept(
         &self,
     ) -> impl Future<Output = io::Result<UnixStream>> + std::marker::Send + 'static {
-        let accept = Op::new(
-            &self.driver,
-            Accept {
-                target: Target::from(Arc::clone(&self.listener)),
-            },
-        );
-        let driver = self.driver.clone();
-        async move {
-            let fd = accept.await?;
-            Ok(UnixStream::from_socket(Socket {
-                driver,
-                fd: Arc::new(fd),
-            }))
-        }
+        let accepted = Socket::accept(&self.driver, Arc::clone(&self.listener));
+        async move { Ok(UnixStream::from_socket(accepted.await?)) }
     }
 }
 
